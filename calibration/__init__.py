@@ -1,0 +1,1 @@
+"""winclip.calibration: reference memories, thresholds and evaluation (torch-free)."""

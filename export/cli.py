@@ -1,0 +1,72 @@
+"""`winclip-export`: write a verified engine bundle for an open_clip backbone."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--backbone", default="ViT-B-16+",
+              help="Registry alias (ViT-B-16+) or any open_clip ViT model name.")
+@click.option("--pretrained", default=None, metavar="TAG|PATH|none",
+              help="open_clip pretrained tag (downloaded when online), a local checkpoint "
+                   "(.pt/.pth/.bin/.safetensors), or 'none' for random weights (tests only). "
+                   "[default: the backbone's default tag]")
+@click.option("--object", "objects", multiple=True, default=("object",),
+              help="Object name for the text prompts; repeat for several ('metal_nut' -> 'metal nut').")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bundles/winclip-vitb16plus"),
+              help="Bundle directory to write.")
+@click.option("--opset", type=int, default=17, help="ONNX opset.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--scales", default="2,3", help="Window scales, comma separated.")
+@click.option("--temperature", type=float, default=0.07, help="Softmax temperature recorded as the scoring default.")
+@click.option("--text-ensemble", type=click.Choice(["normalized_mean", "raw_mean"]), default="normalized_mean",
+              help="How prompt embeddings are averaged into a prototype.")
+@click.option("--patch-layer", type=int, default=None,
+              help="Block whose patch tokens form the few-shot patch features. [default: last]")
+@click.option("--patch-ln-post", is_flag=True, help="Apply ln_post to the patch features.")
+@click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
+              help="Extra open_clip model config JSON (custom architectures); repeatable.")
+def main(backbone, pretrained, objects, out, opset, force, scales, temperature, text_ensemble,
+         patch_layer, patch_ln_post, model_configs):
+    """Export WinCLIP's windowed CLIP visual encoder and text prototypes as an engine bundle.
+
+    The bundle holds one ONNX graph (image, window and patch embeddings for a
+    batch of frames), the cached prompt-ensemble embeddings per --object and a
+    versioned manifest. The graph is checked against torch in onnxruntime
+    before the bundle is moved into place.
+    """
+    try:
+        from winclip.export.backbones import ExportError, register_model_configs
+        from winclip.export.exporter import ExportOptions, export_bundle
+    except ImportError as exc:
+        raise click.ClickException(
+            f"export dependencies missing ({exc.name}): pip install 'winclip-edge[export,cpu]'") from None
+    try:
+        scale_list = tuple(int(s) for s in scales.split(",") if s.strip())
+    except ValueError:
+        raise click.ClickException(f"--scales must be integers like 2,3, got {scales!r}") from None
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        click.echo(click.style(f"warning: {message}", fg="yellow"), err=True)
+
+    warnings.showwarning = show_warning
+    try:
+        register_model_configs(model_configs)
+        export_bundle(
+            ExportOptions(out=out, backbone=backbone, pretrained=pretrained, objects=list(objects),
+                          opset=opset, force=force, scales=scale_list, temperature=temperature,
+                          text_ensemble=text_ensemble, patch_layer=patch_layer, patch_ln_post=patch_ln_post),
+            log=lambda msg: click.echo(msg, err=True),
+        )
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

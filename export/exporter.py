@@ -1,0 +1,209 @@
+"""Export pipeline: backbone -> text prototypes + windowed ONNX graph -> verified bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import open_clip
+import torch
+
+from winclip.export.backbones import ExportError, LoadedBackbone, load_backbone
+from winclip.export.prompts import ANOMALOUS_STATES, NORMAL_STATES, TEMPLATES
+from winclip.export.text import text_prototypes
+from winclip.export.verify import verify_graph
+from winclip.export.windowed_visual import WindowedVisual
+from winclip.runtime import bundle as schema
+from winclip.runtime.geometry import window_count
+
+DEFAULT_TEMPERATURE = 0.07
+VERIFY_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportOptions:
+    out: Path
+    backbone: str = "ViT-B-16+"
+    pretrained: str | None = None
+    objects: list[str] = field(default_factory=lambda: ["object"])
+    opset: int = 17
+    force: bool = False
+    scales: tuple[int, ...] = (2, 3)
+    stride: int = 1
+    temperature: float = DEFAULT_TEMPERATURE
+    text_ensemble: str = "normalized_mean"
+    patch_layer: int | None = None
+    patch_ln_post: bool = False
+    tolerance: float = VERIFY_TOLERANCE
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("winclip-edge", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def check_inputs(opts: ExportOptions) -> list[str]:
+    """Fail fast on bad input, before minutes of model loading."""
+    objects = []
+    for raw in opts.objects:
+        try:
+            name = schema.normalize_object_name(raw)
+        except ValueError:
+            raise ExportError(f"object name {raw!r} is empty") from None
+        if name not in objects:
+            objects.append(name)
+    if not objects:
+        raise ExportError("give at least one --object")
+    files = [schema.text_file_name(o) for o in objects]
+    if len(set(files)) != len(files):
+        raise ExportError(f"object names {objects} collide as file names; rename one")
+    out = Path(opts.out)
+    if out.exists() and not opts.force:
+        raise ExportError(f"output {out} exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is not a directory")
+    if not 14 <= opts.opset <= 23:
+        raise ExportError(f"opset {opts.opset} is not supported; use 14..23")
+    return objects
+
+
+def export_onnx(wrapper: WindowedVisual, path: Path, opset: int) -> None:
+    names = schema.output_names(list(wrapper.scales))
+    size = wrapper.visual.image_size
+    # A batch of 2 keeps the traced batch axis symbolic.
+    example = torch.randn(2, 3, int(size[0]), int(size[1]))
+    # Traced with grad enabled on purpose: under no_grad nn.MultiheadAttention
+    # takes its fused fast path, which has no ONNX symbolic.
+    try:
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[schema.INPUT_NAME],
+            output_names=names,
+            dynamic_axes={n: {0: "batch"} for n in [schema.INPUT_NAME, *names]},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise ExportError(f"ONNX export failed: {first}") from None
+
+
+def build_manifest(opts, loaded: LoadedBackbone, wrapper: WindowedVisual, objects, text_files,
+                   verification: dict, files: dict[str, str]) -> dict:
+    pre = open_clip.get_model_preprocess_cfg(loaded.model)
+    size = [int(s) for s in wrapper.visual.image_size]
+    scales = list(wrapper.scales)
+    out_shapes = {schema.IMAGE_EMBEDDING: ["batch", wrapper.embed_dim]}
+    for k in scales:
+        out_shapes[schema.window_output_name(k)] = ["batch", window_count(wrapper.grid, k, wrapper.stride), wrapper.embed_dim]
+    out_shapes[schema.PATCH_FEATURES] = ["batch", wrapper.grid[0] * wrapper.grid[1], wrapper.width]
+    return {
+        "format": schema.BUNDLE_FORMAT,
+        "schema_version": schema.SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": {"name": loaded.backbone, "open_clip_model": loaded.open_clip_model, "weights": loaded.weights},
+        "preprocess": {
+            "input_size": size,
+            "resize": "squash",
+            "interpolation": "bicubic",
+            "antialias": True,
+            "channel_order": "RGB",
+            "mean": [float(m) for m in pre["mean"]],
+            "std": [float(s) for s in pre["std"]],
+        },
+        "patch_size": [int(p) for p in wrapper.visual.patch_size],
+        "grid": list(wrapper.grid),
+        "windows": {
+            "scales": scales,
+            "stride": wrapper.stride,
+            "counts": {str(k): window_count(wrapper.grid, k, wrapper.stride) for k in scales},
+        },
+        "dims": {"embed": wrapper.embed_dim, "width": wrapper.width, "layers": len(wrapper.visual.transformer.resblocks)},
+        "patch_features": {"layer": wrapper.patch_layer, "ln_post": wrapper.patch_ln_post},
+        "graph": {
+            "file": schema.GRAPH_NAME,
+            "precision": "fp32",
+            "opset": opts.opset,
+            "inputs": {schema.INPUT_NAME: ["batch", 3, *size]},
+            "outputs": out_shapes,
+        },
+        "text": {
+            "ensemble": opts.text_ensemble,
+            "normal_states": list(NORMAL_STATES),
+            "anomalous_states": list(ANOMALOUS_STATES),
+            "templates": list(TEMPLATES),
+            "objects": dict(zip(objects, text_files)),
+        },
+        "scoring": {"temperature": opts.temperature},
+        "verification": verification,
+        "versions": _versions(),
+        "files": files,
+    }
+
+
+def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Path:
+    objects = check_inputs(opts)
+    out = Path(opts.out)
+    t0 = time.perf_counter()
+    log(f"loading {opts.backbone} (weights: {opts.pretrained or 'default tag'})")
+    loaded = load_backbone(opts.backbone, opts.pretrained)
+    try:
+        wrapper = WindowedVisual(loaded.model.visual, opts.scales, opts.stride, opts.patch_layer, opts.patch_ln_post).eval()
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / schema.TEXT_DIR).mkdir(parents=True)
+        text_files = []
+        for name in objects:
+            log(f"text prototypes for {name!r}")
+            protos = text_prototypes(loaded.model, loaded.open_clip_model, name, opts.text_ensemble)
+            rel = schema.text_file_name(name)
+            np.save(tmp / rel, protos, allow_pickle=False)
+            text_files.append(rel)
+        log(f"tracing the windowed visual graph (opset {opts.opset})")
+        graph = tmp / schema.GRAPH_NAME
+        export_onnx(wrapper, graph, opts.opset)
+        log("verifying the ONNX graph against torch in onnxruntime")
+        verification = verify_graph(wrapper, graph, opts.tolerance)
+        files = {
+            str(p.relative_to(tmp).as_posix()): schema.sha256_file(p)
+            for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        manifest = build_manifest(opts, loaded, wrapper, objects, text_files, verification, files)
+        (tmp / schema.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"bundle written to {out} in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished bundle into place; an old one is removed only afterwards."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

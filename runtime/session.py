@@ -1,0 +1,103 @@
+"""ONNX Runtime session for a bundle's graph: providers, threads, optimised-graph cache."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import onnxruntime as ort
+
+from winclip.runtime.bundle import Bundle, BundleError
+
+PROVIDERS = ("auto", "cuda", "cpu")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(provider: str) -> list[str]:
+    available = ort.get_available_providers()
+    if provider == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if provider == "cuda":
+        if CUDA not in available:
+            raise BundleError("CUDA was asked for but this onnxruntime has no CUDA provider: install winclip-edge[gpu]")
+        return [CUDA, CPU]
+    if provider == "cpu":
+        return [CPU]
+    raise BundleError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+
+
+def _cache_file(bundle: Bundle, cache_dir: Path | None) -> Path | None:
+    """Where the CPU-optimised graph is kept: beside the bundle, else the user cache."""
+    key = f"{bundle.manifest['files'][bundle.graph_file][:16]}-ort{ort.__version__}-{platform.machine()}.onnx"
+    candidates = [cache_dir] if cache_dir else [
+        bundle.root / ".ort-cache",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "winclip-edge",
+    ]
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder / key
+        except OSError:
+            continue
+    return None
+
+
+def create_session(bundle: Bundle, provider: str = "auto", threads: int | None = None,
+                   cache: bool = True, cache_dir: Path | None = None) -> ort.InferenceSession:
+    providers = choose_providers(provider)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    # Only the CPU provider's optimised graph is portable enough to cache: a graph
+    # optimised for CUDA may hold kernels the CPU cannot run.
+    cached = _cache_file(bundle, cache_dir) if cache and providers == [CPU] else None
+    session = None
+    if cached is not None and cached.is_file():
+        try:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            session = ort.InferenceSession(str(cached), options, providers=providers)
+        except Exception:
+            cached.unlink(missing_ok=True)  # a stale or broken cache is rebuilt below
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if session is None:
+        tmp = None
+        if cached is not None:
+            fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=cached.parent)
+            os.close(fd)
+            options.optimized_model_filepath = tmp
+        try:
+            session = ort.InferenceSession(str(bundle.graph_path), options, providers=providers)
+        except Exception as exc:
+            raise BundleError(f"onnxruntime cannot load {bundle.graph_file}: {str(exc).splitlines()[0]}") from None
+        finally:
+            if tmp is not None:
+                if os.path.getsize(tmp) > 0:
+                    os.replace(tmp, cached)
+                else:
+                    os.unlink(tmp)
+    check_graph_io(bundle, session)
+    return session
+
+
+def check_graph_io(bundle: Bundle, session: ort.InferenceSession) -> None:
+    """The manifest and the graph must agree on names and every static dimension."""
+    declared = bundle.manifest["graph"]
+
+    def compare(kind: str, want: dict, got: list) -> None:
+        got_map = {node.name: node.shape for node in got}
+        if list(want) != list(got_map):
+            raise BundleError(f"manifest {kind} {list(want)} disagree with the graph's {list(got_map)}")
+        for name, shape in want.items():
+            actual = got_map[name]
+            static_ok = len(shape) == len(actual) and all(
+                isinstance(w, str) or w == a for w, a in zip(shape, actual))
+            if not static_ok:
+                raise BundleError(f"manifest says {name} is {shape}, the graph says {actual}")
+
+    compare("inputs", declared["inputs"], session.get_inputs())
+    compare("outputs", declared["outputs"], session.get_outputs())
