@@ -85,23 +85,29 @@ def export_onnx(wrapper: WindowedVisual, path: Path, opset: int) -> None:
     size = wrapper.visual.image_size
     # A batch of 2 keeps the traced batch axis symbolic.
     example = torch.randn(2, 3, int(size[0]), int(size[1]))
-    # Traced with grad enabled on purpose: under no_grad nn.MultiheadAttention
-    # takes its fused fast path, which has no ONNX symbolic.
+    # nn.MultiheadAttention's fused fast path has no ONNX symbolic: switch it off
+    # for the trace (tracing with grad on instead would keep every activation,
+    # several GB for ViT-B-16+).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            input_names=[schema.INPUT_NAME],
-            output_names=names,
-            dynamic_axes={n: {0: "batch"} for n in [schema.INPUT_NAME, *names]},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                input_names=[schema.INPUT_NAME],
+                output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in [schema.INPUT_NAME, *names]},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise ExportError(f"ONNX export failed: {first}") from None
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def build_manifest(opts, loaded: LoadedBackbone, wrapper: WindowedVisual, objects, text_files,

@@ -31,9 +31,11 @@ class WindowedVisual(nn.Module):
         if not 1 <= self.patch_layer <= blocks:
             raise ValueError(f"patch layer must be in 1..{blocks}, got {self.patch_layer}")
         self.patch_ln_post = bool(patch_ln_post)
+        self.window_shapes = {}
         for k in self.scales:
             table = torch.from_numpy(window_token_table(self.grid, k, self.stride))
             self.register_buffer(f"window_tokens_{k}", table, persistent=False)
+            self.window_shapes[k] = tuple(table.shape)  # python ints: static dims in the graph
 
     @property
     def width(self) -> int:
@@ -74,7 +76,7 @@ class WindowedVisual(nn.Module):
 
     def forward(self, images: torch.Tensor):
         tokens = self.embed_tokens(images)
-        batch, _, width = tokens.shape
+        width, dim = self.width, self.embed_dim
         full, kept = self._blocks(tokens, keep_layer=self.patch_layer)
         image_embedding = self._project_class(full)
         patch_features = kept[:, 1:]
@@ -82,9 +84,9 @@ class WindowedVisual(nn.Module):
             patch_features = self.visual.ln_post(patch_features)
         windows = []
         for k in self.scales:
-            table = getattr(self, f"window_tokens_{k}")
-            n_windows, length = table.shape
-            seq = tokens[:, table.reshape(-1)].reshape(batch * n_windows, length, width)
+            n_windows, length = self.window_shapes[k]
+            table = getattr(self, f"window_tokens_{k}").reshape(-1)
+            seq = tokens[:, table].reshape(-1, length, width)  # all windows of all frames: one batch
             out, _ = self._blocks(seq)
-            windows.append(self._project_class(out).reshape(batch, n_windows, -1))
+            windows.append(self._project_class(out).reshape(-1, n_windows, dim))
         return (image_embedding, *windows, patch_features)

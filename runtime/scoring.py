@@ -17,6 +17,8 @@ import numpy as np
 from winclip.runtime.bundle import IMAGE_EMBEDDING, PATCH_FEATURES, window_output_name
 from winclip.runtime.geometry import incidence_matrix
 
+SCORE_FLOOR = 1e-12  # harmonic means treat scores below this as this
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
@@ -61,15 +63,15 @@ class WinClipScorer:
 
     def harmonic(self, window_scores: np.ndarray, scale: int) -> np.ndarray:
         """(B, n_windows) -> (B, n_patches): n_p / sum over covering windows of 1/s."""
-        # A score of exactly 0 (a query equal to a memory vector) gives 1/0 = inf and
-        # a harmonic mean of 0, its correct limit.
-        with np.errstate(divide="ignore"):
-            return self.coverage[scale] / ((1.0 / window_scores) @ self.incidence[scale])
+        # A score of 0 (a query equal to a memory vector) must give a harmonic mean
+        # of 0, its limit; a floor keeps inf * 0 = nan out of the matrix product.
+        return self.coverage[scale] / ((1.0 / np.maximum(window_scores, SCORE_FLOOR)) @ self.incidence[scale])
 
     @staticmethod
     def association(queries: np.ndarray, memory: np.ndarray) -> np.ndarray:
         """(1 - max cosine to the memory) / 2, per query vector."""
-        return (1.0 - (l2_normalize(queries) @ memory.T).max(axis=-1)) / 2.0
+        # rounding can put the cosine of a vector with itself a hair above 1
+        return (1.0 - np.minimum((l2_normalize(queries) @ memory.T).max(axis=-1), 1.0)) / 2.0
 
     def memory_from_outputs(self, outputs: dict[str, np.ndarray]) -> ReferenceMemory:
         shots = outputs[IMAGE_EMBEDDING].shape[0]
