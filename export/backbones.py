@@ -105,13 +105,29 @@ def _load_checkpoint_file(model, model_name: str, path: Path) -> None:
         raise ExportError(f"unsupported checkpoint type {path.suffix!r}: use one of {', '.join(CHECKPOINT_SUFFIXES)}")
     try:
         # weights_only=True: a checkpoint is data; pickled code is refused.
-        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
-    except RuntimeError as exc:
-        if "Error(s) in loading state_dict" in str(exc):
-            raise ExportError(describe_mismatch(model, model_name, path)) from None
-        raise ExportError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+        state = open_clip.factory.load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # corrupt zip/pickle/safetensors: one line, whatever the reader raised
         raise ExportError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+    # Name a wrong architecture before open_clip's key massaging trips over it
+    # (positional embeddings are exempt: open_clip resizes those on purpose).
+    if _shape_mismatches(model, state):
+        raise ExportError(describe_mismatch(model, model_name, path, state))
+    del state
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
+        state = open_clip.factory.load_state_dict(str(path), weights_only=True)
+        raise ExportError(describe_mismatch(model, model_name, path, state) + f" ({_first_line(exc)})") from None
+
+
+def _shape_mismatches(model, state) -> list[tuple[str, tuple, tuple]]:
+    expected = model.state_dict()
+    diffs = [
+        (k, tuple(v.shape), tuple(expected[k].shape))
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape) and not k.endswith("positional_embedding")
+    ]
+    return sorted(diffs, key=lambda d: not d[0].startswith("visual."))  # the image tower first
 
 
 def _first_line(exc: BaseException) -> str:
@@ -119,15 +135,10 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def describe_mismatch(model, model_name: str, path: Path) -> str:
+def describe_mismatch(model, model_name: str, path: Path, state: dict) -> str:
     """Name how a checkpoint differs from the architecture it was given to."""
-    state = open_clip.factory.load_state_dict(str(path), weights_only=True)
     expected = model.state_dict()
-    shape_diffs = [
-        (k, tuple(v.shape), tuple(expected[k].shape))
-        for k, v in state.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    ]
+    shape_diffs = _shape_mismatches(model, state)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     parts = [f"checkpoint {path.name} does not fit {model_name}"]

@@ -1,0 +1,226 @@
+"""Export on the tiny open_clip config: graph vs torch, text side, manifest, bad input."""
+
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import TINY, TINY_CONFIG, export, make_model, run_cli, save_checkpoint
+from winclip.export.prompts import ANOMALOUS_STATES, NORMAL_STATES, TEMPLATES, prompt_sets
+from winclip.export.text import text_prototypes
+from winclip.export.windowed_visual import WindowedVisual
+from winclip.runtime import bundle as schema
+from winclip.runtime.geometry import window_patch_indices
+
+
+def test_prompt_ensemble_sizes():
+    assert (len(NORMAL_STATES), len(ANOMALOUS_STATES), len(TEMPLATES)) == (7, 4, 22)
+    assert len(set(TEMPLATES)) == 22 and all(t.endswith(".") for t in TEMPLATES)
+    normal, anomalous = prompt_sets("metal nut")
+    assert len(normal) == 154 and len(anomalous) == 88
+    assert "a cropped photo of a flawless metal nut." in normal
+    assert "a photo of the metal nut with damage for anomaly detection." in anomalous
+
+
+def test_text_prototypes_are_normalised_means_of_normalised_prompts(tiny_model):
+    import open_clip
+
+    protos = text_prototypes(tiny_model, TINY, "bottle")
+    tok = open_clip.get_tokenizer(TINY)
+    with torch.no_grad():
+        for row, prompts in zip(protos, prompt_sets("bottle")):
+            e = tiny_model.encode_text(tok(prompts))
+            e = e / e.norm(dim=-1, keepdim=True)
+            m = e.mean(0)
+            np.testing.assert_allclose(row, (m / m.norm()).numpy(), atol=1e-6)
+    raw = text_prototypes(tiny_model, TINY, "bottle", ensemble="raw_mean")
+    assert not np.allclose(raw, protos) and np.allclose(np.linalg.norm(raw, axis=1), 1, atol=1e-6)
+
+
+def test_graph_outputs_match_torch_for_several_batch_sizes(tiny_bundle, tiny_model):
+    wrapper = WindowedVisual(tiny_model.visual).eval()
+    sess = ort.InferenceSession(str(tiny_bundle / "visual.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 3, 80, 80)).astype(np.float32)
+        with torch.no_grad():
+            want = [t.numpy() for t in wrapper(torch.from_numpy(x))]
+        got = sess.run(None, {"images": x})
+        assert [o.name for o in sess.get_outputs()] == schema.output_names([2, 3])
+        for w, g in zip(want, got):
+            assert w.shape == g.shape and w.shape[0] == batch
+            assert np.abs(w - g).max() <= 1e-4
+
+
+def test_graph_image_embedding_is_open_clips_own(tiny_model):
+    wrapper = WindowedVisual(tiny_model.visual).eval()
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        np.testing.assert_allclose(wrapper(x)[0].numpy(), tiny_model.encode_image(x).numpy(), atol=1e-5)
+
+
+def test_windows_never_attend_across_each_other(tiny_model):
+    """open_clip 3.x is batch-first; a sequence-first feed would mix windows silently."""
+    wrapper = WindowedVisual(tiny_model.visual).eval()
+    x = torch.randn(1, 3, 80, 80)
+    with torch.no_grad():
+        base = wrapper(x)[1][0]  # scale-2 window embeddings of frame 0
+        # change patch (row 4, col 4) only: windows not holding it must not move
+        y = x.clone()
+        y[:, :, 64:80, 64:80] += 3.0
+        moved = wrapper(y)[1][0]
+    holds = np.array([24 in w for w in window_patch_indices((5, 5), 2)])
+    diff = (moved - base).abs().amax(dim=1).numpy()
+    assert diff[~holds].max() < 1e-5
+    assert diff[holds].min() > 1e-3
+    # and a window alone gives what it gives in the batch
+    tokens = wrapper.embed_tokens(x)
+    alone, _ = wrapper._blocks(tokens[:, [0, 1, 2, 6, 7]])
+    np.testing.assert_allclose(wrapper._project_class(alone)[0].detach().numpy(), base[0].numpy(), atol=1e-5)
+
+
+def test_manifest_records_the_contract(tiny_bundle):
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert m["schema_version"] == schema.SCHEMA_VERSION and m["format"] == schema.BUNDLE_FORMAT
+    assert m["backbone"]["open_clip_model"] == TINY and m["backbone"]["weights"]["kind"] == "file"
+    assert len(m["backbone"]["weights"]["sha256"]) == 64
+    assert m["grid"] == [5, 5] and m["windows"]["counts"] == {"2": 16, "3": 9}
+    assert m["preprocess"]["input_size"] == [80, 80] and m["preprocess"]["resize"] == "squash"
+    assert m["graph"]["outputs"]["window_embeddings_3"] == ["batch", 9, 32]
+    assert m["graph"]["outputs"]["patch_features"] == ["batch", 25, 64]
+    assert set(m["text"]["objects"]) == {"bottle", "metal nut"}
+    assert m["text"]["templates"] == list(TEMPLATES)
+    assert m["verification"]["inputs"] == 2 and max(m["verification"]["max_abs_diff"].values()) <= 1e-4
+    files = sorted(p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file())
+    assert sorted(m["files"]) == [f for f in files if f != "manifest.json"]
+    assert {"torch", "open_clip_torch", "onnxruntime"} <= set(m["versions"])
+    assert np.load(tiny_bundle / m["text"]["objects"]["metal nut"]).shape == (2, 32)
+
+
+def test_checkpoint_file_loads_bit_exact(tiny_model, tiny_checkpoint):
+    from winclip.export.backbones import load_backbone
+
+    loaded = load_backbone(TINY, str(tiny_checkpoint))
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k]), k
+
+
+def test_safetensors_checkpoint_loads(tiny_model, tmp_path):
+    from safetensors.torch import save_file
+
+    from winclip.export.backbones import load_backbone
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path))
+    loaded = load_backbone(TINY, str(path))
+    assert torch.equal(loaded.model.visual.proj, tiny_model.visual.proj)
+
+
+def test_verification_failure_leaves_nothing(tiny_checkpoint, tmp_path):
+    from winclip.export.backbones import ExportError
+
+    out = tmp_path / "b"
+    with pytest.raises(ExportError, match="verification failed"):
+        export(out, tiny_checkpoint, TINY, tolerance=0.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_replaces_a_bundle_atomically(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    export(out, tiny_checkpoint, TINY)
+    first = json.loads((out / "manifest.json").read_text())["created"]
+    export(out, tiny_checkpoint, TINY, objects=("screw",), force=True)
+    m = json.loads((out / "manifest.json").read_text())
+    assert list(m["text"]["objects"]) == ["screw"] and not (out / "text" / "bottle.npy").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert first
+
+
+# ---- bad input: one line, non-zero exit, nothing written
+def _cli_fails(tmp_path, *args, env=None):
+    out = tmp_path / "out"
+    proc = run_cli("winclip-export", "--model-config", str(TINY_CONFIG), "--out", str(out), *args, env=env)
+    assert proc.returncode != 0, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+    return error_lines[0]
+
+
+def test_unknown_backbone_lists_valid_ones(tmp_path):
+    msg = _cli_fails(tmp_path, "--backbone", "ViT-Z-99", "--pretrained", "none")
+    assert "unknown backbone 'ViT-Z-99'" in msg and "ViT-B-16+" in msg and "ViT-L-14" in msg
+
+
+def test_missing_checkpoint(tmp_path):
+    msg = _cli_fails(tmp_path, "--backbone", TINY, "--pretrained", str(tmp_path / "nope.pt"))
+    assert "checkpoint not found" in msg
+
+
+def test_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"this is not a checkpoint" * 10)
+    msg = _cli_fails(tmp_path, "--backbone", TINY, "--pretrained", str(bad))
+    assert "cannot read checkpoint" in msg
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.proj": torch.zeros(1), "hook": TestObject()}, evil)
+    msg = _cli_fails(tmp_path, "--backbone", TINY, "--pretrained", str(evil))
+    assert "cannot read checkpoint" in msg
+
+
+class TestObject:  # a class weights_only loading must refuse
+    pass
+
+
+def test_checkpoint_for_another_architecture_names_the_mismatch(tmp_path):
+    import open_clip
+
+    open_clip.add_model_config(TINY_CONFIG)
+    other = save_checkpoint(make_model(TINY), tmp_path / "tiny.pt")
+    msg = _cli_fails(tmp_path, "--backbone", "ViT-B-16+", "--pretrained", str(other))
+    assert "does not fit ViT-B-16-plus-240" in msg and "visual.conv1.weight" in msg
+
+
+def test_tag_download_offline_fails_fast(tmp_path):
+    t0 = time.perf_counter()
+    msg = _cli_fails(tmp_path, "--backbone", TINY, "--pretrained", "none", "--backbone", "ViT-B-16+",
+                     "--pretrained", "laion400m_e31", env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"})
+    assert time.perf_counter() - t0 < 40
+    assert "needs a download" in msg and "--pretrained PATH" in msg and "laion400m_e31" in msg
+
+
+def test_unknown_tag_lists_known_tags(tmp_path):
+    msg = _cli_fails(tmp_path, "--backbone", "ViT-B-16+", "--pretrained", "laion9000")
+    assert "laion400m_e31" in msg
+
+
+def test_empty_object_name(tmp_path):
+    msg = _cli_fails(tmp_path, "--backbone", TINY, "--pretrained", "none", "--object", "  ")
+    assert "empty" in msg
+
+
+def test_existing_output_needs_force(tmp_path):
+    (tmp_path / "out").mkdir()
+    proc = run_cli("winclip-export", "--model-config", str(TINY_CONFIG), "--backbone", TINY,
+                   "--pretrained", "none", "--out", str(tmp_path / "out"))
+    assert proc.returncode != 0 and "--force" in proc.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_random_weights_warn_on_the_terminal(tmp_path):
+    proc = run_cli("winclip-export", "--model-config", str(TINY_CONFIG), "--backbone", TINY,
+                   "--pretrained", "none", "--out", str(tmp_path / "b"), check=True)
+    assert "RANDOM weights" in proc.stderr
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["backbone"]["weights"] == {"kind": "none"}
+
+
+def test_help_texts():
+    for name in ("winclip-export", "winclip-inspect"):
+        proc = run_cli(name, "--help")
+        assert proc.returncode == 0 and "Usage" in proc.stdout and "--out" in proc.stdout
