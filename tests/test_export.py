@@ -184,7 +184,7 @@ def test_checkpoint_for_another_architecture_names_the_mismatch(tmp_path):
     open_clip.add_model_config(TINY_CONFIG)
     other = save_checkpoint(make_model(TINY), tmp_path / "tiny.pt")
     msg = _cli_fails(tmp_path, "--backbone", "ViT-B-16+", "--pretrained", str(other))
-    assert "does not fit ViT-B-16-plus-240" in msg and "visual.conv1.weight" in msg
+    assert "does not fit ViT-B-16-plus-240" in msg and "vision width/patch 64/16, model 896/16" in msg
 
 
 def test_tag_download_offline_fails_fast(tmp_path):
