@@ -47,8 +47,9 @@ class TorchWinClip:
         """RGB float frames in [0, 1] of any size -> normalised (B, 3, H, W)."""
         out = []
         for frame in rgb_frames:
-            x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).permute(2, 0, 1)[None]
-            x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False)
+            x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float64)).permute(2, 0, 1)[None]
+            # float64: torch's float32 kernel rounds its tap positions (~2e-5 off)
+            x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False).float()
             out.append((x - self.mean) / self.std)
         return torch.cat(out)
 

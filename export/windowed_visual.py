@@ -31,19 +31,15 @@ class WindowedVisual(nn.Module):
         if not 1 <= self.patch_layer <= blocks:
             raise ValueError(f"patch layer must be in 1..{blocks}, got {self.patch_layer}")
         self.patch_ln_post = bool(patch_ln_post)
+        # python ints, read once: inside forward they would be traced tensors
+        self.width = int(visual.conv1.out_channels)
+        self.embed_dim = int(visual.proj.shape[1])
         self.window_shapes = {}
         for k in self.scales:
             table = torch.from_numpy(window_token_table(self.grid, k, self.stride))
             self.register_buffer(f"window_tokens_{k}", table, persistent=False)
             self.window_shapes[k] = tuple(table.shape)  # python ints: static dims in the graph
 
-    @property
-    def width(self) -> int:
-        return int(self.visual.conv1.out_channels)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.visual.proj.shape[1])
 
     def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[class, patches] + positional embedding, (B, 1 + P, width)."""

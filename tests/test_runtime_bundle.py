@@ -1,0 +1,145 @@
+"""Loading a bundle: everything is checked, anything odd is refused with one line."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from winclip.runtime import Detector
+from winclip.runtime.bundle import Bundle, BundleError
+
+
+def _edit_manifest(bundle, change):
+    path = bundle / "manifest.json"
+    m = json.loads(path.read_text())
+    change(m)
+    path.write_text(json.dumps(m))
+
+
+def test_loads_and_lists_objects(tiny_bundle):
+    b = Bundle.load(tiny_bundle)
+    assert b.objects == ["bottle", "metal nut"] and b.grid == (5, 5) and b.scales == [2, 3]
+    assert b.text_prototypes("metal_nut").shape == (2, 32)
+
+
+def test_unknown_object_lists_the_known_ones(tiny_bundle):
+    with pytest.raises(BundleError, match="no text embeddings for object 'screw'; it has: 'bottle', 'metal nut'"):
+        Bundle.load(tiny_bundle).text_prototypes("screw")
+
+
+def test_checksum_mismatch(tiny_bundle_copy):
+    with open(tiny_bundle_copy / "text" / "bottle.npy", "r+b") as fh:
+        fh.seek(-4, os.SEEK_END)
+        fh.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(BundleError, match="checksum mismatch for bundle file text/bottle.npy"):
+        Bundle.load(tiny_bundle_copy)
+
+
+def test_unknown_schema_version(tiny_bundle_copy):
+    _edit_manifest(tiny_bundle_copy, lambda m: m.update(schema_version=99))
+    with pytest.raises(BundleError, match="schema version 99 is not supported"):
+        Bundle.load(tiny_bundle_copy)
+
+
+def test_missing_file(tiny_bundle_copy):
+    (tiny_bundle_copy / "visual.onnx").unlink()
+    with pytest.raises(BundleError, match="bundle file missing: visual.onnx"):
+        Bundle.load(tiny_bundle_copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        Bundle.load(tmp_path)
+    with pytest.raises(BundleError, match="not found"):
+        Bundle.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["../outside.npy", "/etc/passwd", "text/../../x.npy"])
+def test_file_names_may_not_leave_the_bundle(tiny_bundle_copy, name):
+    _edit_manifest(tiny_bundle_copy, lambda m: m["files"].update({name: "0" * 64}))
+    with pytest.raises(BundleError, match="not a plain relative path|outside"):
+        Bundle.load(tiny_bundle_copy)
+
+
+def test_symlink_out_of_the_bundle_is_refused(tiny_bundle_copy, tmp_path):
+    secret = tmp_path / "secret.npy"
+    np.save(secret, np.zeros((2, 32), np.float32))
+    target = tiny_bundle_copy / "text" / "bottle.npy"
+    target.unlink()
+    target.symlink_to(secret)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle.load(tiny_bundle_copy)
+
+
+def test_pickled_text_embeddings_are_never_unpickled(tiny_bundle_copy):
+    import hashlib
+
+    path = tiny_bundle_copy / "text" / "bottle.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    _edit_manifest(tiny_bundle_copy, lambda m: m["files"].update({"text/bottle.npy": digest}))
+    with pytest.raises(BundleError, match="cannot read text embeddings"):
+        Bundle.load(tiny_bundle_copy).text_prototypes("bottle")
+
+
+def test_manifest_that_disagrees_with_the_graph(tiny_bundle_copy):
+    _edit_manifest(tiny_bundle_copy, lambda m: m["graph"]["outputs"].update(window_embeddings_2=["batch", 17, 32]))
+    with pytest.raises(BundleError, match="window_embeddings_2"):
+        Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
+
+
+def test_cuda_without_the_gpu_build_is_a_clear_error(tiny_bundle):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(BundleError, match=r"winclip-edge\[gpu\]"):
+        Detector.from_bundle(tiny_bundle, object="bottle", provider="cuda")
+
+
+def test_optimised_graph_is_cached_for_the_next_start(tiny_bundle_copy):
+    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu")
+    cached = list((tiny_bundle_copy / ".ort-cache").glob("*.onnx"))
+    assert len(cached) == 1 and cached[0].stat().st_size > 0
+    mtime = cached[0].stat().st_mtime_ns
+    det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu")
+    assert cached[0].stat().st_mtime_ns == mtime  # reused, not rewritten
+    assert det(np.zeros((90, 90, 3), np.uint8))[0].anomaly_map.shape == (90, 90)
+    # a broken cache file is rebuilt, not trusted
+    cached[0].write_bytes(b"garbage")
+    det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu")
+    assert cached[0].stat().st_size > 100
+
+
+def test_runtime_never_imports_torch(tiny_bundle, tmp_path):
+    """Invariant 1, checked in a clean interpreter that has torch installed."""
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        import winclip.runtime, winclip.calibration
+        from winclip.runtime import Detector
+        from winclip.runtime import inspect_cli, bundle, geometry, preprocess, scoring, session, images, overlay
+        det = Detector.from_bundle({str(tiny_bundle)!r}, object="bottle", provider="cpu", cache=False)
+        det.set_reference([np.zeros((64, 64), np.uint8)])
+        det(np.zeros((64, 64, 3), np.uint8))
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "torchvision"))
+        print("LEAKED", bad)
+        sys.exit(1 if bad else 0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_inspect_refuses_a_broken_bundle_in_one_line(tiny_bundle_copy, tmp_path):
+    _edit_manifest(tiny_bundle_copy, lambda m: m.update(schema_version=2))
+    src = tmp_path / "src"
+    src.mkdir()
+    import cv2
+
+    cv2.imwrite(str(src / "a.png"), np.zeros((10, 10), np.uint8))
+    proc = run_cli("winclip-inspect", str(tiny_bundle_copy), "--source", str(src), "--out", str(tmp_path / "o"))
+    assert proc.returncode != 0 and "schema version 2" in proc.stderr and "Traceback" not in proc.stderr
