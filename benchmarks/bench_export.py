@@ -1,0 +1,36 @@
+"""Wall time and peak memory of `winclip-export` for the real ViT-B-16+ architecture.
+
+Runs the CLI in a child process (random weights from a checkpoint file this script
+writes) and reads the child's peak resident memory from the OS.
+
+    python benchmarks/bench_export.py
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import VIT, make_model, save_checkpoint  # noqa: E402
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="winclip-bench-export-"))
+    checkpoint = save_checkpoint(make_model(VIT), work / "vit.pt")
+    cmd = [sys.executable, "-m", "winclip.export.cli", "--backbone", "ViT-B-16+", "--pretrained", str(checkpoint),
+           "--object", "bottle", "--out", str(work / "bundle")]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    size_mb = sum(p.stat().st_size for p in (work / "bundle").rglob("*") if p.is_file()) / 1024**2
+    print(f"winclip-export ViT-B-16+: {wall:.1f} s wall, peak RSS {peak_gb:.2f} GB, bundle {size_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
