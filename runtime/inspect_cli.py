@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from winclip.calibration.reference import ReferenceError, load_reference_images
 from winclip.runtime.bundle import BundleError
 from winclip.runtime.images import ImageReadError, list_images, read_image
 from winclip.runtime.overlay import heatmap_overlay
@@ -29,17 +30,6 @@ def _write_atomic(target: Path, write) -> None:
     tmp = target.with_name(f".tmp-{target.name}")  # keeps the suffix: writers pick formats by it
     write(tmp)
     os.replace(tmp, target)
-
-
-def load_reference(folder: Path, shots: int | None) -> list[np.ndarray]:
-    paths = list_images(folder)
-    if shots is not None and shots < 1:
-        raise click.ClickException(f"--shots must be >= 1, got {shots}")
-    wanted = shots if shots is not None else len(paths)
-    if not paths or len(paths) < wanted:
-        raise click.ClickException(
-            f"reference folder {folder} has {len(paths)} images, fewer than the {max(wanted, 1)} asked for")
-    return [read_image(p) for p in paths[:wanted]]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -58,8 +48,9 @@ def load_reference(folder: Path, shots: int | None) -> list[np.ndarray]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Frames per session call.")
 @click.option("--temperature", type=float, default=None, help="Override the manifest's softmax temperature.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT/events.jsonl.")
+@click.option("--no-cache", is_flag=True, help="Neither use nor write the optimised-graph cache beside the bundle.")
 def main(bundle, source, out, object_name, reference, shots, save_maps, save_overlays, threshold,
-         provider, threads, batch_size, temperature, force):
+         provider, threads, batch_size, temperature, force, no_cache):
     """Score every image under --source with the WinCLIP bundle BUNDLE.
 
     Writes one JSON line per image to OUT/events.jsonl (source, image_score,
@@ -79,12 +70,12 @@ def main(bundle, source, out, object_name, reference, shots, save_maps, save_ove
         raise click.ClickException(f"{events_path} exists; pass --force to replace it")
     try:
         detector = Detector.from_bundle(bundle, object=object_name, provider=provider, threads=threads,
-                                        temperature=temperature, threshold=threshold)
+                                        temperature=temperature, threshold=threshold, cache=not no_cache)
         if reference is not None:
-            refs = load_reference(reference, shots)
+            refs = load_reference_images(reference, shots)
             detector.set_reference(refs)
             click.echo(f"WinCLIP+ memory from {len(refs)} normal images", err=True)
-    except (BundleError, ImageReadError, ValueError) as exc:
+    except (BundleError, ReferenceError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{bundle}: object {detector.object_name!r} on {', '.join(detector.providers)}", err=True)
 

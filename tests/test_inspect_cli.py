@@ -87,5 +87,8 @@ def test_bad_input_is_one_line(tiny_bundle, source, tmp_path):
     msg = _fails(str(tiny_bundle), "--source", str(source), "--out", out, "--object", "bottle",
                  "--reference", str(ref), "--shots", "4")
     assert "has 1 images, fewer than the 4 asked for" in msg
+    (ref / "b.png").write_bytes(b"garbage")
+    assert "reference image unusable" in _fails(str(tiny_bundle), "--source", str(source), "--out", out,
+                                                "--object", "bottle", "--reference", str(ref))
     assert "has 0 images" in _fails(str(tiny_bundle), "--source", str(source), "--out", out, "--object", "bottle",
                                     "--reference", str(empty))
