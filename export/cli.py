@@ -8,23 +8,28 @@ from pathlib import Path
 
 import click
 
+from winclip.export.options import TEXT_ENSEMBLES, ExportOptions
+
+DEFAULTS = ExportOptions()
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--backbone", default="ViT-B-16+",
+@click.option("--backbone", default=DEFAULTS.backbone,
               help="Registry alias (ViT-B-16+) or any open_clip ViT model name.")
 @click.option("--pretrained", default=None, metavar="TAG|PATH|none",
               help="open_clip pretrained tag (downloaded when online), a local checkpoint "
                    "(.pt/.pth/.bin/.safetensors), or 'none' for random weights (tests only). "
                    "[default: the backbone's default tag]")
-@click.option("--object", "objects", multiple=True, default=("object",),
+@click.option("--object", "objects", multiple=True, default=tuple(DEFAULTS.objects),
               help="Object name for the text prompts; repeat for several ('metal_nut' -> 'metal nut').")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bundles/winclip-vitb16plus"),
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULTS.out,
               help="Bundle directory to write.")
-@click.option("--opset", type=int, default=17, help="ONNX opset.")
+@click.option("--opset", type=int, default=DEFAULTS.opset, help="ONNX opset (14..20).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-@click.option("--scales", default="2,3", help="Window scales, comma separated.")
-@click.option("--temperature", type=float, default=0.07, help="Softmax temperature recorded as the scoring default.")
-@click.option("--text-ensemble", type=click.Choice(["normalized_mean", "raw_mean"]), default="normalized_mean",
+@click.option("--scales", default=",".join(map(str, DEFAULTS.scales)), help="Window scales, comma separated.")
+@click.option("--temperature", type=float, default=DEFAULTS.temperature,
+              help="Softmax temperature recorded as the scoring default.")
+@click.option("--text-ensemble", type=click.Choice(TEXT_ENSEMBLES), default=DEFAULTS.text_ensemble,
               help="How prompt embeddings are averaged into a prototype.")
 @click.option("--patch-layer", type=int, default=None,
               help="Block whose patch tokens form the few-shot patch features. [default: last]")
@@ -42,7 +47,7 @@ def main(backbone, pretrained, objects, out, opset, force, scales, temperature, 
     """
     try:
         from winclip.export.backbones import ExportError, register_model_configs
-        from winclip.export.exporter import ExportOptions, export_bundle
+        from winclip.export.exporter import export_bundle
     except ImportError as exc:
         raise click.ClickException(
             f"export dependencies missing ({exc.name}): pip install 'winclip-edge[export,cpu]'") from None
@@ -65,6 +70,8 @@ def main(backbone, pretrained, objects, out, opset, force, scales, temperature, 
         )
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # permissions, a full disk: one line, nothing left behind
+        raise click.ClickException(f"export failed: {exc}") from None
     click.echo(str(out))
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -17,33 +16,13 @@ import open_clip
 import torch
 
 from winclip.export.backbones import ExportError, LoadedBackbone, load_backbone
+from winclip.export.options import ExportOptions
 from winclip.export.prompts import ANOMALOUS_STATES, NORMAL_STATES, TEMPLATES
 from winclip.export.text import text_prototypes
 from winclip.export.verify import verify_graph
 from winclip.export.windowed_visual import WindowedVisual
 from winclip.runtime import bundle as schema
 from winclip.runtime.geometry import window_count
-
-DEFAULT_TEMPERATURE = 0.07
-VERIFY_TOLERANCE = 1e-4
-
-
-@dataclass
-class ExportOptions:
-    out: Path
-    backbone: str = "ViT-B-16+"
-    pretrained: str | None = None
-    objects: list[str] = field(default_factory=lambda: ["object"])
-    opset: int = 17
-    force: bool = False
-    scales: tuple[int, ...] = (2, 3)
-    stride: int = 1
-    temperature: float = DEFAULT_TEMPERATURE
-    text_ensemble: str = "normalized_mean"
-    patch_layer: int | None = None
-    patch_ln_post: bool = False
-    tolerance: float = VERIFY_TOLERANCE
-
 
 def _versions() -> dict[str, str]:
     out = {}
@@ -70,14 +49,29 @@ def check_inputs(opts: ExportOptions) -> list[str]:
     files = [schema.text_file_name(o) for o in objects]
     if len(set(files)) != len(files):
         raise ExportError(f"object names {objects} collide as file names; rename one")
-    out = Path(opts.out)
-    if out.exists() and not opts.force:
-        raise ExportError(f"output {out} exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is not a directory")
-    if not 14 <= opts.opset <= 23:
-        raise ExportError(f"opset {opts.opset} is not supported; use 14..23")
+    out = Path(opts.out).resolve()
+    if out.exists():
+        if not opts.force:
+            raise ExportError(f"output {out} exists; pass --force to replace it")
+        if not out.is_dir():
+            raise ExportError(f"output {out} exists and is not a directory")
+        if any(out.iterdir()) and not _is_bundle(out):
+            raise ExportError(f"output {out} is a non-empty folder that is not a bundle; --force replaces bundles only")
+    if not 14 <= opts.opset <= 20:
+        raise ExportError(f"opset {opts.opset} is not supported; use 14..20")
+    if not opts.scales or len(set(opts.scales)) != len(opts.scales) or min(opts.scales) < 1:
+        raise ExportError(f"window scales must be distinct positive integers, got {list(opts.scales)}")
+    if not opts.temperature > 0:
+        raise ExportError(f"temperature must be > 0, got {opts.temperature}")
     return objects
+
+
+def _is_bundle(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / schema.MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == schema.BUNDLE_FORMAT
 
 
 def export_onnx(wrapper: WindowedVisual, path: Path, opset: int) -> None:
@@ -126,10 +120,10 @@ def build_manifest(opts, loaded: LoadedBackbone, wrapper: WindowedVisual, object
         "backbone": {"name": loaded.backbone, "open_clip_model": loaded.open_clip_model, "weights": loaded.weights},
         "preprocess": {
             "input_size": size,
-            "resize": "squash",
-            "interpolation": "bicubic",
+            "resize": schema.RESIZE_SQUASH,
+            "interpolation": schema.INTERPOLATION_BICUBIC,
             "antialias": True,
-            "channel_order": "RGB",
+            "channel_order": schema.CHANNELS_RGB,
             "mean": [float(m) for m in pre["mean"]],
             "std": [float(s) for s in pre["std"]],
         },
@@ -165,7 +159,7 @@ def build_manifest(opts, loaded: LoadedBackbone, wrapper: WindowedVisual, object
 
 def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Path:
     objects = check_inputs(opts)
-    out = Path(opts.out)
+    out = Path(opts.out).resolve()  # so that --out . still has a real parent for the temp folder
     t0 = time.perf_counter()
     log(f"loading {opts.backbone} (weights: {opts.pretrained or 'default tag'})")
     loaded = load_backbone(opts.backbone, opts.pretrained)

@@ -6,9 +6,8 @@ import numpy as np
 import open_clip
 import torch
 
+from winclip.export.options import TEXT_ENSEMBLES as ENSEMBLES
 from winclip.export.prompts import prompt_sets
-
-ENSEMBLES = ("normalized_mean", "raw_mean")
 
 
 @torch.no_grad()

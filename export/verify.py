@@ -29,21 +29,37 @@ def verification_inputs(size: tuple[int, int], seed: int = 0) -> list[np.ndarray
 
 
 def verify_graph(module: torch.nn.Module, graph: Path, tolerance: float) -> dict:
-    """Run the graph in onnxruntime (CPU) and compare every output to torch."""
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    """Run the graph in onnxruntime (CPU) and compare every output to torch.
+
+    The tolerance is absolute for outputs within [-1, 1] and relative to the
+    output's largest magnitude beyond that: last-block patch tokens of trained
+    CLIPs reach the hundreds, where fp32 kernels legitimately differ by more
+    than 1e-4 absolute. The image embedding is also held to open_clip's own
+    visual forward, so the re-expressed graph cannot drift from the model.
+    """
+    try:
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"ONNX verification failed: onnxruntime cannot load the graph: {str(exc).splitlines()[0]}") from None
     names = [o.name for o in session.get_outputs()]
     size = tuple(int(s) for s in module.visual.image_size)
     worst: dict[str, float] = {}
+    scale: dict[str, float] = {}
     for batch in verification_inputs(size):
         with torch.no_grad():
-            expected = [t.numpy() for t in module(torch.from_numpy(batch))]
+            x = torch.from_numpy(batch)
+            expected = [t.numpy() for t in module(x)]
+            own = module.visual(x).numpy()
         got = session.run(None, {session.get_inputs()[0].name: batch})
-        for name, e, g in zip(names, expected, got):
+        for name, e, g in [*zip(names, expected, got), ("open_clip image embedding", own, got[0])]:
             if e.shape != g.shape:
                 raise ExportError(f"ONNX verification failed: {name} has shape {g.shape}, torch gives {e.shape}")
             worst[name] = max(worst.get(name, 0.0), float(np.max(np.abs(e - g))))
-    bad = {n: d for n, d in worst.items() if not d <= tolerance}
+            scale[name] = max(scale.get(name, 1.0), float(np.max(np.abs(e))))
+    bad = {n: d for n, d in worst.items() if not d <= tolerance * scale[n]}
     if bad:
-        name, diff = max(bad.items(), key=lambda kv: kv[1])
-        raise ExportError(f"ONNX verification failed: {name} differs from torch by {diff:.2e} (tolerance {tolerance:.0e})")
-    return {"provider": "CPUExecutionProvider", "inputs": 2, "tolerance": tolerance, "max_abs_diff": worst}
+        name, diff = max(bad.items(), key=lambda kv: kv[1] / scale[kv[0]])
+        raise ExportError(f"ONNX verification failed: {name} differs from torch by {diff:.2e} "
+                          f"(tolerance {tolerance:.0e} x {scale[name]:.3g})")
+    return {"provider": "CPUExecutionProvider", "inputs": 2, "tolerance": tolerance,
+            "max_abs_diff": worst, "max_abs_value": scale}

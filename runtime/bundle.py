@@ -26,6 +26,34 @@ INPUT_NAME = "images"
 IMAGE_EMBEDDING = "image_embedding"
 PATCH_FEATURES = "patch_features"
 
+# preprocessing policies this schema version knows (manifest "preprocess")
+RESIZE_SQUASH = "squash"
+INTERPOLATION_BICUBIC = "bicubic"
+CHANNELS_RGB = "RGB"
+
+# manifest keys every bundle must have, with their types
+REQUIRED = {
+    ("backbone",): dict,
+    ("preprocess",): dict,
+    ("preprocess", "input_size"): list,
+    ("preprocess", "mean"): list,
+    ("preprocess", "std"): list,
+    ("grid",): list,
+    ("windows",): dict,
+    ("windows", "scales"): list,
+    ("windows", "stride"): int,
+    ("windows", "counts"): dict,
+    ("graph",): dict,
+    ("graph", "file"): str,
+    ("graph", "inputs"): dict,
+    ("graph", "outputs"): dict,
+    ("text",): dict,
+    ("text", "objects"): dict,
+    ("scoring",): dict,
+    ("scoring", "temperature"): (int, float),
+    ("files",): dict,
+}
+
 
 class BundleError(Exception):
     """A bundle that cannot be used, with a one-line reason."""
@@ -73,6 +101,17 @@ def resolve_inside(root: Path, name: str) -> Path:
     return target
 
 
+def _check_structure(manifest: dict) -> None:
+    for path, kind in REQUIRED.items():
+        node = manifest
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                raise BundleError(f"manifest lacks {'.'.join(path)}")
+            node = node[key]
+        if not isinstance(node, kind) or isinstance(node, bool):
+            raise BundleError(f"manifest field {'.'.join(path)} has the wrong type ({type(node).__name__})")
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A checked bundle directory and its manifest."""
@@ -88,6 +127,7 @@ class Bundle:
         manifest_path = root / MANIFEST_NAME
         if not manifest_path.is_file():
             raise BundleError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
+        resolve_inside(root, MANIFEST_NAME)  # no symlink out, for the manifest too
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -100,13 +140,14 @@ class Bundle:
                 f"bundle schema version {version!r} is not supported "
                 f"(this winclip-edge reads version {SCHEMA_VERSION}); re-export the bundle"
             )
+        _check_structure(manifest)
         bundle = cls(root, manifest)
         bundle._check_files(verify_checksums)
         return bundle
 
     def _check_files(self, verify_checksums: bool) -> None:
-        files = self.manifest.get("files")
-        if not isinstance(files, dict) or not files:
+        files = self.manifest["files"]
+        if not files:
             raise BundleError("manifest lists no files")
         needed = [self.graph_file, *self.manifest["text"]["objects"].values()]
         for name in needed:
@@ -127,6 +168,17 @@ class Bundle:
     @property
     def graph_path(self) -> Path:
         return resolve_inside(self.root, self.graph_file)
+
+    @property
+    def graph_sha256(self) -> str:
+        return self.manifest["files"][self.graph_file]
+
+    def read_graph(self) -> bytes:
+        """The graph's bytes, checked against the manifest as read: what is hashed is what runs."""
+        data = self.graph_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.graph_sha256:
+            raise BundleError(f"checksum mismatch for bundle file {self.graph_file}: the bundle is corrupt or was edited")
+        return data
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -165,6 +217,9 @@ class Bundle:
             protos = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise BundleError(f"cannot read text embeddings {objects[name]}: {exc}") from None
+        if not isinstance(protos, np.ndarray):  # an .npz archive
+            protos.close()
+            raise BundleError(f"text embeddings {objects[name]} are not a single .npy array")
         if protos.ndim != 2 or protos.shape[0] != 2:
             raise BundleError(f"text embeddings {objects[name]} have shape {protos.shape}, expected (2, D)")
         return protos.astype(np.float32)

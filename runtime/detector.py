@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winclip.runtime.bundle import Bundle, BundleError
+from winclip.runtime.bundle import IMAGE_EMBEDDING, Bundle, BundleError
 from winclip.runtime.preprocess import Preprocessor, upsample_map
 from winclip.runtime.scoring import ReferenceMemory, WinClipScorer
 from winclip.runtime.session import create_session
@@ -30,7 +30,7 @@ class Detector:
 
     def __init__(self, bundle: Bundle, object_name: str | None = None, provider: str = "auto",
                  threads: int | None = None, temperature: float | None = None,
-                 threshold: float | None = None, cache: bool = True):
+                 threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None):
         self.bundle = bundle
         objects = bundle.objects
         if object_name is None:
@@ -39,7 +39,10 @@ class Detector:
             object_name = objects[0]
         text = bundle.text_prototypes(object_name)
         self.object_name = object_name
-        self.session = create_session(bundle, provider=provider, threads=threads, cache=cache)
+        declared = bundle.manifest["graph"]["outputs"].get(IMAGE_EMBEDDING)  # absent: refused below
+        if declared and text.shape[1] != declared[-1]:
+            raise BundleError(f"text embeddings of {object_name!r} have width {text.shape[1]}, the graph {declared[-1]}")
+        self.session = create_session(bundle, provider=provider, threads=threads, cache=cache, cache_dir=cache_dir)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.preprocess = Preprocessor(bundle.preprocess)

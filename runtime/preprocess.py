@@ -14,6 +14,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from winclip.runtime.bundle import CHANNELS_RGB, INTERPOLATION_BICUBIC, RESIZE_SQUASH
+
 
 def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
     x = np.abs(x)
@@ -69,11 +71,11 @@ class Preprocessor:
     """Frames -> the graph's (B, 3, H, W) float32 input, per the manifest."""
 
     def __init__(self, spec: dict):
-        if spec.get("resize") != "squash":
+        if spec.get("resize") != RESIZE_SQUASH:
             raise ValueError(f"resize policy {spec.get('resize')!r} is not supported by this runtime")
-        if spec.get("interpolation") != "bicubic" or not spec.get("antialias", False):
+        if spec.get("interpolation") != INTERPOLATION_BICUBIC or not spec.get("antialias", False):
             raise ValueError("this runtime implements bicubic resizing with antialias only")
-        if spec.get("channel_order", "RGB") != "RGB":
+        if spec.get("channel_order", CHANNELS_RGB) != CHANNELS_RGB:
             raise ValueError(f"channel order {spec.get('channel_order')!r} is not supported")
         self.height, self.width = (int(s) for s in spec["input_size"])
         self.mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)

@@ -54,6 +54,9 @@ class WinClipScorer:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.incidence = {k: incidence_matrix(grid, k, stride) for k in self.scales}
         self.coverage = {k: inc.sum(axis=0) for k, inc in self.incidence.items()}
+        for k, cover in self.coverage.items():
+            if not cover.all():  # a harmonic mean over no windows is undefined
+                raise ValueError(f"scale-{k} windows at stride {stride} leave patches uncovered")
 
     def probability(self, embeddings: np.ndarray) -> np.ndarray:
         """softmax([cos(e, t_n), cos(e, t_a)] / tau)[1], written as a stable sigmoid."""

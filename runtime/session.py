@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from winclip.runtime.bundle import Bundle, BundleError
+from winclip.runtime.bundle import Bundle, BundleError, window_output_name
 
 PROVIDERS = ("auto", "cuda", "cpu")
 CUDA = "CUDAExecutionProvider"
@@ -28,21 +28,24 @@ def choose_providers(provider: str) -> list[str]:
     raise BundleError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
 
 
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "winclip-edge"
+
+
 def _cache_file(bundle: Bundle, cache_dir: Path | None) -> Path | None:
-    """Where the CPU-optimised graph is kept: beside the bundle, else the user cache."""
-    key = f"{bundle.manifest['files'][bundle.graph_file][:16]}-ort{ort.__version__}.onnx"
-    candidates = [cache_dir] if cache_dir else [
-        bundle.root / ".ort-cache",
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "winclip-edge",
-    ]
-    for folder in candidates:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                return folder / key
-        except OSError:
-            continue
-    return None
+    """Where the optimised graph is kept: a folder of this user's, never the bundle.
+
+    A file the bundle brought along would otherwise run instead of the
+    checksummed graph; the user's own cache is keyed by the graph's sha256.
+    """
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(folder, os.W_OK):
+        return None
+    return folder / f"{bundle.graph_sha256}-ort{ort.__version__}.onnx"
 
 
 def create_session(bundle: Bundle, provider: str = "auto", threads: int | None = None,
@@ -50,21 +53,24 @@ def create_session(bundle: Bundle, provider: str = "auto", threads: int | None =
     providers = choose_providers(provider)
     # Only the CPU provider's graph is cached, and only at the EXTENDED level: the
     # ALL level adds layout rewrites tuned to this CPU's vector width, which
-    # must not travel with a bundle to another box. Loading the cached graph
-    # with ALL redoes just those cheap rewrites (ViT-B-16+: 0.9 s vs 1.6 s).
+    # must not follow the cache to another box. Loading the cached graph with
+    # ALL redoes just those cheap rewrites (ViT-B-16+: 0.9 s vs 1.6 s).
     cached = _cache_file(bundle, cache_dir) if cache and providers == [CPU] else None
     if cached is not None and not cached.is_file():
-        _write_cache(bundle, cached)
+        _write_cache(bundle.read_graph(), cached)
     session = None
     if cached is not None and cached.is_file():
         try:
             session = ort.InferenceSession(str(cached), _options(threads), providers=providers)
         except Exception:
-            cached.unlink(missing_ok=True)  # broken: rebuilt for the next start
-            _write_cache(bundle, cached)
+            cached.unlink(missing_ok=True)  # broken: rebuilt on the next start
     if session is None:
+        # From checked bytes, not the path: what was hashed is what runs, and a
+        # graph that points at external data files cannot reach them.
         try:
-            session = ort.InferenceSession(str(bundle.graph_path), _options(threads), providers=providers)
+            session = ort.InferenceSession(bundle.read_graph(), _options(threads), providers=providers)
+        except BundleError:
+            raise
         except Exception as exc:
             raise BundleError(f"onnxruntime cannot load {bundle.graph_file}: {str(exc).splitlines()[0]}") from None
     check_graph_io(bundle, session)
@@ -79,13 +85,13 @@ def _options(threads: int | None, level=ort.GraphOptimizationLevel.ORT_ENABLE_AL
     return options
 
 
-def _write_cache(bundle: Bundle, cached: Path) -> None:
+def _write_cache(graph: bytes, cached: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=cached.parent)
     os.close(fd)
     options = _options(None, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     options.optimized_model_filepath = tmp
     try:
-        ort.InferenceSession(str(bundle.graph_path), options, providers=[CPU])
+        ort.InferenceSession(graph, options, providers=[CPU])
         os.replace(tmp, cached)
     except Exception:
         pass  # the cache only saves start-up time; running without it is fine
@@ -111,3 +117,8 @@ def check_graph_io(bundle: Bundle, session: ort.InferenceSession) -> None:
 
     compare("inputs", declared["inputs"], session.get_inputs())
     compare("outputs", declared["outputs"], session.get_outputs())
+    counts = bundle.manifest["windows"]["counts"]
+    for k in bundle.scales:
+        shape = declared["outputs"].get(window_output_name(k))
+        if shape is None or str(k) not in counts or shape[1] != counts[str(k)]:
+            raise BundleError(f"manifest window count for scale {k} disagrees with the graph output {shape}")

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tempfile
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="winclip-test-cache-")  # the runtime's graph cache
 
 TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"

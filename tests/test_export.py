@@ -136,7 +136,28 @@ def test_force_replaces_a_bundle_atomically(tiny_checkpoint, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert list(m["text"]["objects"]) == ["screw"] and not (out / "text" / "bottle.npy").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
-    assert first
+    assert m["created"] >= first
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_bundle(tiny_checkpoint, tmp_path):
+    from winclip.export.backbones import ExportError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "precious.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not a bundle"):
+        export(data, tiny_checkpoint, TINY, force=True)
+    assert (data / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kwargs,match", [({"scales": (2, 2)}, "distinct"), ({"temperature": 0.0}, "temperature"),
+                                          ({"opset": 9}, "opset")])
+def test_bad_options_are_refused_before_loading(tmp_path, kwargs, match):
+    from winclip.export.backbones import ExportError
+    from winclip.export.exporter import ExportOptions, check_inputs
+
+    with pytest.raises(ExportError, match=match):
+        check_inputs(ExportOptions(out=tmp_path / "b", **kwargs))
 
 
 # ---- bad input: one line, non-zero exit, nothing written

@@ -1,6 +1,6 @@
 """Runtime (ONNX Runtime + numpy) against the plain torch reference, on the tiny model.
 
-The same comparison on the real ViT-B-16+ architecture is in test_fidelity_vit.py.
+The same comparison on the real ViT-B-16+ architecture is in test_vit_b16_plus.py.
 """
 
 import numpy as np
@@ -62,14 +62,19 @@ def test_batch_equals_one_by_one(pair):
     for frame, b in zip(frames, batched):
         single = det(frame)[0]
         assert abs(single.image_score - b.image_score) < 1e-6
+        assert np.abs(single.anomaly_map - b.anomaly_map).max() < 1e-6
         assert set(b.timings_ms) == {"preprocess", "engine", "scoring", "upsample"}
 
 
 def test_threshold_gives_decisions(tiny_bundle):
-    det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", threshold=0.0, cache=False)
-    assert det(np.zeros((32, 32, 3), np.uint8))[0].anomalous is True
-    det.threshold = 1.01
-    assert det(np.zeros((32, 32, 3), np.uint8))[0].anomalous is False
+    det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", cache=False)
+    frame = read(elpv_images(1)[0])
+    first = det(frame)[0]
+    assert first.anomalous is None
+    det.threshold = first.image_score  # at the threshold: anomalous
+    assert det(frame)[0].anomalous is True
+    det.threshold = first.image_score + 1e-6
+    assert det(frame)[0].anomalous is False
 
 
 def test_temperature_override_changes_scores(tiny_bundle):
@@ -98,3 +103,26 @@ def test_harmonic_aggregation_by_hand():
     assert got[0] == pytest.approx(0.5)  # corner: one window
     assert got[1] == pytest.approx(2 / (2 + 4))  # top middle: windows 0 and 1
     assert got[4] == pytest.approx(4 / (2 + 4 + 5 + 10))  # centre: all four
+
+
+def test_fusion_formulas_by_hand():
+    """M_0, M_few, the fused map and score on a 2x2 grid with one scale-2 window."""
+    text = np.array([[1.0, 0.0], [0.0, 1.0]])  # normal = e1, anomalous = e2
+    scorer = WinClipScorer((2, 2), [2], 1, text, 1.0)
+    p = lambda cn, ca: 1 / (1 + np.exp(cn - ca))  # softmax([cn, ca])[1]
+    img = np.array([[1.0, 0.0]])  # cos to normal 1, to anomalous 0
+    win = np.array([[[0.0, 1.0]]])  # one window covering all four patches
+    patches = np.array([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]]])
+    outputs = {"image_embedding": img, "window_embeddings_2": win, "patch_features": patches}
+    s_img, s_win = p(1, 0), p(0, 1)
+    zero = scorer(outputs)
+    np.testing.assert_allclose(zero.grid_map, np.full((1, 2, 2), 2 / (1 / s_img + 1 / s_win)))
+    memory = scorer.memory_from_outputs({"image_embedding": img, "window_embeddings_2": np.array([[[1.0, 0.0]]]),
+                                         "patch_features": np.array([[[1.0, 0.0]]])})
+    fused = scorer(outputs, memory)
+    a_win = (1 - 0.0) / 2  # window (0, 1) vs memory (1, 0): cos 0
+    a_patch = np.array([0.0, 0.5, (1 - np.sqrt(0.5)) / 2, (1 - np.sqrt(0.5)) / 2])
+    few = (a_patch + a_win) / 2
+    np.testing.assert_allclose(fused.few_shot_map.ravel(), few)
+    np.testing.assert_allclose(fused.grid_map.ravel(), (zero.grid_map.ravel() + few) / 2)
+    np.testing.assert_allclose(fused.image_score, [(s_img + few.max()) / 2])

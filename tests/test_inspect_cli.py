@@ -45,7 +45,17 @@ def test_scores_a_folder_with_maps_and_overlays(tiny_bundle, source, tmp_path):
         assert cv2.imread(e["overlay"]).shape[:2] == amap.shape
     assert (out / "maps" / "sub__cell.npy").exists() and (out / "overlays" / "sixteen_bit.png").exists()
     assert not list(out.rglob(".tmp-*"))
-    assert "4 scored, 1 errors" in proc.stderr
+    assert "4 scored, 1 errors" in proc.stderr and not (out / "events.jsonl.partial").exists()
+
+
+def test_output_names_never_collide(tmp_path):
+    from winclip.runtime.inspect_cli import artifact_names
+
+    src = tmp_path
+    paths = [src / "a.png", src / "a.jpg", src / "x" / "y.png", src / "x__y.png", src / "b.png"]
+    names = artifact_names(paths, src)
+    assert len(set(names.values())) == len(paths)
+    assert names[src / "b.png"] == "b" and names[src / "a.png"] == "a.png"
 
 
 def test_reference_folder_runs_winclip_plus(tiny_bundle, source, tmp_path):

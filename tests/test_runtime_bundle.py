@@ -102,18 +102,59 @@ def test_cuda_without_the_gpu_build_is_a_clear_error(tiny_bundle):
         Detector.from_bundle(tiny_bundle, object="bottle", provider="cuda")
 
 
-def test_optimised_graph_is_cached_for_the_next_start(tiny_bundle_copy):
-    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu")
-    cached = list((tiny_bundle_copy / ".ort-cache").glob("*.onnx"))
+def test_optimised_graph_is_cached_for_the_next_start(tiny_bundle_copy, tmp_path):
+    cache = tmp_path / "cache"
+    before = sorted(p.relative_to(tiny_bundle_copy) for p in tiny_bundle_copy.rglob("*"))
+    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
+    cached = list(cache.glob("*.onnx"))
     assert len(cached) == 1 and cached[0].stat().st_size > 0
+    # the cache is the user's, never the bundle's: nothing is written into the bundle
+    assert sorted(p.relative_to(tiny_bundle_copy) for p in tiny_bundle_copy.rglob("*")) == before
     mtime = cached[0].stat().st_mtime_ns
-    det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu")
+    det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
     assert cached[0].stat().st_mtime_ns == mtime  # reused, not rewritten
     assert det(np.zeros((90, 90, 3), np.uint8))[0].anomaly_map.shape == (90, 90)
-    # a broken cache file is rebuilt, not trusted
+    # a broken cache file is dropped, the checked graph runs, the next start rebuilds it
     cached[0].write_bytes(b"garbage")
-    det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu")
+    det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
+    assert det(np.zeros((90, 90, 3), np.uint8))[0].anomaly_map.shape == (90, 90)
+    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
     assert cached[0].stat().st_size > 100
+
+
+def test_graph_with_external_data_is_refused(tiny_bundle_copy, tmp_path):
+    """ONNX external-data references could read files elsewhere: the runtime loads checked bytes only."""
+    import hashlib
+
+    import onnx
+
+    graph = tiny_bundle_copy / "visual.onnx"
+    model = onnx.load(str(graph))
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    digests = {n: hashlib.sha256((tiny_bundle_copy / n).read_bytes()).hexdigest() for n in ("visual.onnx", "weights.bin")}
+    _edit_manifest(tiny_bundle_copy, lambda m: m["files"].update(digests))
+    with pytest.raises(BundleError, match="cannot load visual.onnx"):
+        Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
+
+
+@pytest.mark.parametrize("drop", [("graph", "file"), ("text", "objects"), ("windows",), ("scoring", "temperature")])
+def test_manifest_missing_fields_are_refused(tiny_bundle_copy, drop):
+    def remove(m):
+        node = m
+        for key in drop[:-1]:
+            node = node[key]
+        del node[drop[-1]]
+
+    _edit_manifest(tiny_bundle_copy, remove)
+    with pytest.raises(BundleError, match="manifest lacks " + ".".join(drop)):
+        Bundle.load(tiny_bundle_copy)
+
+
+def test_manifest_window_count_must_match_the_graph(tiny_bundle_copy):
+    _edit_manifest(tiny_bundle_copy, lambda m: m["windows"]["counts"].update({"3": 10}))
+    with pytest.raises(BundleError, match="window count for scale 3"):
+        Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
 
 
 def test_runtime_never_imports_torch(tiny_bundle, tmp_path):

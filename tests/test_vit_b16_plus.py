@@ -52,6 +52,7 @@ def test_runtime_equals_torch_reference(vit_bundle, vit_model, frames):
     ref_feats = ref.features(ref.preprocess(rgb))
     np.testing.assert_allclose(outputs["image_embedding"], ref_feats["image"].numpy(), atol=TOL)
     np.testing.assert_allclose(outputs["patch_features"], ref_feats["patches"].numpy(), atol=TOL)
+    np.testing.assert_allclose(outputs["window_embeddings_2"], ref_feats["windows"][2].numpy(), atol=TOL)
     np.testing.assert_allclose(outputs["window_embeddings_3"], ref_feats["windows"][3].numpy(), atol=TOL)
     report = {}
     for shots in (0, 1, 4):
