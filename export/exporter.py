@@ -16,7 +16,7 @@ import open_clip
 import torch
 
 from winclip.export.backbones import ExportError, LoadedBackbone, load_backbone
-from winclip.export.options import ExportOptions
+from winclip.export.options import EXPORTERS, ExportOptions
 from winclip.export.prompts import ANOMALOUS_STATES, NORMAL_STATES, TEMPLATES
 from winclip.export.text import text_prototypes
 from winclip.export.verify import verify_graph
@@ -59,6 +59,8 @@ def check_inputs(opts: ExportOptions) -> list[str]:
             raise ExportError(f"output {out} is a non-empty folder that is not a bundle; --force replaces bundles only")
     if not 14 <= opts.opset <= 20:
         raise ExportError(f"opset {opts.opset} is not supported; use 14..20")
+    if opts.exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {opts.exporter!r}; use one of {', '.join(EXPORTERS)}")
     if not opts.scales or len(set(opts.scales)) != len(opts.scales) or min(opts.scales) < 1:
         raise ExportError(f"window scales must be distinct positive integers, got {list(opts.scales)}")
     if not opts.temperature > 0:
@@ -74,11 +76,30 @@ def _is_bundle(folder: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == schema.BUNDLE_FORMAT
 
 
-def export_onnx(wrapper: WindowedVisual, path: Path, opset: int) -> None:
+def export_onnx(wrapper: WindowedVisual, path: Path, opset: int, exporter: str = "auto") -> tuple[str, int]:
+    """Write the graph; returns (exporter used, opset written)."""
+    if exporter == "auto":
+        try:
+            return export_onnx(wrapper, path, opset, "torchscript")
+        except ExportError:
+            path.unlink(missing_ok=True)
+            return export_onnx(wrapper, path, max(opset, 18), "dynamo")
     names = schema.output_names(list(wrapper.scales))
     size = wrapper.visual.image_size
     # A batch of 2 keeps the traced batch axis symbolic.
     example = torch.randn(2, 3, int(size[0]), int(size[1]))
+    common = dict(input_names=[schema.INPUT_NAME], output_names=names, opset_version=opset)
+    if exporter == "torchscript":
+        kwargs = dict(dynamic_axes={n: {0: "batch"} for n in [schema.INPUT_NAME, *names]},
+                      do_constant_folding=True, dynamo=False)
+    elif exporter == "dynamo":
+        if opset < 18:
+            raise ExportError(f"the dynamo exporter writes opset 18 or later, not {opset}")
+        # one self-contained file: the runtime loads graphs from checked bytes only
+        kwargs = dict(dynamic_shapes={schema.INPUT_NAME: {0: torch.export.Dim("batch")}}, dynamo=True,
+                      external_data=False, verbose=False)
+    else:
+        raise ExportError(f"unknown exporter {exporter!r}")
     # nn.MultiheadAttention's fused fast path has no ONNX symbolic: switch it off
     # for the trace (tracing with grad on instead would keep every activation,
     # several GB for ViT-B-16+).
@@ -86,26 +107,17 @@ def export_onnx(wrapper: WindowedVisual, path: Path, opset: int) -> None:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad():
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                input_names=[schema.INPUT_NAME],
-                output_names=names,
-                dynamic_axes={n: {0: "batch"} for n in [schema.INPUT_NAME, *names]},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            torch.onnx.export(wrapper, (example,), str(path), **common, **kwargs)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise ExportError(f"ONNX export failed: {first}") from None
+        raise ExportError(f"ONNX export failed ({exporter}): {first}") from None
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    return exporter, opset
 
 
 def build_manifest(opts, loaded: LoadedBackbone, wrapper: WindowedVisual, objects, text_files,
-                   verification: dict, files: dict[str, str]) -> dict:
+                   verification: dict, files: dict[str, str], written: tuple[str, int]) -> dict:
     pre = open_clip.get_model_preprocess_cfg(loaded.model)
     size = [int(s) for s in wrapper.visual.image_size]
     scales = list(wrapper.scales)
@@ -139,7 +151,8 @@ def build_manifest(opts, loaded: LoadedBackbone, wrapper: WindowedVisual, object
         "graph": {
             "file": schema.GRAPH_NAME,
             "precision": "fp32",
-            "opset": opts.opset,
+            "opset": written[1],
+            "exporter": written[0],
             "inputs": {schema.INPUT_NAME: ["batch", 3, *size]},
             "outputs": out_shapes,
         },
@@ -179,16 +192,16 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Pa
             rel = schema.text_file_name(name)
             np.save(tmp / rel, protos, allow_pickle=False)
             text_files.append(rel)
-        log(f"tracing the windowed visual graph (opset {opts.opset})")
+        log(f"tracing the windowed visual graph (opset {opts.opset}, exporter {opts.exporter})")
         graph = tmp / schema.GRAPH_NAME
-        export_onnx(wrapper, graph, opts.opset)
+        written = export_onnx(wrapper, graph, opts.opset, opts.exporter)
         log("verifying the ONNX graph against torch in onnxruntime")
         verification = verify_graph(wrapper, graph, opts.tolerance)
         files = {
             str(p.relative_to(tmp).as_posix()): schema.sha256_file(p)
             for p in sorted(tmp.rglob("*")) if p.is_file()
         }
-        manifest = build_manifest(opts, loaded, wrapper, objects, text_files, verification, files)
+        manifest = build_manifest(opts, loaded, wrapper, objects, text_files, verification, files, written)
         (tmp / schema.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:

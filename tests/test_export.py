@@ -245,3 +245,17 @@ def test_help_texts():
     for name in ("winclip-export", "winclip-inspect"):
         proc = run_cli(name, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout and "--out" in proc.stdout
+
+
+def test_dynamo_exporter_writes_one_self_contained_graph(tiny_checkpoint, tiny_bundle, tmp_path):
+    from winclip.runtime import Detector
+
+    out = export(tmp_path / "dyn", tiny_checkpoint, TINY, exporter="dynamo", opset=18)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["graph"]["exporter"] == "dynamo" and m["graph"]["opset"] == 18
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "text", "visual.onnx"]
+    frame = np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    a = Detector.from_bundle(out, object="bottle", provider="cpu", cache=False)(frame)[0]
+    b = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", cache=False)(frame)[0]
+    assert json.loads((tiny_bundle / "manifest.json").read_text())["graph"]["exporter"] == "torchscript"
+    assert abs(a.image_score - b.image_score) < 1e-5 and np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-5
