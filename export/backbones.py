@@ -7,10 +7,12 @@ dims are always read from the built model.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +77,8 @@ def load_backbone(name: str, pretrained: str | None = None) -> LoadedBackbone:
     pretrained = pretrained if pretrained is not None else default_tag
     if pretrained is None:
         raise ExportError(f"{model_name} has no pretrained tag in open_clip; pass --pretrained PATH or none")
-    model = open_clip.create_model(model_name, pretrained=None)
+    with _quiet_random_init():
+        model = open_clip.create_model(model_name, pretrained=None)
     if not isinstance(model.visual, VisionTransformer):
         raise ExportError(f"backbone {name!r} is not a ViT (its visual tower is {type(model.visual).__name__})")
     if pretrained == "none":
@@ -94,6 +97,18 @@ def load_backbone(name: str, pretrained: str | None = None) -> LoadedBackbone:
         weights = {"kind": "tag", "tag": pretrained, "sha256": sha256_file(path)}
     model.eval()
     return LoadedBackbone(model=model, backbone=name, open_clip_model=model_name, weights=weights)
+
+
+@contextmanager
+def _quiet_random_init():
+    """open_clip warns 'initialized randomly' for pretrained=None; the weights come next here."""
+    drop = lambda record: "initialized randomly" not in record.getMessage()  # noqa: E731
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _load_checkpoint_file(model, model_name: str, path: Path) -> None:
