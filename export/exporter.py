@@ -24,6 +24,7 @@ from winclip.export.windowed_visual import WindowedVisual
 from winclip.runtime import bundle as schema
 from winclip.runtime.geometry import window_count
 
+
 def _versions() -> dict[str, str]:
     out = {}
     for dist in ("winclip-edge", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu"):
@@ -201,6 +202,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Pa
             str(p.relative_to(tmp).as_posix()): schema.sha256_file(p)
             for p in sorted(tmp.rglob("*")) if p.is_file()
         }
+        stray = sorted(set(files) - {schema.GRAPH_NAME, *text_files})
+        if stray:  # e.g. external-data files: the runtime would refuse such a graph
+            raise ExportError(f"the exporter wrote unexpected files {stray}; the graph must be one self-contained file")
         manifest = build_manifest(opts, loaded, wrapper, objects, text_files, verification, files, written)
         (tmp / schema.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
