@@ -71,7 +71,7 @@ def _write_atomic(target: Path, write) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, help="Frames per session call.")
 @click.option("--temperature", type=float, default=None, help="Override the manifest's softmax temperature.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT/events.jsonl.")
-@click.option("--no-cache", is_flag=True, help="Neither use nor write the optimised-graph cache beside the bundle.")
+@click.option("--no-cache", is_flag=True, help="Neither use nor write the optimised-graph cache (in $XDG_CACHE_HOME/winclip-edge).")
 def main(bundle, source, out, object_name, reference, shots, save_maps, save_overlays, threshold,
          provider, threads, batch_size, temperature, force, no_cache):
     """Score every image under --source with the WinCLIP bundle BUNDLE.
