@@ -9,7 +9,7 @@ import numpy as np
 from winclip.runtime.images import ImageReadError, list_images, read_image
 
 
-class ReferenceError(ValueError):
+class ReferenceSetError(ValueError):
     """A reference set that cannot be used, with a one-line reason."""
 
 
@@ -20,15 +20,15 @@ def load_reference_images(folder: str | Path, shots: int | None = None) -> list[
     silently be a different K than the one asked for.
     """
     if shots is not None and shots < 1:
-        raise ReferenceError(f"shots must be >= 1, got {shots}")
+        raise ReferenceSetError(f"shots must be >= 1, got {shots}")
     try:
         paths = list_images(folder)
     except ImageReadError as exc:
-        raise ReferenceError(str(exc)) from None
+        raise ReferenceSetError(str(exc)) from None
     wanted = shots if shots is not None else max(len(paths), 1)
     if len(paths) < wanted:
-        raise ReferenceError(f"reference folder {folder} has {len(paths)} images, fewer than the {wanted} asked for")
+        raise ReferenceSetError(f"reference folder {folder} has {len(paths)} images, fewer than the {wanted} asked for")
     try:
         return [read_image(p) for p in paths[:wanted]]
     except ImageReadError as exc:
-        raise ReferenceError(f"reference image unusable: {exc}") from None
+        raise ReferenceSetError(f"reference image unusable: {exc}") from None

@@ -19,7 +19,7 @@ try:
 except ImportError:
     sys.exit("Error: onnxruntime is not installed: pip install 'winclip-edge[cpu]' (or [gpu] on a CUDA box)")
 
-from winclip.calibration.reference import ReferenceError, load_reference_images
+from winclip.calibration.reference import ReferenceSetError, load_reference_images
 from winclip.runtime.bundle import BundleError
 from winclip.runtime.detector import Detector
 from winclip.runtime.images import ImageReadError, list_images, read_image
@@ -98,7 +98,7 @@ def main(bundle, source, out, object_name, reference, shots, save_maps, save_ove
             refs = load_reference_images(reference, shots)
             detector.set_reference(refs)
             click.echo(f"WinCLIP+ memory from {len(refs)} normal images", err=True)
-    except (BundleError, ReferenceError, ValueError) as exc:
+    except (BundleError, ReferenceSetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{bundle}: object {detector.object_name!r} on {', '.join(detector.providers)}", err=True)
 
