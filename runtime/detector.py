@@ -13,9 +13,6 @@ from winclip.runtime.preprocess import Preprocessor, upsample_map
 from winclip.runtime.scoring import ReferenceMemory, WinClipScorer
 from winclip.runtime.session import create_session
 
-STAGES = ("preprocess", "engine", "scoring", "upsample")
-
-
 @dataclass
 class FrameResult:
     image_score: float

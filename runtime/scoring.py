@@ -77,13 +77,12 @@ class WinClipScorer:
         return (1.0 - np.minimum((l2_normalize(queries) @ memory.T).max(axis=-1), 1.0)) / 2.0
 
     def memory_from_outputs(self, outputs: dict[str, np.ndarray]) -> ReferenceMemory:
-        shots = outputs[IMAGE_EMBEDDING].shape[0]
-        windows = {
-            k: l2_normalize(outputs[window_output_name(k)]).reshape(-1, outputs[window_output_name(k)].shape[-1])
-            for k in self.scales
-        }
-        patches = l2_normalize(outputs[PATCH_FEATURES]).reshape(-1, outputs[PATCH_FEATURES].shape[-1])
-        return ReferenceMemory(windows=windows, patches=patches, shots=shots)
+        def pooled(name: str) -> np.ndarray:  # (K, N, D) -> (K * N, D) unit vectors
+            x = l2_normalize(outputs[name])
+            return x.reshape(-1, x.shape[-1])
+
+        windows = {k: pooled(window_output_name(k)) for k in self.scales}
+        return ReferenceMemory(windows=windows, patches=pooled(PATCH_FEATURES), shots=outputs[IMAGE_EMBEDDING].shape[0])
 
     def __call__(self, outputs: dict[str, np.ndarray], memory: ReferenceMemory | None = None) -> Scores:
         batch = outputs[IMAGE_EMBEDDING].shape[0]
