@@ -15,13 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import VIT, make_model, save_checkpoint  # noqa: E402
+from winclip.export.testing import VIT_B16_PLUS, make_model, save_checkpoint
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="winclip-bench-export-"))
-    checkpoint = save_checkpoint(make_model(VIT), work / "vit.pt")
+    checkpoint = save_checkpoint(make_model(VIT_B16_PLUS), work / "vit.pt")
     cmd = [sys.executable, "-m", "winclip.export.cli", "--backbone", "ViT-B-16+", "--pretrained", str(checkpoint),
            "--object", "bottle", "--out", str(work / "bundle")]
     t0 = time.perf_counter()

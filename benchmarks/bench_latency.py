@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +21,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import VIT, elpv_images, export, make_model, read, save_checkpoint, textile_images  # noqa: E402
+
+def rgb_of(frame: np.ndarray) -> np.ndarray:
+    """8-bit gray or BGR -> RGB float in [0, 1], for the torch side."""
+    rgb = np.repeat(frame[:, :, None], 3, 2) if frame.ndim == 2 else frame[:, :, ::-1]
+    return rgb.astype(np.float64) / 255.0
+
+from winclip.calibration.datasets import elpv_images, textile_images
+from winclip.export.testing import VIT_B16_PLUS as VIT
+from winclip.export.testing import export_from_checkpoint as export
+from winclip.export.testing import make_model, save_checkpoint
+from winclip.runtime.images import read_image as read
 
 
 def _frames() -> dict[str, np.ndarray]:
@@ -50,9 +58,8 @@ def main(repeats, checkpoint, threads, json_out):
     """Time preprocessing, engine, scoring and upsampling per frame, and the torch reference."""
     import torch
 
-    from winclip.export.reference import TorchWinClip
+    from winclip.export.torch_winclip import TorchWinClip
     from winclip.runtime import Detector
-    from winclip.runtime.preprocess import to_rgb_float
 
     if threads:
         torch.set_num_threads(threads)
@@ -81,8 +88,8 @@ def main(repeats, checkpoint, threads, json_out):
                "repeats": repeats, "rows": []}
     for mode in ("zero-shot", "4-shot"):
         if mode == "4-shot":
-            det.set_reference(normals)
-            ref.set_reference([to_rgb_float(f) for f in normals])
+            det.build_memory(normals)
+            ref.set_normal_images([rgb_of(f) for f in normals])
         for name, frame in _frames().items():
             stages = {k: [] for k in ("preprocess", "engine", "scoring", "upsample")}
             torch_s = []
@@ -91,7 +98,7 @@ def main(repeats, checkpoint, threads, json_out):
                 r = det(frame)[0]
                 for k in stages:
                     stages[k].append(r.timings_ms[k] / 1000)
-            rgb = to_rgb_float(frame)
+            rgb = rgb_of(frame)
             ref([rgb])
             for _ in range(repeats):
                 t = time.perf_counter()

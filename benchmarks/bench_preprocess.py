@@ -9,22 +9,16 @@ Differences are in [0, 1] pixel units, before mean/std normalisation (which divi
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import elpv_images, read, textile_images  # noqa: E402
-
-from winclip.runtime.preprocess import Preprocessor, to_rgb_float  # noqa: E402
-
-SPEC = {"input_size": [240, 240], "resize": "squash", "interpolation": "bicubic", "antialias": True,
-        "channel_order": "RGB", "mean": [0.5] * 3, "std": [0.25] * 3}
+from winclip.calibration.datasets import elpv_images, textile_images
+from winclip.export.torch_winclip import read_rgb
+from winclip.runtime.preprocess import resize_frame
 
 
 def mosaic(frames, rows, cols):
@@ -32,15 +26,14 @@ def mosaic(frames, rows, cols):
 
 
 def main() -> None:
-    cells = [to_rgb_float(read(p)) for p in elpv_images(20, start=300)]
-    textiles = [to_rgb_float(read(p)) for p in textile_images("local", 20)]
+    cells = [read_rgb(p).astype(np.float32) for p in elpv_images(20, start=300)]
+    textiles = [read_rgb(p).astype(np.float32) for p in textile_images("local", 20)]
     frames = {"elpv 1200x1500": mosaic(cells, 4, 5), "textile 1000x1250": mosaic(textiles, 4, 5),
               "elpv 300x300": cells[0], "textile 250x250": textiles[0]}
-    pre = Preprocessor(SPEC)
     print(f"{'frame':18} {'vs torch f64':>14} {'vs torchvision f32':>20} {'vs PIL uint8 (open_clip)':>26} {'ms':>6}")
     for name, rgb in frames.items():
         t = time.perf_counter()
-        ours = pre.resize(rgb)
+        ours = resize_frame(rgb, (240, 240), "rgb")
         ms = 1000 * (time.perf_counter() - t)
         tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         tv32 = TF.resize(tensor, [240, 240], interpolation=TF.InterpolationMode.BICUBIC, antialias=True).numpy()

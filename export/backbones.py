@@ -21,6 +21,7 @@ import torch
 from open_clip.transformer import VisionTransformer
 
 from winclip.runtime.bundle import sha256_file
+from winclip.runtime.errors import first_line
 
 BACKBONES: dict[str, dict[str, str]] = {
     "ViT-B-16+": {"open_clip_model": "ViT-B-16-plus-240", "default_pretrained": "laion400m_e31"},
@@ -77,7 +78,7 @@ def load_backbone(name: str, pretrained: str | None = None) -> LoadedBackbone:
     pretrained = pretrained if pretrained is not None else default_tag
     if pretrained is None:
         raise ExportError(f"{model_name} has no pretrained tag in open_clip; pass --pretrained PATH or none")
-    with _quiet_random_init():
+    with quiet_random_init():
         model = open_clip.create_model(model_name, pretrained=None)
     if not isinstance(model.visual, VisionTransformer):
         raise ExportError(f"backbone {name!r} is not a ViT (its visual tower is {type(model.visual).__name__})")
@@ -100,7 +101,7 @@ def load_backbone(name: str, pretrained: str | None = None) -> LoadedBackbone:
 
 
 @contextmanager
-def _quiet_random_init():
+def quiet_random_init():
     """open_clip warns 'initialized randomly' for pretrained=None; the weights come next here."""
     drop = lambda record: "initialized randomly" not in record.getMessage()  # noqa: E731
     root = logging.getLogger()
@@ -122,7 +123,7 @@ def _load_checkpoint_file(model, model_name: str, path: Path) -> None:
         # weights_only=True: a checkpoint is data; pickled code is refused.
         state = open_clip.factory.load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # corrupt zip/pickle/safetensors: one line, whatever the reader raised
-        raise ExportError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+        raise ExportError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     # Name a wrong architecture before open_clip's key massaging trips over it
     # (positional embeddings are exempt: open_clip resizes those on purpose).
     if _shape_mismatches(model, state):
@@ -132,7 +133,7 @@ def _load_checkpoint_file(model, model_name: str, path: Path) -> None:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
     except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
         state = open_clip.factory.load_state_dict(str(path), weights_only=True)
-        raise ExportError(describe_mismatch(model, model_name, path, state) + f" ({_first_line(exc)})") from None
+        raise ExportError(describe_mismatch(model, model_name, path, state) + f" ({first_line(exc)})") from None
 
 
 def _shape_mismatches(model, state) -> list[tuple[str, tuple, tuple]]:
@@ -143,11 +144,6 @@ def _shape_mismatches(model, state) -> list[tuple[str, tuple, tuple]]:
         if k in expected and tuple(v.shape) != tuple(expected[k].shape) and not k.endswith("positional_embedding")
     ]
     return sorted(diffs, key=lambda d: not d[0].startswith("visual."))  # the image tower first
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def describe_mismatch(model, model_name: str, path: Path, state: dict) -> str:
@@ -212,4 +208,4 @@ def _fetch_tag(model_name: str, tag: str) -> str:
     try:
         return open_clip.download_pretrained(cfg)
     except Exception as exc:
-        raise ExportError(f"download of {needed} failed: {_first_line(exc)}; pass --pretrained PATH") from None
+        raise ExportError(f"download of {needed} failed: {first_line(exc)}; pass --pretrained PATH") from None

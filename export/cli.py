@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from winclip.export.options import EXPORTERS, TEXT_ENSEMBLES, ExportOptions
+from winclip.export.options import ExportOptions
+from winclip.runtime.defaults import EXPORTERS, OPSET_RANGE, TEXT_ENSEMBLES
 
 DEFAULTS = ExportOptions()
 
@@ -24,11 +25,12 @@ DEFAULTS = ExportOptions()
               help="Object name for the text prompts; repeat for several ('metal_nut' -> 'metal nut').")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULTS.out,
               help="Bundle directory to write.")
-@click.option("--opset", type=int, default=DEFAULTS.opset, help="ONNX opset (14..20).")
+@click.option("--opset", type=int, default=DEFAULTS.opset, help=f"ONNX opset ({OPSET_RANGE[0]}..{OPSET_RANGE[1]}).")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default=DEFAULTS.exporter,
               help="torch ONNX exporter: auto = TorchScript-based while torch has it, else dynamo.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--scales", default=",".join(map(str, DEFAULTS.scales)), help="Window scales, comma separated.")
+@click.option("--stride", type=click.IntRange(min=1), default=DEFAULTS.stride, help="Window stride in patches.")
 @click.option("--temperature", type=float, default=DEFAULTS.temperature,
               help="Softmax temperature recorded as the scoring default.")
 @click.option("--text-ensemble", type=click.Choice(TEXT_ENSEMBLES), default=DEFAULTS.text_ensemble,
@@ -38,7 +40,7 @@ DEFAULTS = ExportOptions()
 @click.option("--patch-ln-post", is_flag=True, help="Apply ln_post to the patch features.")
 @click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
               help="Extra open_clip model config JSON (custom architectures); repeatable.")
-def main(backbone, pretrained, objects, out, opset, exporter, force, scales, temperature, text_ensemble,
+def main(backbone, pretrained, objects, out, opset, exporter, force, scales, stride, temperature, text_ensemble,
          patch_layer, patch_ln_post, model_configs):
     """Export WinCLIP's windowed CLIP visual encoder and text prototypes as an engine bundle.
 
@@ -66,7 +68,8 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, tem
         register_model_configs(model_configs)
         export_bundle(
             ExportOptions(out=out, backbone=backbone, pretrained=pretrained, objects=list(objects),
-                          opset=opset, exporter=exporter, force=force, scales=scale_list, temperature=temperature,
+                          opset=opset, exporter=exporter, force=force, scales=scale_list, stride=stride,
+                          temperature=temperature,
                           text_ensemble=text_ensemble, patch_layer=patch_layer, patch_ln_post=patch_ln_post),
             log=lambda msg: click.echo(msg, err=True),
         )

@@ -1,4 +1,4 @@
-"""Export options and their defaults: one place, read by the CLI and the exporter.
+"""Export options: what `winclip-export` takes, with the project's defaults.
 
 Kept free of torch so that `winclip-export --help` works on a runtime-only install.
 """
@@ -8,10 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TEXT_ENSEMBLES = ("normalized_mean", "raw_mean")
-# auto: torch's TorchScript-based exporter while torch still ships it (fastest here,
-# ViT-B-16+ in ~80 s), else the dynamo exporter (opset >= 18).
-EXPORTERS = ("auto", "torchscript", "dynamo")
+from winclip.runtime import defaults
 
 
 @dataclass
@@ -20,13 +17,13 @@ class ExportOptions:
     backbone: str = "ViT-B-16+"
     pretrained: str | None = None  # None: the backbone's default tag
     objects: list[str] = field(default_factory=lambda: ["object"])
-    opset: int = 17
+    opset: int = defaults.OPSET
     exporter: str = "auto"
     force: bool = False
-    scales: tuple[int, ...] = (2, 3)
-    stride: int = 1
-    temperature: float = 0.07  # the scoring default written to the manifest
-    text_ensemble: str = "normalized_mean"
+    scales: tuple[int, ...] = defaults.WINDOW_SCALES
+    stride: int = defaults.WINDOW_STRIDE
+    temperature: float = defaults.TEMPERATURE  # the scoring default written to the manifest
+    text_ensemble: str = defaults.TEXT_ENSEMBLE
     patch_layer: int | None = None  # None: the last block
     patch_ln_post: bool = False
     tolerance: float = 1e-4  # ONNX vs torch, see verify.py

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import torch
 
 from winclip.export.backbones import ExportError
+from winclip.runtime.errors import first_line
 
 
 def verification_inputs(size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
@@ -40,7 +41,7 @@ def verify_graph(module: torch.nn.Module, graph: Path, tolerance: float) -> dict
     try:
         session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ExportError(f"ONNX verification failed: onnxruntime cannot load the graph: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"ONNX verification failed: onnxruntime cannot load the graph: {first_line(exc)}") from None
     names = [o.name for o in session.get_outputs()]
     size = tuple(int(s) for s in module.visual.image_size)
     worst: dict[str, float] = {}

@@ -1,84 +1,29 @@
-"""The engine bundle: layout, manifest schema and safe loading.
+"""An engine bundle on disk: safe loading, checked reads, atomic manifest updates.
 
-This module is the single source of truth for the bundle contract. The export
-writes bundles with these names and this schema version; the runtime refuses
-any bundle it cannot fully check. A bundle is data, never code: nothing is
-unpickled and no file name may resolve outside the bundle directory.
+A bundle is data, never code: nothing is unpickled, every file name resolves
+inside the bundle directory, arrays are parsed from the very bytes whose
+checksum was verified, and an engine's bytes are hashed as they are read for a
+session, so what runs is what was checked. The schema itself lives in
+contract.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import re
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 1
-BUNDLE_FORMAT = "winclip-edge-bundle"
-MANIFEST_NAME = "manifest.json"
-GRAPH_NAME = "visual.onnx"
-TEXT_DIR = "text"
+from winclip.runtime.contract import MANIFEST_NAME, Engine, Manifest, normalize_object_name
+from winclip.runtime.errors import BundleError
+from winclip.runtime.validation import SchemaError, plain_file_name, read_json
 
-INPUT_NAME = "images"
-IMAGE_EMBEDDING = "image_embedding"
-PATCH_FEATURES = "patch_features"
-
-# preprocessing policies this schema version knows (manifest "preprocess")
-RESIZE_SQUASH = "squash"
-INTERPOLATION_BICUBIC = "bicubic"
-CHANNELS_RGB = "RGB"
-
-# manifest keys every bundle must have, with their types
-REQUIRED = {
-    ("backbone",): dict,
-    ("preprocess",): dict,
-    ("preprocess", "input_size"): list,
-    ("preprocess", "mean"): list,
-    ("preprocess", "std"): list,
-    ("grid",): list,
-    ("windows",): dict,
-    ("windows", "scales"): list,
-    ("windows", "stride"): int,
-    ("windows", "counts"): dict,
-    ("graph",): dict,
-    ("graph", "file"): str,
-    ("graph", "inputs"): dict,
-    ("graph", "outputs"): dict,
-    ("text",): dict,
-    ("text", "objects"): dict,
-    ("scoring",): dict,
-    ("scoring", "temperature"): (int, float),
-    ("files",): dict,
-}
-
-
-class BundleError(Exception):
-    """A bundle that cannot be used, with a one-line reason."""
-
-
-def window_output_name(scale: int) -> str:
-    return f"window_embeddings_{scale}"
-
-
-def output_names(scales: list[int]) -> list[str]:
-    """Graph outputs in order: image embedding, windows per scale, patch features."""
-    return [IMAGE_EMBEDDING, *[window_output_name(k) for k in scales], PATCH_FEATURES]
-
-
-def normalize_object_name(name: str) -> str:
-    """The user's words for the object; dataset folder names use '_' for spaces."""
-    cleaned = " ".join(str(name).replace("_", " ").split())
-    if not cleaned:
-        raise ValueError("object name is empty")
-    return cleaned
-
-
-def text_file_name(object_name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", object_name.lower()).strip("-") or "object"
-    return f"{TEXT_DIR}/{slug}.npy"
+MAX_TEXT_DIM = 1 << 16
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -91,36 +36,71 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def resolve_inside(root: Path, name: str) -> Path:
     """Resolve a manifest file name, refusing anything that leaves the bundle."""
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or "\\" in name or any(p in ("..", "") for p in pure.parts):
-        raise BundleError(f"bundle file name {name!r} is not a plain relative path")
+    try:
+        plain_file_name(name, "bundle file name")
+    except SchemaError as exc:
+        raise BundleError(str(exc)) from None
     root_real = root.resolve()
-    target = (root / pure).resolve()
+    target = (root / name).resolve()
     if root_real != target and root_real not in target.parents:
         raise BundleError(f"bundle file {name!r} resolves outside the bundle directory")
     return target
 
 
-def _check_structure(manifest: dict) -> None:
-    for path, kind in REQUIRED.items():
-        node = manifest
-        for key in path:
-            if not isinstance(node, dict) or key not in node:
-                raise BundleError(f"manifest lacks {'.'.join(path)}")
-            node = node[key]
-        if not isinstance(node, kind) or isinstance(node, bool):
-            raise BundleError(f"manifest field {'.'.join(path)} has the wrong type ({type(node).__name__})")
+def read_checked(root: Path, name: str, sha256: str, verify: bool = True, max_bytes: int | None = None) -> bytes:
+    """A bundle file's bytes, refused unless they hash to `sha256`."""
+    path = resolve_inside(root, name)
+    try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise BundleError(f"bundle file {name} is larger than the {max_bytes} bytes such a file can have")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"bundle file missing: {name}") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle file {name}: {exc.strerror or exc}") from None
+    if verify and hashlib.sha256(data).hexdigest() != sha256:
+        raise BundleError(f"checksum mismatch for bundle file {name}: the bundle is corrupt or was edited")
+    return data
+
+
+def parse_npy(data: bytes, name: str, shape_check, dtypes=("float32", "float64", "float16")) -> np.ndarray:
+    """An .npy array from bytes, header checked before any data is allocated; never unpickled."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = header(buf)
+    except Exception as exc:  # numpy raises ValueError, SyntaxError or others on a bad header
+        raise BundleError(f"{name} is not a readable .npy array ({str(exc)[:120]})") from None
+    if dtype.hasobject or dtype.name not in dtypes:
+        raise BundleError(f"{name} holds {dtype} data; expected one of {', '.join(dtypes)}")
+    problem = shape_check(shape)
+    if problem:
+        raise BundleError(f"{name} has shape {shape}: {problem}")
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - buf.tell() != expected:
+        raise BundleError(f"{name} holds {len(data) - buf.tell()} data bytes, its header promises {expected}")
+    array = np.frombuffer(data, dtype=dtype, offset=buf.tell())
+    return array.reshape(shape, order="F" if fortran else "C").astype(np.float32)
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A checked bundle directory and its manifest."""
+    """A checked bundle: its root, its typed manifest and its text prototypes.
+
+    Text prototypes are read once, here, from verified bytes. Engines are large
+    and a box runs one of them: each is hashed when a session reads it
+    (`read_engine`), never trusted from an earlier check.
+    """
 
     root: Path
-    manifest: dict
+    manifest: Manifest
+    verify_checksums: bool = True
+    _text: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, root: str | Path, verify_checksums: bool = True) -> "Bundle":
+        """Read and check a bundle directory; BundleError with a one-line reason otherwise."""
         root = Path(root)
         if not root.is_dir():
             raise BundleError(f"bundle directory not found: {root}")
@@ -129,97 +109,61 @@ class Bundle:
             raise BundleError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
         resolve_inside(root, MANIFEST_NAME)  # no symlink out, for the manifest too
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"cannot read {manifest_path}: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{manifest_path} is not a {BUNDLE_FORMAT} manifest")
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError(
-                f"bundle schema version {version!r} is not supported "
-                f"(this winclip-edge reads version {SCHEMA_VERSION}); re-export the bundle"
-            )
-        _check_structure(manifest)
-        bundle = cls(root, manifest)
-        bundle._check_files(verify_checksums)
-        return bundle
-
-    def _check_files(self, verify_checksums: bool) -> None:
-        files = self.manifest["files"]
-        if not files:
-            raise BundleError("manifest lists no files")
-        needed = [self.graph_file, *self.manifest["text"]["objects"].values()]
-        for name in needed:
-            if name not in files:
-                raise BundleError(f"manifest uses {name!r} but has no checksum for it")
-        for name, expected in files.items():
-            path = resolve_inside(self.root, name)
+            manifest = Manifest.from_json(read_json(manifest_path, "bundle manifest"))
+        except SchemaError as exc:
+            raise BundleError(f"{manifest_path}: {exc}") from None
+        for ref in manifest.files():
+            path = resolve_inside(root, ref.file)
             if not path.is_file():
-                raise BundleError(f"bundle file missing: {name}")
-            if verify_checksums and sha256_file(path) != expected:
-                raise BundleError(f"checksum mismatch for bundle file {name}: the bundle is corrupt or was edited")
-
-    # --- manifest accessors (each fact read from the manifest, never re-typed)
-    @property
-    def graph_file(self) -> str:
-        return self.manifest["graph"]["file"]
-
-    @property
-    def graph_path(self) -> Path:
-        return resolve_inside(self.root, self.graph_file)
-
-    @property
-    def graph_sha256(self) -> str:
-        return self.manifest["files"][self.graph_file]
-
-    def read_graph(self) -> bytes:
-        """The graph's bytes, checked against the manifest as read: what is hashed is what runs."""
-        data = self.graph_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != self.graph_sha256:
-            raise BundleError(f"checksum mismatch for bundle file {self.graph_file}: the bundle is corrupt or was edited")
-        return data
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        g = self.manifest["grid"]
-        return int(g[0]), int(g[1])
-
-    @property
-    def scales(self) -> list[int]:
-        return [int(k) for k in self.manifest["windows"]["scales"]]
-
-    @property
-    def stride(self) -> int:
-        return int(self.manifest["windows"]["stride"])
+                raise BundleError(f"bundle file missing: {ref.file}")
+        text = {}
+        dim = manifest.embed_dim
+        for name, ref in manifest.objects.items():
+            data = read_checked(root, ref.file, ref.sha256, verify_checksums, max_bytes=1 << 22)
+            text[name] = parse_npy(data, f"text embeddings {ref.file}",
+                                   lambda s: None if s == (2, dim) else f"expected (2, {dim})")
+            if not np.isfinite(text[name]).all() or not (np.linalg.norm(text[name], axis=1) > 0).all():
+                raise BundleError(f"text embeddings {ref.file} hold a zero, NaN or infinite prototype")
+        return cls(root, manifest, verify_checksums, text)
 
     @property
     def objects(self) -> list[str]:
-        return list(self.manifest["text"]["objects"])
-
-    @property
-    def preprocess(self) -> dict:
-        return self.manifest["preprocess"]
-
-    @property
-    def scoring(self) -> dict:
-        return self.manifest["scoring"]
+        return list(self.manifest.objects)
 
     def text_prototypes(self, object_name: str) -> np.ndarray:
         """(2, D) float32: row 0 the normal prototype, row 1 the anomalous one."""
         name = normalize_object_name(object_name)
-        objects = self.manifest["text"]["objects"]
-        if name not in objects:
-            have = ", ".join(repr(o) for o in objects) or "none"
+        if name not in self._text:
+            have = ", ".join(repr(o) for o in self.objects) or "none"
             raise BundleError(f"bundle has no text embeddings for object {name!r}; it has: {have}")
-        path = resolve_inside(self.root, objects[name])
+        return self._text[name].copy()
+
+    def engine(self, precision: str) -> Engine:
         try:
-            protos = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"cannot read text embeddings {objects[name]}: {exc}") from None
-        if not isinstance(protos, np.ndarray):  # an .npz archive
-            protos.close()
-            raise BundleError(f"text embeddings {objects[name]} are not a single .npy array")
-        if protos.ndim != 2 or protos.shape[0] != 2:
-            raise BundleError(f"text embeddings {objects[name]} have shape {protos.shape}, expected (2, D)")
-        return protos.astype(np.float32)
+            return self.manifest.engine(precision)
+        except KeyError:
+            raise BundleError(
+                f"this bundle has no {precision} engine (it has: {', '.join(self.manifest.precisions)}); "
+                f"add one with: winclip-quantize {self.root} --precision {precision} --calibration DIR"
+            ) from None
+
+    def read_engine(self, engine: Engine) -> tuple[bytes, str]:
+        """The engine's bytes and their sha256, checked against the manifest as read."""
+        data = read_checked(self.root, engine.file, engine.sha256, self.verify_checksums)
+        return data, hashlib.sha256(data).hexdigest()
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Replace ROOT/manifest.json atomically (a reader sees the old or the new one, whole)."""
+    text = json.dumps(manifest.to_json(), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root / MANIFEST_NAME)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -2,62 +2,115 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from winclip.runtime.bundle import IMAGE_EMBEDDING, Bundle, BundleError
-from winclip.runtime.preprocess import Preprocessor, upsample_map
-from winclip.runtime.scoring import ReferenceMemory, WinClipScorer
+from winclip.runtime.bundle import Bundle
+from winclip.runtime.contract import normalize_object_name
+from winclip.runtime.errors import BundleError, first_line
+from winclip.runtime.memory import FewShotMemory, MemoryKey
+from winclip.runtime.postprocess import upsample_map
+from winclip.runtime.preprocess import Preprocessor
+from winclip.runtime.scoring import Scores, WinClipScorer
 from winclip.runtime.session import create_session
+
+
+class FrameError(ValueError):
+    """A frame that cannot be scored: unusable pixels, or a result that is not a finite number."""
+
+
+def check_threshold(value, name: str = "threshold") -> float | None:
+    """None, or a finite number in [0, 1] (scores are probabilities)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
 
 @dataclass
 class FrameResult:
-    image_score: float
-    anomaly_map: np.ndarray  # float32 (H, W) at the frame's resolution
-    anomalous: bool | None  # None when no threshold is set
+    image_score: float  # anomaly score in [0, 1]
+    anomaly_map: np.ndarray  # float32 (H, W) at the frame's resolution, values in [0, 1]
+    anomalous: bool | None  # image_score >= threshold; None when no threshold is set
     timings_ms: dict[str, float] = field(default_factory=dict)  # this frame's share of each stage
-    grid_map: np.ndarray | None = None  # the map at patch-grid resolution
 
 
 class Detector:
-    """WinCLIP (zero-shot) or WinCLIP+ (after set_reference) anomaly detector."""
+    """WinCLIP (zero-shot) or WinCLIP+ (with a few-shot memory) anomaly detector.
+
+    Set up once (bundle checks, session, self-check), then call it with a frame
+    or a list of frames; a list is one session call.
+    """
 
     def __init__(self, bundle: Bundle, object_name: str | None = None, provider: str = "auto",
-                 threads: int | None = None, temperature: float | None = None,
-                 threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None):
+                 precision: str = "auto", threads: int | None = None, temperature: float | None = None,
+                 threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
+                 self_check: bool = True):
         self.bundle = bundle
-        objects = bundle.objects
+        m = bundle.manifest
         if object_name is None:
-            if len(objects) != 1:
-                raise BundleError(f"the bundle holds several objects; choose one of: {', '.join(objects)}")
-            object_name = objects[0]
+            if len(bundle.objects) != 1:
+                raise BundleError(f"the bundle holds several objects; choose one of: {', '.join(bundle.objects)}")
+            object_name = bundle.objects[0]
         text = bundle.text_prototypes(object_name)
-        self.object_name = object_name
-        declared = bundle.manifest["graph"]["outputs"].get(IMAGE_EMBEDDING)  # absent: refused below
-        if declared and text.shape[1] != declared[-1]:
-            raise BundleError(f"text embeddings of {object_name!r} have width {text.shape[1]}, the graph {declared[-1]}")
-        self.session = create_session(bundle, provider=provider, threads=threads, cache=cache, cache_dir=cache_dir)
+        self.object_name = normalize_object_name(object_name)
+        self.engine_session = create_session(bundle, provider=provider, precision=precision, threads=threads,
+                                             cache=cache, cache_dir=cache_dir)
+        self.session = self.engine_session.session
+        self.engine = self.engine_session.engine
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.preprocess = Preprocessor(bundle.preprocess)
-        tau = bundle.scoring["temperature"] if temperature is None else temperature
-        self.scorer = WinClipScorer(bundle.grid, bundle.scales, bundle.stride, text, tau)
-        self.threshold = threshold
-        self.memory: ReferenceMemory | None = None
+        self.preprocess = Preprocessor(m.preprocess)
+        self.scorer = WinClipScorer(m.grid, m.scales, m.stride, text, m.temperature if temperature is None else temperature)
+        self.threshold = check_threshold(threshold)
+        self.memory_key = MemoryKey(graph_sha256=self.engine.sha256, precision=self.engine.precision,
+                                    object_name=self.object_name, scales=tuple(m.scales), stride=m.stride,
+                                    patch_layer=m.patch_layer, patch_ln_post=m.patch_ln_post)
+        self.memory: FewShotMemory | None = None
+        if self_check:
+            self._self_check()
 
     @classmethod
-    def from_bundle(cls, path: str | Path, object: str | None = None, provider: str = "auto", **kwargs) -> "Detector":
-        return cls(Bundle.load(path), object_name=object, provider=provider, **kwargs)
+    def from_bundle(cls, path: str | Path, object: str | None = None, provider: str = "auto",
+                    precision: str = "auto", **kwargs) -> "Detector":
+        """Load and check the bundle at `path`, then set up as __init__ says."""
+        return cls(Bundle.load(path), object_name=object, provider=provider, precision=precision, **kwargs)
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
+    def describe(self) -> str:
+        """One line for people: what runs where."""
+        return (f"object {self.object_name!r}, {self.engine.precision} engine ({self.engine_session.reason}) "
+                f"on {self.providers[0].replace('ExecutionProvider', '')}")
+
+    def _self_check(self) -> None:
+        """Run the graph once on a blank frame: every output must have the manifest's shape and be finite."""
+        h, w = self.bundle.manifest.preprocess.input_size
+        try:
+            outputs, _ = self.embed([np.full((h, w, 3), 128, np.uint8)])
+        except Exception as exc:
+            raise BundleError(f"the bundle's self-check failed: onnxruntime: {first_line(exc)}") from None
+        for name, shape in self.bundle.manifest.output_shapes().items():
+            want = (1, *shape[1:])
+            if outputs[name].shape != want:
+                raise BundleError(f"the bundle's self-check failed: {name} has shape {outputs[name].shape}, "
+                                  f"the manifest says {list(want)}")
+            if not np.isfinite(outputs[name]).all():
+                raise BundleError(f"the bundle's self-check failed: {name} is not finite on a blank frame")
+        scores = self.scorer(outputs)
+        if not (np.isfinite(scores.image_score).all() and np.isfinite(scores.grid_map).all()):
+            raise BundleError("the bundle's self-check failed: scores of a blank frame are not finite "
+                              "(check the text embeddings and the temperature)")
+
     def embed(self, frames, color_order: str = "bgr") -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """One session call for the whole batch; returns the raw outputs and stage times (s)."""
+        """One session call for the whole batch: the graph's raw outputs by name and stage times (s)."""
         t0 = time.perf_counter()
         batch = self.preprocess(frames, color_order)
         t1 = time.perf_counter()
@@ -65,35 +118,57 @@ class Detector:
         t2 = time.perf_counter()
         return outputs, {"preprocess": t1 - t0, "engine": t2 - t1}
 
-    def set_reference(self, images, color_order: str = "bgr", batch_size: int = 4) -> ReferenceMemory:
-        """Build the WinCLIP+ memory from K normal images (K >= 1)."""
-        images = list(images)
-        if not images:
-            raise ValueError("set_reference needs at least one normal image")
-        chunks = [self.embed(images[i:i + batch_size], color_order)[0] for i in range(0, len(images), batch_size)]
+    def build_memory(self, normal_frames, color_order: str = "bgr", batch_size: int = 4) -> FewShotMemory:
+        """Build and use the WinCLIP+ memory from K >= 1 normal frames."""
+        frames = list(normal_frames)
+        if not frames:
+            raise ValueError("a few-shot memory needs at least one normal image")
+        chunks = [self.embed(frames[i:i + batch_size], color_order)[0] for i in range(0, len(frames), batch_size)]
         merged = {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
-        self.memory = self.scorer.memory_from_outputs(merged)
+        self.set_memory(FewShotMemory.from_outputs(merged, self.memory_key))
         return self.memory
 
-    def clear_reference(self) -> None:
-        self.memory = None
+    def set_memory(self, memory: FewShotMemory | None) -> None:
+        """Use a memory (None: zero-shot); refused unless it was made for this engine and object."""
+        if memory is not None:
+            problem = memory.key.mismatch(self.memory_key)
+            if problem:
+                raise BundleError(f"the few-shot memory does not fit this detector: {problem}")
+        self.memory = memory
+
+    def score(self, frames, color_order: str = "bgr") -> tuple[Scores, dict[str, float]]:
+        """Image scores and grid maps for a batch (one session call), and stage times (s)."""
+        outputs, times = self.embed(frames, color_order)
+        t0 = time.perf_counter()
+        scores = self.scorer(outputs, self.memory)
+        times["scoring"] = time.perf_counter() - t0
+        return scores, times
 
     def __call__(self, frames, color_order: str = "bgr") -> list[FrameResult]:
+        """Score a frame (H, W[, C] array) or a list of frames; one FrameResult per frame.
+
+        Frames may be any size, gray/BGR/RGB/BGRA, 8- or 16-bit or float in [0, 1].
+        Raises FrameError if any frame is unusable or scores to a non-finite value.
+        """
         if isinstance(frames, np.ndarray) and frames.ndim in (2, 3):
             frames = [frames]
         frames = list(frames)
         if not frames:
             return []
-        outputs, times = self.embed(frames, color_order)
+        try:
+            scores, times = self.score(frames, color_order)
+        except ValueError as exc:
+            raise FrameError(str(exc)) from None
+        for i in range(len(frames)):
+            if not (math.isfinite(scores.image_score[i]) and np.isfinite(scores.grid_map[i]).all()):
+                raise FrameError("the engine gave a score that is not a finite number")
         t0 = time.perf_counter()
-        scores = self.scorer(outputs, self.memory)
-        t1 = time.perf_counter()
         maps = [upsample_map(scores.grid_map[i], *np.shape(f)[:2]) for i, f in enumerate(frames)]
-        times.update(scoring=t1 - t0, upsample=time.perf_counter() - t1)
+        times["upsample"] = time.perf_counter() - t0
         share = {k: 1000.0 * v / len(frames) for k, v in times.items()}
         results = []
         for i, amap in enumerate(maps):
             score = float(scores.image_score[i])
             decision = None if self.threshold is None else bool(score >= self.threshold)
-            results.append(FrameResult(score, amap, decision, dict(share), scores.grid_map[i].astype(np.float32)))
+            results.append(FrameResult(score, amap, decision, dict(share)))
         return results

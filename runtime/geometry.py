@@ -52,3 +52,10 @@ def incidence_matrix(grid: tuple[int, int], scale: int, stride: int = 1) -> np.n
     out = np.zeros((idx.shape[0], int(grid[0]) * int(grid[1])), dtype=np.float64)
     np.put_along_axis(out, idx, 1.0, axis=1)
     return out
+
+
+def uncovered_patches(grid: tuple[int, int], scale: int, stride: int = 1) -> int:
+    """How many patches no window of this scale and stride covers (0 for a usable geometry)."""
+    covered = np.zeros(int(grid[0]) * int(grid[1]), dtype=bool)
+    covered[window_patch_indices(grid, scale, stride).ravel()] = True
+    return int((~covered).sum())

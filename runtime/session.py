@@ -1,21 +1,27 @@
-"""ONNX Runtime session for a bundle's graph: providers, threads, optimised-graph cache."""
+"""ONNX Runtime sessions for a bundle's engines: providers, precision, optimised-graph cache."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
-from winclip.runtime.bundle import Bundle, BundleError, window_output_name
+from winclip.runtime.bundle import Bundle
+from winclip.runtime.contract import Engine, Manifest
+from winclip.runtime.defaults import PRECISIONS, PROVIDERS
+from winclip.runtime.errors import BundleError, first_line
+from winclip.runtime.graph_check import GraphFormatError, external_tensors
 
-PROVIDERS = ("auto", "cuda", "cpu")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
 def choose_providers(provider: str) -> list[str]:
+    """onnxruntime provider list for 'auto', 'cuda' or 'cpu'."""
     available = ort.get_available_providers()
     if provider == "auto":
         return [CUDA, CPU] if CUDA in available else [CPU]
@@ -28,15 +34,49 @@ def choose_providers(provider: str) -> list[str]:
     raise BundleError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
 
 
+def choose_engine(manifest: Manifest, precision: str, providers: list[str]) -> tuple[Engine, str]:
+    """The engine to run and why: auto is fp16 on CUDA, a guarded int8 on CPU, else fp32."""
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise BundleError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS)}")
+        try:
+            return manifest.engine(precision), "asked for"
+        except KeyError:
+            raise BundleError(f"this bundle has no {precision} engine (it has: {', '.join(manifest.precisions)}); "
+                              f"add one with winclip-quantize BUNDLE --precision {precision}") from None
+    by_precision = {e.precision: e for e in manifest.engines}
+    admitted = lambda e: e is not None and not e.accepted_degraded  # noqa: E731
+    if providers[0] == CUDA and admitted(by_precision.get("fp16")):
+        return by_precision["fp16"], "auto: fp16 on CUDA"
+    if providers[0] == CPU and admitted(by_precision.get("int8")):
+        return by_precision["int8"], "auto: guarded int8 on CPU"
+    if "fp32" in by_precision:
+        return by_precision["fp32"], "auto: fp32"
+    return manifest.engines[0], f"auto: the bundle's only engine ({manifest.engines[0].precision})"
+
+
+@dataclass
+class EngineSession:
+    """A session over one checked engine of a bundle."""
+
+    session: ort.InferenceSession
+    engine: Engine
+    reason: str  # why this engine was chosen
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "winclip-edge"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "winclip-edge"
 
 
-def _cache_file(bundle: Bundle, cache_dir: Path | None) -> Path | None:
+def _cache_file(sha256: str, cache_dir: Path | None) -> Path | None:
     """Where the optimised graph is kept: a folder of this user's, never the bundle.
 
-    A file the bundle brought along would otherwise run instead of the
-    checksummed graph; the user's own cache is keyed by the graph's sha256.
+    A file that came with a bundle would run instead of the checksummed graph, so
+    the cache is the user's own, keyed by the sha256 of the bytes that were read.
     """
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     try:
@@ -45,19 +85,35 @@ def _cache_file(bundle: Bundle, cache_dir: Path | None) -> Path | None:
         return None
     if not os.access(folder, os.W_OK):
         return None
-    return folder / f"{bundle.graph_sha256}-ort{ort.__version__}.onnx"
+    return folder / f"{sha256}-ort{ort.__version__}.onnx"
 
 
-def create_session(bundle: Bundle, provider: str = "auto", threads: int | None = None,
-                   cache: bool = True, cache_dir: Path | None = None) -> ort.InferenceSession:
+def create_session(bundle: Bundle, provider: str = "auto", precision: str = "auto", threads: int | None = None,
+                   cache: bool = True, cache_dir: Path | None = None) -> EngineSession:
+    """An onnxruntime session over the chosen engine's checked bytes.
+
+    provider: auto | cuda | cpu. precision: auto | fp32 | fp16 | int8 (see
+    choose_engine). threads: intra-op threads (None: all cores). The CPU
+    provider's optimised graph is cached per graph hash (cache_dir, default
+    $XDG_CACHE_HOME/winclip-edge) so that later starts skip the optimisation.
+    """
     providers = choose_providers(provider)
+    engine, reason = choose_engine(bundle.manifest, precision, providers)
+    graph, sha256 = bundle.read_engine(engine)
+    try:
+        external = external_tensors(graph)
+    except GraphFormatError as exc:
+        raise BundleError(f"{engine.file} is not a well-formed ONNX model: {exc}") from None
+    if external:
+        raise BundleError(f"{engine.file} points at external data for {len(external)} tensors (e.g. {external[0]!r}); "
+                          "a bundle's graphs must hold their weights inline")
     # Only the CPU provider's graph is cached, and only at the EXTENDED level: the
     # ALL level adds layout rewrites tuned to this CPU's vector width, which
     # must not follow the cache to another box. Loading the cached graph with
-    # ALL redoes just those cheap rewrites (ViT-B-16+: 0.9 s vs 1.6 s).
-    cached = _cache_file(bundle, cache_dir) if cache and providers == [CPU] else None
+    # ALL redoes just those cheap rewrites.
+    cached = _cache_file(sha256, cache_dir) if cache and providers == [CPU] else None
     if cached is not None and not cached.is_file():
-        _write_cache(bundle.read_graph(), cached)
+        _write_cache(graph, cached)
     session = None
     if cached is not None and cached.is_file():
         try:
@@ -65,28 +121,32 @@ def create_session(bundle: Bundle, provider: str = "auto", threads: int | None =
         except Exception:
             cached.unlink(missing_ok=True)  # broken: rebuilt on the next start
     if session is None:
-        # From checked bytes, not the path: what was hashed is what runs, and a
-        # graph that points at external data files cannot reach them.
+        # From checked bytes, not the path: what was hashed is what runs.
         try:
-            session = ort.InferenceSession(bundle.read_graph(), _options(threads), providers=providers)
-        except BundleError:
-            raise
+            session = ort.InferenceSession(graph, _options(threads), providers=providers)
         except Exception as exc:
-            raise BundleError(f"onnxruntime cannot load {bundle.graph_file}: {str(exc).splitlines()[0]}") from None
-    check_graph_io(bundle, session)
-    return session
+            raise BundleError(f"onnxruntime cannot load {engine.file}: {first_line(exc)}") from None
+    check_graph_io(bundle.manifest, session, engine.file)
+    if engine.accepted_degraded:
+        warnings.warn(f"the {engine.precision} engine of this bundle FAILED its accuracy guard and was added with "
+                      f"--accept-degraded: {engine.guard}", stacklevel=2)
+    return EngineSession(session, engine, reason)
 
 
 def _options(threads: int | None, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = level
+    options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
     if threads:
         options.intra_op_num_threads = int(threads)
     return options
 
 
 def _write_cache(graph: bytes, cached: Path) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=cached.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=cached.parent)
+    except OSError:
+        return
     os.close(fd)
     options = _options(None, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     options.optimized_model_filepath = tmp
@@ -100,25 +160,19 @@ def _write_cache(graph: bytes, cached: Path) -> None:
             os.unlink(tmp)
 
 
-def check_graph_io(bundle: Bundle, session: ort.InferenceSession) -> None:
+def check_graph_io(manifest: Manifest, session: ort.InferenceSession, name: str) -> None:
     """The manifest and the graph must agree on names and every static dimension."""
-    declared = bundle.manifest["graph"]
 
     def compare(kind: str, want: dict, got: list) -> None:
         got_map = {node.name: node.shape for node in got}
         if list(want) != list(got_map):
-            raise BundleError(f"manifest {kind} {list(want)} disagree with the graph's {list(got_map)}")
-        for name, shape in want.items():
-            actual = got_map[name]
+            raise BundleError(f"{name}: the manifest's {kind} {list(want)} disagree with the graph's {list(got_map)}")
+        for key, shape in want.items():
+            actual = got_map[key]
             static_ok = len(shape) == len(actual) and all(
                 isinstance(w, str) or w == a for w, a in zip(shape, actual))
             if not static_ok:
-                raise BundleError(f"manifest says {name} is {shape}, the graph says {actual}")
+                raise BundleError(f"{name}: the manifest says {key} is {shape}, the graph says {actual}")
 
-    compare("inputs", declared["inputs"], session.get_inputs())
-    compare("outputs", declared["outputs"], session.get_outputs())
-    counts = bundle.manifest["windows"]["counts"]
-    for k in bundle.scales:
-        shape = declared["outputs"].get(window_output_name(k))
-        if shape is None or str(k) not in counts or shape[1] != counts[str(k)]:
-            raise BundleError(f"manifest window count for scale {k} disagrees with the graph output {shape}")
+    compare("inputs", manifest.input_shapes(), session.get_inputs())
+    compare("outputs", manifest.output_shapes(), session.get_outputs())

@@ -1,20 +1,26 @@
 """Shared fixtures: seeded random-weight open_clip models saved as checkpoint files.
 
 Pretrained weights cannot be downloaded here, so every bundle is exported from a
-checkpoint file the tests write themselves, through the real loading path.
+checkpoint file the tests write themselves, through the real loading path. The
+helpers live in the package (winclip.export.testing, winclip.calibration.datasets)
+so that the benchmarks use the very same ones.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import tempfile
+from winclip.calibration.datasets import elpv_images, textile_images  # noqa: F401  (re-exported for tests)
+from winclip.export.testing import VIT_B16_PLUS as VIT
+from winclip.export.testing import export_from_checkpoint, make_model as _make_model, save_checkpoint  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="winclip-test-cache-")  # the runtime's graph cache
@@ -22,32 +28,15 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="winclip-test-cache-")  #
 TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"
 TINY = "winclip-tiny"
-VIT = "ViT-B-16-plus-240"
+SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.inspect_cli"}
 
 
 def make_model(name: str, seed: int = 0):
-    import open_clip
-    import torch
-
-    open_clip.add_model_config(TINY_CONFIG)
-    torch.manual_seed(seed)
-    return open_clip.create_model(name, pretrained=None).eval()
-
-
-def save_checkpoint(model, path: Path) -> Path:
-    import torch
-
-    torch.save(model.state_dict(), path)
-    return path
+    return _make_model(name, seed, configs=[TINY_CONFIG])
 
 
 def export(out: Path, checkpoint: Path, backbone: str, objects=("bottle",), **kwargs) -> Path:
-    from winclip.export.backbones import register_model_configs
-    from winclip.export.exporter import ExportOptions, export_bundle
-
-    register_model_configs([TINY_CONFIG])
-    opts = ExportOptions(out=out, backbone=backbone, pretrained=str(checkpoint), objects=list(objects), **kwargs)
-    return export_bundle(opts, log=lambda msg: None)
+    return export_from_checkpoint(out, checkpoint, backbone, objects, configs=[TINY_CONFIG], **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +57,6 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
     """A private copy a test may damage."""
-    import shutil
-
     return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
 
 
@@ -92,31 +79,40 @@ def vit_bundle(vit_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(name: str, *args: str, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a console script through the same interpreter (and so the same install)."""
-    module = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.inspect_cli"}[name]
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=900)
+def run_cli(name: str, *args: str, check: bool = False, env: dict | None = None,
+            script: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command through this interpreter's install: `python -m module`, or the console script itself."""
+    if script:
+        exe = Path(sys.executable).parent / name
+        assert exe.is_file(), f"console script {name} is not installed beside {sys.executable}"
+        cmd = [str(exe), *args]
+    else:
+        cmd = [sys.executable, "-m", SCRIPTS[name], *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
 
 
-def elpv_images(n: int, start: int = 0) -> list[Path]:
-    import elpv_dataset
-
-    root = Path(elpv_dataset.__file__).parent / "data" / "images"
-    return sorted(root.glob("*.png"))[start:start + n]
-
-
-def textile_images(kind: str, n: int) -> list[Path]:
-    import conformal_clip_data as ccd
-
-    folder = {"nominal": ccd.nominal_dir, "local": ccd.local_dir, "global": ccd.global_dir}[kind]()
-    return sorted(folder.glob("*.jpg"))[:n]
-
-
 def read(path: Path) -> np.ndarray:
+    """An image as the runtime reads it (OpenCV, as stored)."""
     import cv2
 
     return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def open_clip_prototypes(model, model_name: str, object_name: str) -> np.ndarray:
+    """(2, D) text prototypes computed here with open_clip, not by the export's code."""
+    import open_clip
+    import torch
+
+    from winclip.export.prompts import prompt_sets
+
+    tokenizer = open_clip.get_tokenizer(model_name)
+    rows = []
+    with torch.no_grad():
+        for prompts in prompt_sets(object_name):
+            e = model.encode_text(tokenizer(prompts)).double()
+            e = e / e.norm(dim=-1, keepdim=True)
+            rows.append((e.mean(0) / e.mean(0).norm()).numpy())
+    return np.stack(rows)

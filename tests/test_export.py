@@ -1,5 +1,6 @@
 """Export on the tiny open_clip config: graph vs torch, text side, manifest, bad input."""
 
+import hashlib
 import json
 import time
 
@@ -12,7 +13,7 @@ from conftest import TINY, TINY_CONFIG, export, make_model, run_cli, save_checkp
 from winclip.export.prompts import ANOMALOUS_STATES, NORMAL_STATES, TEMPLATES, prompt_sets
 from winclip.export.text import text_prototypes
 from winclip.export.windowed_visual import WindowedVisual
-from winclip.runtime import bundle as schema
+from winclip.runtime import contract as schema
 from winclip.runtime.geometry import window_patch_indices
 
 
@@ -89,15 +90,23 @@ def test_manifest_records_the_contract(tiny_bundle):
     assert len(m["backbone"]["weights"]["sha256"]) == 64
     assert m["grid"] == [5, 5] and m["windows"]["counts"] == {"2": 16, "3": 9}
     assert m["preprocess"]["input_size"] == [80, 80] and m["preprocess"]["resize"] == "squash"
-    assert m["graph"]["outputs"]["window_embeddings_3"] == ["batch", 9, 32]
-    assert m["graph"]["outputs"]["patch_features"] == ["batch", 25, 64]
+    assert m["io"]["outputs"]["window_embeddings_3"] == ["batch", 9, 32]
+    assert m["io"]["outputs"]["patch_features"] == ["batch", 25, 64]
     assert set(m["text"]["objects"]) == {"bottle", "metal nut"}
     assert m["text"]["templates"] == list(TEMPLATES)
-    assert m["verification"]["inputs"] == 2 and max(m["verification"]["max_abs_diff"].values()) <= 1e-4
+    (engine,) = m["engines"]
+    assert engine["file"] == "visual.onnx" and engine["precision"] == "fp32" and not engine["accepted_degraded"]
+    assert engine["made_by"]["tool"] == "winclip-export" and engine["made_by"]["opset"] == 17
+    assert engine["verification"]["inputs"] == 2 and max(engine["verification"]["max_abs_diff"].values()) <= 1e-4
     files = sorted(p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file())
-    assert sorted(m["files"]) == [f for f in files if f != "manifest.json"]
+    named = [engine["file"], *(o["file"] for o in m["text"]["objects"].values())]
+    assert sorted(named) == [f for f in files if f != "manifest.json"]
+    for name in named:
+        digest = engine["sha256"] if name == engine["file"] else next(
+            o["sha256"] for o in m["text"]["objects"].values() if o["file"] == name)
+        assert hashlib.sha256((tiny_bundle / name).read_bytes()).hexdigest() == digest
     assert {"torch", "open_clip_torch", "onnxruntime"} <= set(m["versions"])
-    assert np.load(tiny_bundle / m["text"]["objects"]["metal nut"]).shape == (2, 32)
+    assert np.load(tiny_bundle / m["text"]["objects"]["metal nut"]["file"]).shape == (2, 32)
 
 
 def test_checkpoint_file_loads_bit_exact(tiny_model, tiny_checkpoint):
@@ -252,10 +261,10 @@ def test_dynamo_exporter_writes_one_self_contained_graph(tiny_checkpoint, tiny_b
 
     out = export(tmp_path / "dyn", tiny_checkpoint, TINY, exporter="dynamo", opset=18)
     m = json.loads((out / "manifest.json").read_text())
-    assert m["graph"]["exporter"] == "dynamo" and m["graph"]["opset"] == 18
+    assert m["engines"][0]["made_by"]["exporter"] == "dynamo" and m["engines"][0]["made_by"]["opset"] == 18
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "text", "visual.onnx"]
     frame = np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)
     a = Detector.from_bundle(out, object="bottle", provider="cpu", cache=False)(frame)[0]
     b = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", cache=False)(frame)[0]
-    assert json.loads((tiny_bundle / "manifest.json").read_text())["graph"]["exporter"] == "torchscript"
+    assert json.loads((tiny_bundle / "manifest.json").read_text())["engines"][0]["made_by"]["exporter"] == "torchscript"
     assert abs(a.image_score - b.image_score) < 1e-5 and np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-5

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from winclip.export.reference import reference_windows
+from winclip.export.torch_winclip import windows_by_loops
 from winclip.runtime.geometry import incidence_matrix, window_count, window_patch_indices, window_token_table
 
 
@@ -12,7 +12,7 @@ def test_vit_b16_plus_window_counts():
 
 @pytest.mark.parametrize("grid,k", [((15, 15), 2), ((15, 15), 3), ((5, 7), 2), ((4, 4), 4)])
 def test_windows_match_a_loop_over_corners(grid, k):
-    assert window_patch_indices(grid, k).tolist() == reference_windows(grid, k)
+    assert window_patch_indices(grid, k).tolist() == windows_by_loops(grid, k)
 
 
 def test_token_table_prepends_class_token_and_shifts_patches():

@@ -46,10 +46,11 @@ def test_scores_a_folder_with_maps_and_overlays(tiny_bundle, source, tmp_path):
     assert (out / "maps" / "sub__cell.npy").exists() and (out / "overlays" / "sixteen_bit.png").exists()
     assert not list(out.rglob(".tmp-*"))
     assert "4 scored, 1 errors" in proc.stderr and not (out / "events.jsonl.partial").exists()
+    assert not list(out.rglob(".tmp-*"))
 
 
 def test_output_names_never_collide(tmp_path):
-    from winclip.runtime.inspect_cli import artifact_names
+    from winclip.runtime.sources import artifact_names
 
     src = tmp_path
     paths = [src / "a.png", src / "a.jpg", src / "x" / "y.png", src / "x__y.png", src / "b.png"]
@@ -98,7 +99,7 @@ def test_bad_input_is_one_line(tiny_bundle, source, tmp_path):
                  "--reference", str(ref), "--shots", "4")
     assert "has 1 images, fewer than the 4 asked for" in msg
     (ref / "b.png").write_bytes(b"garbage")
-    assert "reference image unusable" in _fails(str(tiny_bundle), "--source", str(source), "--out", out,
+    assert "cannot decode" in _fails(str(tiny_bundle), "--source", str(source), "--out", out,
                                                 "--object", "bottle", "--reference", str(ref))
     assert "has 0 images" in _fails(str(tiny_bundle), "--source", str(source), "--out", out, "--object", "bottle",
                                     "--reference", str(empty))

@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import elpv_images, read, textile_images
-from winclip.runtime.preprocess import Preprocessor, resample_matrix, to_rgb_float, upsample_map
+from winclip.export.torch_winclip import read_rgb
+from winclip.runtime.contract import Preprocess
+from winclip.runtime.defaults import CLIP_MEAN, CLIP_STD
+from winclip.runtime.postprocess import upsample_map
+from winclip.runtime.preprocess import Preprocessor, resample_matrix, resample_taps, resize_frame
 
-SPEC = {"input_size": [240, 240], "resize": "squash", "interpolation": "bicubic", "antialias": True,
-        "channel_order": "RGB", "mean": [0.48145466, 0.4578275, 0.40821073],
-        "std": [0.26862954, 0.26130258, 0.27577711]}
+SPEC = Preprocess(input_size=(240, 240), mean=CLIP_MEAN, std=CLIP_STD)
 
 
 def torch_resize(rgb: np.ndarray, size, dtype=torch.float64) -> np.ndarray:
@@ -19,62 +21,87 @@ def torch_resize(rgb: np.ndarray, size, dtype=torch.float64) -> np.ndarray:
 
 
 def _mosaic(paths, rows, cols):
-    tiles = [to_rgb_float(read(p)) for p in paths[: rows * cols]]
+    tiles = [read_rgb(p) for p in paths[: rows * cols]]
     return np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], axis=1) for r in range(rows)], axis=0)
 
 
-@pytest.mark.parametrize("shape", [(1500, 1100), (700, 900), (300, 300), (250, 250), (97, 131), (240, 240)])
+@pytest.mark.parametrize("shape", [(1500, 1100), (700, 900), (300, 300), (250, 250), (97, 131), (240, 240),
+                                   (1, 3000), (2500, 3)])
 def test_resize_matches_torch_antialiased_bicubic(shape):
     rng = np.random.default_rng(0)
     rgb = rng.random((*shape, 3), dtype=np.float32)
-    got = Preprocessor(SPEC).resize(rgb)
+    got = resize_frame(rgb, (240, 240), "rgb")
     assert np.abs(got - torch_resize(rgb, (240, 240))).max() < 2e-6
     # torch's float32 kernel rounds its own tap positions: up to ~2.5e-5 away from both
     assert np.abs(got - torch_resize(rgb, (240, 240), torch.float32)).max() < 5e-5
 
 
+def test_banded_and_dense_resampling_agree(monkeypatch):
+    """Large inputs take the banded path (memory ~ taps, not in x out); it is the same filter."""
+    from winclip.runtime import preprocess
+
+    rgb = np.random.default_rng(4).random((900, 1300, 3), dtype=np.float32)
+    dense = resize_frame(rgb, (240, 240), "rgb")
+    monkeypatch.setattr(preprocess, "DENSE_LIMIT", 0)
+    banded = resize_frame(rgb, (240, 240), "rgb")
+    assert np.abs(dense - banded).max() < 1e-6
+    assert np.abs(banded - torch_resize(rgb, (240, 240))).max() < 2e-6
+
+
 def test_resize_on_real_large_frames():
     """Real images tiled into MVTec-sized frames (1000x1250 and 750x750) squashed to 240."""
     for frame in (_mosaic(textile_images("local", 20), 4, 5), _mosaic(elpv_images(9), 3, 3)[:750, :750]):
-        diff = np.abs(Preprocessor(SPEC).resize(frame) - torch_resize(frame, (240, 240)))
+        diff = np.abs(resize_frame(frame, (240, 240), "rgb") - torch_resize(frame, (240, 240)))
         assert diff.max() < 2e-6, diff.max()
 
 
-def test_resample_rows_are_partitions_of_unity():
-    for n_in, n_out in ((1500, 240), (100, 240), (241, 240)):
-        w = resample_matrix(n_in, n_out)
-        assert w.shape == (n_out, n_in) and np.allclose(w.sum(1), 1, atol=1e-6)
+def test_resample_taps_are_the_dense_matrix_and_bounded():
+    """The banded taps place the dense weights; their count grows with the scale factor, not the input."""
+    for n_in, n_out in ((1500, 240), (100, 240), (241, 240), (10**6, 240)):
+        lo, w = resample_taps(n_in, n_out)
+        assert w.shape[0] == n_out and w.shape[1] <= 4 * max(n_in / n_out, 1) + 3
+        if n_in < 10**5:
+            dense = resample_matrix(n_in, n_out)
+            for i in (0, n_out // 2, n_out - 1):
+                row = np.zeros(n_in, np.float32)
+                k = min(w.shape[1], n_in - lo[i])
+                row[lo[i]:lo[i] + k] = w[i, :k]
+                np.testing.assert_array_equal(dense[i], row)
 
 
 def test_pixel_formats_give_the_same_image():
     rng = np.random.default_rng(1)
     rgb8 = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
-    ref = rgb8.astype(np.float32) / 255
-    np.testing.assert_allclose(to_rgb_float(rgb8[:, :, ::-1], "bgr"), ref, atol=1e-7)
-    np.testing.assert_allclose(to_rgb_float(rgb8, "rgb"), ref, atol=1e-7)
-    rgba = np.concatenate([rgb8[:, :, ::-1], np.full((50, 60, 1), 7, np.uint8)], axis=2)
-    np.testing.assert_allclose(to_rgb_float(rgba, "bgr"), ref, atol=1e-7)
-    np.testing.assert_allclose(to_rgb_float(rgb8.astype(np.uint16)[:, :, ::-1] * 257, "bgr"), ref, atol=1e-6)
+    want = resize_frame(rgb8.astype(np.float32) / 255, (24, 24), "rgb")
+    for frame, order in ((rgb8[:, :, ::-1], "bgr"), (rgb8, "rgb"),
+                         (np.concatenate([rgb8[:, :, ::-1], np.full((50, 60, 1), 7, np.uint8)], axis=2), "bgr"),
+                         (rgb8.astype(np.uint16)[:, :, ::-1] * 257, "bgr"), (rgb8.astype(np.float64) / 255, "rgb")):
+        np.testing.assert_allclose(resize_frame(frame, (24, 24), order), want, atol=2e-6)
     gray = rgb8[:, :, 0]
-    g = to_rgb_float(gray)
-    assert g.shape == (50, 60, 3) and np.allclose(g[..., 0], g[..., 2])
-    assert np.allclose(to_rgb_float(gray[:, :, None]), g)
+    g = resize_frame(gray, (24, 24))
+    assert g.shape == (3, 24, 24) and np.array_equal(g[0], g[2])
+    np.testing.assert_array_equal(resize_frame(gray[:, :, None], (24, 24)), g)
+    np.testing.assert_allclose(g[0], resize_frame(np.repeat(gray[:, :, None], 3, 2), (24, 24))[0], atol=1e-7)
 
 
 def test_bad_frames_are_refused():
     with pytest.raises(ValueError, match="shape"):
-        to_rgb_float(np.zeros((4, 4, 2), np.uint8))
+        resize_frame(np.zeros((4, 4, 2), np.uint8), (8, 8))
     with pytest.raises(ValueError, match="dtype"):
-        to_rgb_float(np.zeros((4, 4, 3), np.int32))
+        resize_frame(np.zeros((4, 4, 3), np.int32), (8, 8))
     with pytest.raises(ValueError, match="empty"):
-        to_rgb_float(np.zeros((0, 4, 3), np.uint8))
+        resize_frame(np.zeros((0, 4, 3), np.uint8), (8, 8))
+    bad = np.zeros((10, 10, 3), np.float32)
+    bad[3, 3, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        Preprocessor(SPEC)([bad])
 
 
 def test_batch_is_normalised_with_the_manifest_constants():
     batch = Preprocessor(SPEC)([np.full((300, 200, 3), 255, np.uint8), np.zeros((10, 10), np.uint8)])
     assert batch.shape == (2, 3, 240, 240) and batch.dtype == np.float32
-    np.testing.assert_allclose(batch[0, :, 5, 5], (1 - np.array(SPEC["mean"])) / np.array(SPEC["std"]), atol=1e-5)
-    np.testing.assert_allclose(batch[1, :, 5, 5], -np.array(SPEC["mean"]) / np.array(SPEC["std"]), atol=1e-5)
+    np.testing.assert_allclose(batch[0, :, 5, 5], (1 - np.array(SPEC.mean)) / np.array(SPEC.std), atol=1e-5)
+    np.testing.assert_allclose(batch[1, :, 5, 5], -np.array(SPEC.mean) / np.array(SPEC.std), atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [(240, 240), (1000, 700), (37, 53)])

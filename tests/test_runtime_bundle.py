@@ -23,8 +23,9 @@ def _edit_manifest(bundle, change):
 
 def test_loads_and_lists_objects(tiny_bundle):
     b = Bundle.load(tiny_bundle)
-    assert b.objects == ["bottle", "metal nut"] and b.grid == (5, 5) and b.scales == [2, 3]
+    assert b.objects == ["bottle", "metal nut"] and b.manifest.grid == (5, 5) and b.manifest.scales == (2, 3)
     assert b.text_prototypes("metal_nut").shape == (2, 32)
+    assert b.manifest.precisions == ["fp32"] and b.manifest.window_counts == {2: 16, 3: 9}
 
 
 def test_unknown_object_lists_the_known_ones(tiny_bundle):
@@ -61,7 +62,7 @@ def test_not_a_bundle(tmp_path):
 
 @pytest.mark.parametrize("name", ["../outside.npy", "/etc/passwd", "text/../../x.npy"])
 def test_file_names_may_not_leave_the_bundle(tiny_bundle_copy, name):
-    _edit_manifest(tiny_bundle_copy, lambda m: m["files"].update({name: "0" * 64}))
+    _edit_manifest(tiny_bundle_copy, lambda m: m["engines"][0].update(file=name))
     with pytest.raises(BundleError, match="not a plain relative path|outside"):
         Bundle.load(tiny_bundle_copy)
 
@@ -82,15 +83,42 @@ def test_pickled_text_embeddings_are_never_unpickled(tiny_bundle_copy):
     path = tiny_bundle_copy / "text" / "bottle.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    _edit_manifest(tiny_bundle_copy, lambda m: m["files"].update({"text/bottle.npy": digest}))
-    with pytest.raises(BundleError, match="cannot read text embeddings"):
-        Bundle.load(tiny_bundle_copy).text_prototypes("bottle")
+    _edit_manifest(tiny_bundle_copy, lambda m: m["text"]["objects"]["bottle"].update(sha256=digest))
+    with pytest.raises(BundleError, match="text embeddings text/bottle.npy holds object data"):
+        Bundle.load(tiny_bundle_copy)
 
 
 def test_manifest_that_disagrees_with_the_graph(tiny_bundle_copy):
-    _edit_manifest(tiny_bundle_copy, lambda m: m["graph"]["outputs"].update(window_embeddings_2=["batch", 17, 32]))
-    with pytest.raises(BundleError, match="window_embeddings_2"):
+    """A manifest consistent in itself (one scale) over a graph with two: refused at session creation."""
+    def one_scale(m):
+        m["windows"].update(scales=[2], counts={"2": 16})
+        del m["io"]["outputs"]["window_embeddings_3"]
+
+    _edit_manifest(tiny_bundle_copy, one_scale)
+    Bundle.load(tiny_bundle_copy)  # the manifest alone is fine
+    with pytest.raises(BundleError, match="disagree with the graph"):
         Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
+
+
+def test_schema_version_1_bundles_are_still_read(tiny_bundle_copy, tiny_bundle):
+    """Bundles written before engines were listed load as a single fp32 engine."""
+    def to_v1(m):
+        engine = m.pop("engines")[0]
+        objects = m["text"]["objects"]
+        m["files"] = {engine["file"]: engine["sha256"], **{o["file"]: o["sha256"] for o in objects.values()}}
+        m["text"]["objects"] = {name: o["file"] for name, o in objects.items()}
+        m["graph"] = {"file": engine["file"], "precision": "fp32", "opset": 17, "exporter": "torchscript",
+                      **m.pop("io")}
+        m["verification"] = engine["verification"]
+        m["schema_version"] = 1
+
+    _edit_manifest(tiny_bundle_copy, to_v1)
+    old = Bundle.load(tiny_bundle_copy)
+    assert old.manifest.precisions == ["fp32"] and old.manifest.engine("fp32").verification
+    frame = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    a = Detector(old, object_name="bottle", provider="cpu", cache=False)(frame)[0]
+    b = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", cache=False)(frame)[0]
+    assert a.image_score == b.image_score
 
 
 def test_cuda_without_the_gpu_build_is_a_clear_error(tiny_bundle):
@@ -114,6 +142,12 @@ def test_optimised_graph_is_cached_for_the_next_start(tiny_bundle_copy, tmp_path
     det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
     assert cached[0].stat().st_mtime_ns == mtime  # reused, not rewritten
     assert det(np.zeros((90, 90, 3), np.uint8))[0].anomaly_map.shape == (90, 90)
+    # --no-cache's path: neither read nor written
+    cached[0].unlink()
+    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False, cache_dir=cache)
+    assert not list(cache.glob("*.onnx"))
+    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
+    cached = list(cache.glob("*.onnx"))
     # a broken cache file is dropped, the checked graph runs, the next start rebuilds it
     cached[0].write_bytes(b"garbage")
     det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
@@ -122,7 +156,7 @@ def test_optimised_graph_is_cached_for_the_next_start(tiny_bundle_copy, tmp_path
     assert cached[0].stat().st_size > 100
 
 
-def test_graph_with_external_data_is_refused(tiny_bundle_copy, tmp_path):
+def test_graph_with_external_data_is_refused(tiny_bundle_copy, tmp_path, monkeypatch):
     """ONNX external-data references could read files elsewhere: the runtime loads checked bytes only."""
     import hashlib
 
@@ -132,13 +166,15 @@ def test_graph_with_external_data_is_refused(tiny_bundle_copy, tmp_path):
     model = onnx.load(str(graph))
     onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)
-    digests = {n: hashlib.sha256((tiny_bundle_copy / n).read_bytes()).hexdigest() for n in ("visual.onnx", "weights.bin")}
-    _edit_manifest(tiny_bundle_copy, lambda m: m["files"].update(digests))
-    with pytest.raises(BundleError, match="cannot load visual.onnx"):
-        Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
+    digest = hashlib.sha256(graph.read_bytes()).hexdigest()
+    _edit_manifest(tiny_bundle_copy, lambda m: m["engines"][0].update(sha256=digest))
+    for cwd in (tmp_path, tiny_bundle_copy):  # whatever the working directory, weights.bin never loads
+        monkeypatch.chdir(cwd)
+        with pytest.raises(BundleError, match="visual.onnx points at external data"):
+            Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
 
 
-@pytest.mark.parametrize("drop", [("graph", "file"), ("text", "objects"), ("windows",), ("scoring", "temperature")])
+@pytest.mark.parametrize("drop", [("engines",), ("text", "objects"), ("windows",), ("scoring", "temperature")])
 def test_manifest_missing_fields_are_refused(tiny_bundle_copy, drop):
     def remove(m):
         node = m
@@ -147,14 +183,14 @@ def test_manifest_missing_fields_are_refused(tiny_bundle_copy, drop):
         del node[drop[-1]]
 
     _edit_manifest(tiny_bundle_copy, remove)
-    with pytest.raises(BundleError, match="manifest lacks " + ".".join(drop)):
+    with pytest.raises(BundleError, match="missing field " + ".".join(drop)):
         Bundle.load(tiny_bundle_copy)
 
 
 def test_manifest_window_count_must_match_the_graph(tiny_bundle_copy):
     _edit_manifest(tiny_bundle_copy, lambda m: m["windows"]["counts"].update({"3": 10}))
-    with pytest.raises(BundleError, match="window count for scale 3"):
-        Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
+    with pytest.raises(BundleError, match="windows.counts .* disagrees with the grid and scales"):
+        Bundle.load(tiny_bundle_copy)
 
 
 def test_runtime_never_imports_torch(tiny_bundle, tmp_path):
@@ -163,9 +199,11 @@ def test_runtime_never_imports_torch(tiny_bundle, tmp_path):
         import sys, numpy as np
         import winclip.runtime, winclip.calibration
         from winclip.runtime import Detector
-        from winclip.runtime import inspect_cli, bundle, geometry, preprocess, scoring, session, images, overlay
+        from winclip.runtime import (inspect_cli, bundle, contract, geometry, preprocess, scoring, session, images,
+                                     postprocess, memory, sources, events, inspection, graph_check, validation)
+        import winclip.calibration.datasets
         det = Detector.from_bundle({str(tiny_bundle)!r}, object="bottle", provider="cpu", cache=False)
-        det.set_reference([np.zeros((64, 64), np.uint8)])
+        det.build_memory([np.zeros((64, 64), np.uint8)])
         det(np.zeros((64, 64, 3), np.uint8))
         bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "torchvision"))
         print("LEAKED", bad)
@@ -176,11 +214,11 @@ def test_runtime_never_imports_torch(tiny_bundle, tmp_path):
 
 
 def test_inspect_refuses_a_broken_bundle_in_one_line(tiny_bundle_copy, tmp_path):
-    _edit_manifest(tiny_bundle_copy, lambda m: m.update(schema_version=2))
+    _edit_manifest(tiny_bundle_copy, lambda m: m.update(schema_version=99))
     src = tmp_path / "src"
     src.mkdir()
     import cv2
 
     cv2.imwrite(str(src / "a.png"), np.zeros((10, 10), np.uint8))
     proc = run_cli("winclip-inspect", str(tiny_bundle_copy), "--source", str(src), "--out", str(tmp_path / "o"))
-    assert proc.returncode != 0 and "schema version 2" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and "schema version 99" in proc.stderr and "Traceback" not in proc.stderr

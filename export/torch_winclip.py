@@ -14,20 +14,37 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from winclip.runtime.defaults import TEMPERATURE, WINDOW_SCALES, WINDOW_STRIDE
 
-def reference_windows(grid: tuple[int, int], k: int) -> list[list[int]]:
-    """Every k x k window at stride 1, row-major; each a row-major list of patch indices."""
+
+def windows_by_loops(grid: tuple[int, int], k: int, stride: int = 1) -> list[list[int]]:
+    """Every k x k window at the stride, row-major; each a row-major list of patch indices."""
     rows, cols = grid
     return [
         [(r + i) * cols + (c + j) for i in range(k) for j in range(k)]
-        for r in range(rows - k + 1)
-        for c in range(cols - k + 1)
+        for r in range(0, rows - k + 1, stride)
+        for c in range(0, cols - k + 1, stride)
     ]
 
 
+def read_rgb(path) -> np.ndarray:
+    """An image file as RGB float64 in [0, 1], decoded with PIL (not the runtime's OpenCV path)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            gray = np.asarray(img, dtype=np.float64) / 65535.0
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        if img.mode == "L":
+            return np.repeat((np.asarray(img, dtype=np.float64) / 255.0)[:, :, None], 3, axis=2)
+        return np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+
+
 class TorchWinClip:
-    def __init__(self, model, text_prototypes: np.ndarray, scales=(2, 3), temperature: float = 0.07,
-                 patch_layer: int | None = None):
+    """WinCLIP / WinCLIP+ in plain torch: features(), set_normal_images(), and a call per batch."""
+
+    def __init__(self, model, text_prototypes: np.ndarray, scales=WINDOW_SCALES, temperature: float = TEMPERATURE,
+                 patch_layer: int | None = None, stride: int = WINDOW_STRIDE, patch_ln_post: bool = False):
         self.model = model.eval()
         self.visual = model.visual
         self.grid = tuple(int(g) for g in self.visual.grid_size)
@@ -39,7 +56,8 @@ class TorchWinClip:
         self.scales = tuple(scales)
         self.temperature = temperature
         self.patch_layer = patch_layer or len(self.visual.transformer.resblocks)
-        self.windows = {k: reference_windows(self.grid, k) for k in self.scales}
+        self.patch_ln_post = patch_ln_post
+        self.windows = {k: windows_by_loops(self.grid, k, stride) for k in self.scales}
         self.memory = None
 
     # ---- image side
@@ -64,6 +82,8 @@ class TorchWinClip:
         finally:
             hook.remove()
         patch_features = captured["tokens"][:, 1:]
+        if self.patch_ln_post:
+            patch_features = v.ln_post(patch_features)
         # embedded tokens with positions, before ln_pre (what a window selects from)
         x = v.conv1(images).flatten(2).transpose(1, 2)
         cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], 1, -1)
@@ -99,7 +119,8 @@ class TorchWinClip:
         return (1.0 - cos.max(dim=-1).values.clamp(max=1.0)) / 2.0
 
     @torch.no_grad()
-    def set_reference(self, rgb_frames: list[np.ndarray]) -> None:
+    def set_normal_images(self, rgb_frames: list[np.ndarray]) -> None:
+        """WinCLIP+: pool the window and patch features of K normal frames as the memory."""
         f = self.features(self.preprocess(rgb_frames))
         self.memory = {
             "windows": {k: w.reshape(-1, w.shape[-1]) for k, w in f["windows"].items()},

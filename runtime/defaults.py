@@ -1,0 +1,45 @@
+"""Defaults and limits: the one place each is stated.
+
+Export writes the algorithm defaults into every manifest and the runtime reads
+them back from there; the values below are what a new bundle gets and the
+limits every reader enforces. Torch-free, so both sides import it.
+"""
+
+from __future__ import annotations
+
+# --- WinCLIP algorithm defaults (shared/reference/winclip.md)
+WINDOW_SCALES = (2, 3)
+WINDOW_STRIDE = 1
+TEMPERATURE = 0.07  # anomalib and the closest reproduction; CLIP's own scale 100 is tau 0.01
+TEXT_ENSEMBLES = ("normalized_mean", "raw_mean")
+TEXT_ENSEMBLE = "normalized_mean"
+
+# OpenAI CLIP normalisation, what open_clip uses for ViT-B-16-plus-240
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# --- ONNX
+OPSET = 17
+OPSET_RANGE = (14, 20)
+DYNAMO_MIN_OPSET = 18  # torch's dynamo exporter writes opset 18 or later
+EXPORTERS = ("auto", "torchscript", "dynamo")
+
+# --- ONNX Runtime
+PROVIDERS = ("auto", "cuda", "cpu")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# --- limits every reader enforces
+MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS overrides
+MAX_JSON_BYTES = 4 << 20  # manifest.json / profile.json
+MAX_NAME_CHARS = 255  # one file-name component, as most file systems allow
+
+
+def check_temperature(value) -> float:
+    """The softmax temperature as a float, or ValueError: it must be finite and > 0."""
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a number, got {value!r}") from None
+    if not 0.0 < tau < float("inf"):
+        raise ValueError(f"temperature must be finite and > 0, got {value!r}")
+    return tau

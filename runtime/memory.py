@@ -1,0 +1,120 @@
+"""The WinCLIP+ few-shot memory: window and patch features of K normal images.
+
+A memory is only meaningful for the graph that computed it (another engine,
+even the int8 copy of the same model, gives other vectors) and the geometry it
+was computed with, so it carries a `MemoryKey` and refuses to be used, or
+loaded, under any other. Saved as plain .npy arrays with their sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from winclip.runtime.bundle import parse_npy, read_checked
+from winclip.runtime.contract import IMAGE_EMBEDDING, PATCH_FEATURES, window_output_name
+from winclip.runtime.errors import BundleError
+from winclip.runtime.validation import Node, SchemaError
+
+
+class FewShotMemoryError(BundleError):
+    """A memory that does not fit the detector or whose files fail their check."""
+
+
+@dataclass(frozen=True)
+class MemoryKey:
+    """What a memory is valid for."""
+
+    graph_sha256: str
+    precision: str
+    object_name: str
+    scales: tuple[int, ...]
+    stride: int
+    patch_layer: int
+    patch_ln_post: bool
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "scales": list(self.scales)}
+
+    @classmethod
+    def from_json(cls, node: Node) -> "MemoryKey":
+        return cls(graph_sha256=node.sha256("graph_sha256"), precision=node.str("precision", max_len=16),
+                   object_name=node.str("object_name", max_len=200),
+                   scales=tuple(node.ints("scales", 1, 8, 1, 1024)), stride=node.int("stride", 1, 1024),
+                   patch_layer=node.int("patch_layer", 1, 1024), patch_ln_post=node.bool("patch_ln_post"))
+
+    def mismatch(self, other: "MemoryKey") -> str | None:
+        """How `other` differs from this key, in words, or None."""
+        for name in self.__dataclass_fields__:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                what = {"graph_sha256": "engine graph", "object_name": "object"}.get(name, name.replace("_", " "))
+                if name == "graph_sha256":
+                    mine, theirs = mine[:12] + "...", theirs[:12] + "..."
+                return f"it was made with {what} {mine!r}, this detector uses {theirs!r}"
+        return None
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@dataclass
+class FewShotMemory:
+    """Unit feature vectors of K normal images, pooled over images (no positions)."""
+
+    windows: dict[int, np.ndarray]  # scale -> (K * n_windows, D) float32
+    patches: np.ndarray  # (K * n_patches, C) float32
+    shots: int
+    key: MemoryKey
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray], key: MemoryKey) -> "FewShotMemory":
+        """From the graph's raw outputs for K normal images."""
+        def pooled(name: str) -> np.ndarray:  # (K, N, D) -> (K * N, D)
+            x = unit_rows(outputs[name])
+            return np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+
+        return cls(windows={k: pooled(window_output_name(k)) for k in key.scales}, patches=pooled(PATCH_FEATURES),
+                   shots=int(outputs[IMAGE_EMBEDDING].shape[0]), key=key)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**{f"windows_{k}": v for k, v in self.windows.items()}, "patches": self.patches}
+
+    def save(self, folder: Path, prefix: str = "memory") -> dict:
+        """Write the arrays as FOLDER/<prefix>-<part>.npy; returns the JSON record that load() takes."""
+        files = {}
+        for part, array in self.arrays().items():
+            name = f"{prefix}-{part.replace('_', '-')}.npy"
+            np.save(folder / name, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+            data = (folder / name).read_bytes()
+            files[part] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "shape": list(array.shape)}
+        return {"shots": self.shots, "key": self.key.to_json(), "arrays": files}
+
+    @classmethod
+    def load(cls, folder: Path, record: dict, where: str = "memory") -> "FewShotMemory":
+        """Read a saved memory; each array is parsed from the bytes whose sha256 was checked."""
+        try:
+            node = Node(record, where)
+            key = MemoryKey.from_json(node.node("key"))
+            shots = node.int("shots", 1, 1 << 16)
+            parts = node.node("arrays")
+            arrays = {}
+            for part in [*(f"windows_{k}" for k in key.scales), "patches"]:
+                entry = parts.node(part)
+                shape = tuple(entry.ints("shape", 2, 2, 1, 1 << 24))
+                data = read_checked(folder, entry.file("file"), entry.sha256("sha256"), max_bytes=1 << 31)
+                arrays[part] = parse_npy(data, f"{where} array {entry.raw('file')}",
+                                         lambda s, want=shape: None if s == want else f"the record says {list(want)}",
+                                         dtypes=("float32",))
+                if arrays[part].shape[0] % shots or not np.isfinite(arrays[part]).all():
+                    raise SchemaError(f"{where} array {part} does not hold finite vectors for {shots} images")
+        except SchemaError as exc:
+            raise FewShotMemoryError(str(exc)) from None
+        windows = {k: arrays[f"windows_{k}"] for k in key.scales}
+        return cls(windows=windows, patches=arrays["patches"], shots=shots, key=key)
