@@ -38,10 +38,15 @@ DEFAULTS = ExportOptions()
 @click.option("--patch-layer", type=int, default=None,
               help="Block whose patch tokens form the few-shot patch features. [default: last]")
 @click.option("--patch-ln-post", is_flag=True, help="Apply ln_post to the patch features.")
+@click.option("--precision", "precisions", default="fp32",
+              help="Engines to write, comma separated: fp32 always, plus int8 (CPU) and/or fp16 (CUDA), each "
+                   "guarded against fp32 on --calibration frames.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help="Folder of the line's real frames, for the int8/fp16 engines' accuracy guard.")
 @click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
               help="Extra open_clip model config JSON (custom architectures); repeatable.")
 def main(backbone, pretrained, objects, out, opset, exporter, force, scales, stride, temperature, text_ensemble,
-         patch_layer, patch_ln_post, model_configs):
+         patch_layer, patch_ln_post, precisions, calibration, model_configs):
     """Export WinCLIP's windowed CLIP visual encoder and text prototypes as an engine bundle.
 
     The bundle holds one ONNX graph (image, window and patch embeddings for a
@@ -70,7 +75,9 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
             ExportOptions(out=out, backbone=backbone, pretrained=pretrained, objects=list(objects),
                           opset=opset, exporter=exporter, force=force, scales=scale_list, stride=stride,
                           temperature=temperature,
-                          text_ensemble=text_ensemble, patch_layer=patch_layer, patch_ln_post=patch_ln_post),
+                          text_ensemble=text_ensemble, patch_layer=patch_layer, patch_ln_post=patch_ln_post,
+                          precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
+                          calibration=calibration),
             log=lambda msg: click.echo(msg, err=True),
         )
     except ExportError as exc:

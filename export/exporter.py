@@ -74,6 +74,17 @@ def check_inputs(opts: ExportOptions) -> list[str]:
         defaults.check_temperature(opts.temperature)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
+    unknown = [p for p in opts.precisions if p not in defaults.PRECISIONS]
+    if unknown or "fp32" not in opts.precisions:
+        raise ExportError(f"precisions must include fp32 and come from {', '.join(defaults.PRECISIONS)}, "
+                          f"got {list(opts.precisions)}")
+    if len(opts.precisions) > 1:
+        if opts.calibration is None or not Path(opts.calibration).is_dir():
+            raise ExportError("int8/fp16 engines need --calibration DIR: real frames of the line for their accuracy guard")
+        try:
+            import onnxruntime.quantization  # noqa: F401
+        except ImportError:
+            raise ExportError("int8/fp16 engines need the quantization tools: pip install 'winclip-edge[quantize]'") from None
     return objects
 
 
@@ -138,7 +149,9 @@ def build_manifest(opts, loaded: LoadedBackbone, wrapper: WindowedVisual, object
         stride=wrapper.stride,
         embed_dim=wrapper.embed_dim,
         width=wrapper.width,
-        layers=len(wrapper.visual.transformer.resblocks),
+        layers=wrapper.n_layers,
+        mlp_width=wrapper.mlp_width,
+        work_elimination=wrapper.eliminate,
         patch_layer=wrapper.patch_layer,
         patch_ln_post=wrapper.patch_ln_post,
         engines=(engine,),
@@ -157,6 +170,15 @@ def _now() -> str:
 
 
 def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Path:
+    """Write a verified engine bundle for `opts` (see ExportOptions) and return its path.
+
+    Loads the backbone and its weights, computes the (2, D) text prototypes of
+    each object, traces the windowed visual graph (input images (B, 3, H, W)
+    float32, normalised; outputs per export/windowed_visual.py), checks it
+    against torch in onnxruntime, adds any int8/fp16 engines asked for (each
+    guarded on real frames), and moves the bundle into place only when all of
+    that succeeded: a failure leaves nothing behind. Raises ExportError.
+    """
     names = check_inputs(opts)
     out = Path(opts.out).resolve()  # so that --out . still has a real parent for the temp folder
     t0 = time.perf_counter()
@@ -194,12 +216,24 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Pa
             verification=verification)
         manifest = build_manifest(opts, loaded, wrapper, objects, engine)
         write_manifest(tmp, manifest)
+        for precision in opts.precisions:
+            if precision != "fp32":  # made and guarded in the temporary bundle: all or nothing
+                _add_engine(tmp, precision, opts.calibration, log)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"bundle written to {out} in {time.perf_counter() - t0:.1f} s")
     return out
+
+
+def _add_engine(bundle: Path, precision: str, calibration: Path, log) -> None:
+    from winclip.calibration.quantize import QuantizeError, add_engine
+
+    try:
+        add_engine(bundle, precision, Path(calibration), log=log)
+    except QuantizeError as exc:
+        raise ExportError(str(exc).replace("the bundle is unchanged", "nothing was written")) from None
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -27,3 +27,5 @@ class ExportOptions:
     patch_layer: int | None = None  # None: the last block
     patch_ln_post: bool = False
     tolerance: float = 1e-4  # ONNX vs torch, see verify.py
+    precisions: tuple[str, ...] = ("fp32",)  # int8 / fp16 engines are added by winclip-quantize's code
+    calibration: Path | None = None  # real frames for the quantized engines' accuracy guard (and static int8)

@@ -162,6 +162,7 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is for everyone who may read the bundle
         os.replace(tmp, root / MANIFEST_NAME)
     except BaseException:
         if os.path.exists(tmp):

@@ -122,6 +122,8 @@ class Manifest:
     embed_dim: int
     width: int
     layers: int
+    mlp_width: int
+    work_elimination: bool  # windows reuse the first block's QKV and run their last block for the class token
     patch_layer: int
     patch_ln_post: bool
     engines: tuple[Engine, ...]
@@ -139,6 +141,10 @@ class Manifest:
     @property
     def output_names(self) -> list[str]:
         return output_names(self.scales)
+
+    @property
+    def input_name(self) -> str:
+        return INPUT_NAME
 
     @property
     def window_counts(self) -> dict[int, int]:
@@ -217,8 +223,9 @@ class Manifest:
             "patch_size": list(self.patch_size),
             "grid": list(self.grid),
             "windows": {"scales": list(self.scales), "stride": self.stride,
-                        "counts": {str(k): n for k, n in self.window_counts.items()}},
-            "dims": {"embed": self.embed_dim, "width": self.width, "layers": self.layers},
+                        "counts": {str(k): n for k, n in self.window_counts.items()},
+                        "work_elimination": self.work_elimination},
+            "dims": {"embed": self.embed_dim, "width": self.width, "layers": self.layers, "mlp": self.mlp_width},
             "patch_features": {"layer": self.patch_layer, "ln_post": self.patch_ln_post},
             "io": {"inputs": self.input_shapes(), "outputs": self.output_shapes()},
             "engines": [e.to_json() for e in self.engines],
@@ -275,6 +282,8 @@ def _read_v2(root: Node) -> Manifest:
         embed_dim=dims.int("embed", 1, 1 << 16),
         width=dims.int("width", 1, 1 << 16),
         layers=dims.int("layers", 1, 1024),
+        mlp_width=dims.int("mlp", 1, 1 << 18, default=4 * dims.int("width", 1, 1 << 16)),
+        work_elimination=windows.bool("work_elimination", default=False),
         patch_layer=feats.int("layer", 1, 1024),
         patch_ln_post=feats.bool("ln_post"),
         engines=tuple(_read_engine(Node(e, f"engines[{i}]"))

@@ -111,19 +111,20 @@ def create_session(bundle: Bundle, provider: str = "auto", precision: str = "aut
     # ALL level adds layout rewrites tuned to this CPU's vector width, which
     # must not follow the cache to another box. Loading the cached graph with
     # ALL redoes just those cheap rewrites.
+    options = session_options(threads, engine.precision, providers)
     cached = _cache_file(sha256, cache_dir) if cache and providers == [CPU] else None
     if cached is not None and not cached.is_file():
         _write_cache(graph, cached)
     session = None
     if cached is not None and cached.is_file():
         try:
-            session = ort.InferenceSession(str(cached), _options(threads), providers=providers)
+            session = ort.InferenceSession(str(cached), options, providers=providers)
         except Exception:
             cached.unlink(missing_ok=True)  # broken: rebuilt on the next start
     if session is None:
         # From checked bytes, not the path: what was hashed is what runs.
         try:
-            session = ort.InferenceSession(graph, _options(threads), providers=providers)
+            session = ort.InferenceSession(graph, options, providers=providers)
         except Exception as exc:
             raise BundleError(f"onnxruntime cannot load {engine.file}: {first_line(exc)}") from None
     check_graph_io(bundle.manifest, session, engine.file)
@@ -133,8 +134,17 @@ def create_session(bundle: Bundle, provider: str = "auto", precision: str = "aut
     return EngineSession(session, engine, reason)
 
 
-def _options(threads: int | None, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
+def session_options(threads: int | None, precision: str = "fp32", providers=(CPU,),
+                    level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
+    """Session options; threads None: all cores.
+
+    fp16 graphs on the CPU provider stop at the EXTENDED level: onnxruntime 1.32's
+    CPU layout rewrites (ALL) crash the process on them (a segmentation fault at
+    session creation, seen on x86-64).
+    """
     options = ort.SessionOptions()
+    if precision == "fp16" and providers[0] == CPU:
+        level = min(level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, key=int)
     options.graph_optimization_level = level
     options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
     if threads:
@@ -148,7 +158,7 @@ def _write_cache(graph: bytes, cached: Path) -> None:
     except OSError:
         return
     os.close(fd)
-    options = _options(None, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    options = session_options(None, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     options.optimized_model_filepath = tmp
     try:
         ort.InferenceSession(graph, options, providers=[CPU])

@@ -1,0 +1,297 @@
+"""`winclip-bench`: latency of a bundle's engines per frame and per stage, beside the torch reference
+and the machine's own matrix-multiply throughput, all measured in one run.
+
+Every configuration runs in a fresh child process (winclip.benchmarks.measure), so
+its cold start and peak memory are its own. Frames are real images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from itertools import product
+from pathlib import Path
+
+import click
+import numpy as np
+
+
+def _csv(kind, choices=None):
+    def parse(ctx, param, value):
+        try:
+            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list, got {value!r}") from None
+        if not items or (choices and any(i not in choices for i in items)):
+            raise click.BadParameter(f"choose from {', '.join(map(str, choices))}" if choices else "empty list")
+        if kind is int and any(i < (1 if param.name == "batches" else 0) for i in items):
+            raise click.BadParameter("out of range")
+        return items
+    return parse
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import onnxruntime as ort
+
+    info = {"machine": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+        info["cpu"] = model
+        info["cpu_features"] = sorted(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                                  "amx_int8", "amx_bf16") if f in flags)
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def gemm_peaks(size: int = 2048) -> dict:
+    """The machine's matrix-multiply throughput, GFLOP/s: numpy fp32, and ONNX Runtime fp32 / int8 where onnx is installed."""
+    out = {}
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).random((size, size), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    out["numpy_fp32"] = 2 * size ** 3 / best / 1e9
+    try:
+        out.update(_ort_gemm_peaks())
+    except ImportError:
+        out["note"] = "onnx not installed: ONNX Runtime GEMM peaks not measured (pip install 'winclip-edge[quantize]')"
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _ort_gemm_peaks() -> dict:
+    """A window-sized product (3000 x 896 x 3584, the MLP of a frame's windows) in fp32 and dynamic int8."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    m, k, n = 3000, 896, 3584
+    weight = (np.random.default_rng(2).standard_normal((k, n)) * 0.02).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                              [numpy_helper.from_array(weight, "w")])
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "gemm.onnx"
+        int8 = Path(tmp) / "gemm-int8.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        for name, path in (("onnxruntime_fp32", fp32), ("onnxruntime_int8", int8)):
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session.run(None, {"x": x})
+            best = min(_timed(lambda: session.run(None, {"x": x})) for _ in range(5))
+            out[name] = 2 * m * k * n / best / 1e9
+    return out
+
+
+def default_frames(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Real frames from the [dev] datasets: textiles (250 px colour), solar cells (300 px gray), and a
+    1000x1250 mosaic of textiles (an MVTec-sized frame); normals: nominal textiles."""
+    import cv2
+
+    from winclip.calibration.datasets import elpv_images, textile_images
+    from winclip.runtime.images import read_image
+
+    local = textile_images("local", 20)
+    tiles = [read_image(p) for p in local]
+    mosaic = np.concatenate([np.concatenate(tiles[r * 5:(r + 1) * 5], axis=1) for r in range(4)], axis=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / "textile-mosaic-1000x1250.png"), mosaic)
+    images = local[:3] + elpv_images(2, start=50) + [folder / "textile-mosaic-1000x1250.png"]
+    return images, textile_images("nominal", 8)
+
+
+def run_child(cfg: dict, work: Path) -> dict:
+    path = work / f"config-{abs(hash(json.dumps(cfg, sort_keys=True)))}.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "winclip.benchmarks.measure", str(path)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown(result: dict) -> str:
+    peaks = result["gemm_peak_gflops"]
+    lines = [f"machine: {result['machine'].get('cpu', '')} ({result['machine']['machine']}, "
+             f"{result['machine']['cores']} cores, {' '.join(result['machine'].get('cpu_features', []))}); "
+             f"onnxruntime {result['machine']['onnxruntime']}",
+             f"GEMM peak, GFLOP/s: " + ", ".join(f"{k} {v}" for k, v in peaks.items() if k != "note"),
+             f"frame FLOPs: {result['frame_gflop']:.1f} GFLOP; {result['frames']} timed frames per row after "
+             f"{result['warmup']} warm-up", "",
+             "| engine | provider | batch | shots | p50 ms | p95 ms | FPS | prep | engine | score | upsample | "
+             "cold start s | peak RSS MiB | file MiB | GFLOP/s | % of peak | x fp32 | x torch |",
+             "|" + "---|" * 18]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['precision']} | {r['provider']} | {r['batch']} | {r['shots']} | error: {r['error']} |")
+            continue
+        st = r.get("stages_ms", {})
+        fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"  # noqa: E731
+        lines.append(
+            f"| {r['precision']} | {r['provider']} | {r['batch']} | {r['shots']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+            f"{r['fps']:.2f} | {fmt(st.get('preprocess'), '.1f')} | {fmt(st.get('engine'), '.0f')} | "
+            f"{fmt(st.get('scoring'), '.1f')} | {fmt(st.get('upsample'), '.1f')} | {fmt(r.get('cold_start_s'), '.2f')} | "
+            f"{r['peak_rss_mib']:.0f} | {fmt(r.get('engine_mib'), '.0f')} | {fmt(r.get('gflops'), '.0f')} | "
+            f"{fmt(r.get('pct_of_peak'), '.0f')} | {fmt(r.get('speedup_vs_fp32'), '.2f')} | "
+            f"{fmt(r.get('speedup_vs_torch'), '.2f')} |")
+    for t in result.get("torch", []):
+        if "error" in t:
+            lines.append(f"\ntorch reference (batch {t['batch']}, {t['shots']}-shot): error: {t['error']}")
+        else:
+            lines.append(f"\ntorch reference (batch {t['batch']}, {t['shots']}-shot): p50 {t['p50_ms']:.0f} ms, "
+                         f"p95 {t['p95_ms']:.0f} ms, peak RSS {t['peak_rss_mib']:.0f} MiB")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", "precisions", default="fp32", callback=_csv(str, ("fp32", "int8", "fp16")),
+              help="Engines to time, comma separated.")
+@click.option("--provider", "providers", default="cpu", callback=_csv(str, ("cpu", "cuda")),
+              help="ONNX Runtime providers, comma separated.")
+@click.option("--batch", "batches", default="1", callback=_csv(int), help="Frames per session call, comma separated.")
+@click.option("--shots", "shots", default="0,4", callback=_csv(int), help="0 = zero-shot; K = WinCLIP+ with K normals.")
+@click.option("--frames", type=click.IntRange(min=1), default=5, help="Timed batches per configuration.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, help="Untimed batches first.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (ORT and torch). [default: all cores]")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Folder of real frames to time. [default: images from the dev extra's datasets]")
+@click.option("--normal", "normal_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of normal images for the few-shot memory. [default: the dataset's normals, or --images]")
+@click.option("--object", "object_name", default=None, help="Object to score. [default: the bundle's first]")
+@click.option("--compare-torch", is_flag=True, help="Also time the plain torch WinCLIP on the same frames (needs the export extra).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="With --compare-torch: weights for the torch side. [default: random weights; speed does not depend on them]")
+@click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
+              help="With --compare-torch: open_clip config JSON of a custom architecture; repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write bench.json and bench.md here.")
+def main(bundle, precisions, providers, batches, shots, frames, warmup, threads, images, normal_dir, object_name,
+         compare_torch, checkpoint, model_configs, out):
+    """Time BUNDLE's engines per frame and per stage, with cold start, memory and FLOP rate.
+
+    Prints a markdown table; every ratio in it comes from this one run on this
+    one machine.
+    """
+    from tqdm import tqdm
+
+    from winclip.runtime.bundle import Bundle
+    from winclip.runtime.errors import BundleError
+    from winclip.runtime.flops import frame_flops
+    from winclip.runtime.images import ImageReadError, list_images
+    from winclip.runtime.session import choose_providers
+
+    try:
+        b = Bundle.load(bundle)
+        missing = [p for p in precisions if p not in b.manifest.precisions]
+        if missing:
+            raise BundleError(f"the bundle has no {', '.join(missing)} engine (it has {', '.join(b.manifest.precisions)}); "
+                              f"add one with winclip-quantize {bundle} --precision {missing[0]} --images DIR")
+        for provider in providers:
+            choose_providers(provider)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+    if compare_torch:
+        try:
+            import open_clip  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            raise click.ClickException("--compare-torch needs the export extra: pip install 'winclip-edge[export]'") from None
+    work = Path(tempfile.mkdtemp(prefix="winclip-bench-"))
+    try:
+        if images is not None:
+            paths, _ = list_images(images)
+            frame_paths = paths[:8]
+            normal_paths = list_images(normal_dir)[0] if normal_dir else frame_paths
+        else:
+            frame_paths, normal_paths = default_frames(work / "frames")
+            if normal_dir:
+                normal_paths = list_images(normal_dir)[0]
+    except (ImageReadError, Exception) as exc:
+        if isinstance(exc, click.ClickException):
+            raise
+        raise click.ClickException(f"no frames to time: {exc}; pass --images DIR") from None
+    if not frame_paths:
+        raise click.ClickException(f"no images in {images}")
+    if max(shots) > len(normal_paths):
+        raise click.ClickException(f"--shots {max(shots)} needs that many normal images; {len(normal_paths)} found")
+
+    flops = frame_flops(b.manifest)["total"]
+    click.echo("measuring the machine's GEMM throughput", err=True)
+    peaks = gemm_peaks()
+    base = {"bundle": str(Path(bundle).resolve()), "frames": frames, "warmup": warmup, "threads": threads,
+            "images": [str(p) for p in frame_paths], "normals": [str(p) for p in normal_paths],
+            "object": object_name, "checkpoint": str(checkpoint) if checkpoint else None,
+            "model_configs": [str(Path(c).resolve()) for c in model_configs]}
+    configs = list(product(precisions, providers, batches, shots))
+    torch_configs = list(product(batches, shots)) if compare_torch else []
+    rows, torch_rows = [], []
+    with tqdm(total=len(configs) + len(torch_configs), unit="config", file=sys.stderr, disable=None) as bar:
+        for precision, provider, batch, k in configs:
+            bar.set_description(f"{precision} {provider} b{batch} {k}-shot")
+            r = run_child({**base, "engine": "runtime", "precision": precision, "provider": provider,
+                           "batch": batch, "shots": k}, work)
+            rows.append({"precision": precision, "provider": provider, "batch": batch, "shots": k, **r})
+            bar.update()
+        for batch, k in torch_configs:
+            bar.set_description(f"torch b{batch} {k}-shot")
+            r = run_child({**base, "engine": "torch", "precision": "fp32", "provider": "cpu", "batch": batch,
+                           "shots": k}, work)
+            torch_rows.append({"batch": batch, "shots": k, **r})
+            bar.update()
+    for r in [*rows, *torch_rows]:
+        if "error" not in r:
+            r["p50_ms"], r["p95_ms"] = 1000 * r.pop("p50_s"), 1000 * r.pop("p95_s")
+            if "stages_s" in r:
+                r["stages_ms"] = {k: 1000 * v for k, v in r.pop("stages_s").items()}
+    for r in rows:
+        if "error" in r:
+            continue
+        r["engine_mib"] = (Path(bundle) / r["engine_file"]).stat().st_size / 2**20
+        r["gflops"] = flops / (r["stages_ms"]["engine"] / 1000) / 1e9
+        peak = peaks.get("onnxruntime_int8") if r["precision"] == "int8" else peaks.get("numpy_fp32")
+        r["pct_of_peak"] = 100 * r["gflops"] / peak if peak and r["provider"] == "cpu" else None
+        fp32 = next((x for x in rows if x["precision"] == "fp32" and "error" not in x and
+                     (x["provider"], x["batch"], x["shots"]) == (r["provider"], r["batch"], r["shots"])), None)
+        r["speedup_vs_fp32"] = fp32["p50_ms"] / r["p50_ms"] if fp32 else None
+        t = next((x for x in torch_rows if "error" not in x and (x["batch"], x["shots"]) == (r["batch"], r["shots"])), None)
+        r["speedup_vs_torch"] = t["p50_ms"] / r["p50_ms"] if t else None
+    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "bundle": str(bundle), "frame_gflop": flops / 1e9, "work_elimination": b.manifest.work_elimination,
+              "gemm_peak_gflops": peaks, "frames": frames, "warmup": warmup,
+              "images": [str(p) for p in frame_paths], "rows": rows, "torch": torch_rows}
+    table = markdown(result)
+    click.echo(table)
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "bench.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+            (out / "bench.md").write_text(table + "\n")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}") from None
+    if all("error" in r for r in rows):
+        raise click.ClickException("no configuration could be measured")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Engines: the work-eliminated graph against open_clip, int8 and fp16 engines with their guard, engine choice."""
+
+import json
+import os
+import shutil
+import stat
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import TINY, TINY_CONFIG, make_model, read, run_cli, textile_images
+from winclip.calibration.guard import GuardLimits, pearson_rows, spearman
+from winclip.calibration.quantize import Int8Settings, QuantizeError, add_engine, frame_reader
+from winclip.export.windowed_visual import WindowedVisual
+from winclip.runtime import Detector
+from winclip.runtime.bundle import Bundle
+from winclip.runtime.errors import BundleError
+from winclip.runtime.flops import frame_flops
+
+RELAXED = GuardLimits(map_pearson_median=0.9, map_pearson_min=0.8, score_spearman=0.5)  # a 2-layer random model
+IMPOSSIBLE = GuardLimits(map_pearson_median=1.0, map_pearson_min=1.0, score_spearman=1.0, close_enough=0.0)
+
+
+@pytest.fixture(scope="module")
+def line_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("line")
+    for kind in ("nominal", "local"):
+        for p in textile_images(kind, 5):
+            shutil.copy(p, folder / f"{kind}-{p.name}")
+    return folder
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- exact work elimination
+@pytest.mark.parametrize("kwargs", [{}, {"patch_layer": 1, "patch_ln_post": True}, {"scales": (3,), "stride": 2}])
+def test_work_elimination_is_exact(tiny_model, kwargs):
+    x = torch.randn(3, 3, 80, 80)
+    with torch.no_grad():
+        plain = WindowedVisual(tiny_model.visual, eliminate=False, **kwargs).eval()(x)
+        lean = WindowedVisual(tiny_model.visual, eliminate=True, **kwargs).eval()(x)
+        own = tiny_model.encode_image(x)
+    assert WindowedVisual(tiny_model.visual).eliminate
+    for a, b in zip(plain, lean):
+        assert a.shape == b.shape and float((a - b).abs().max()) < 1e-5
+    assert float((lean[0] - own).abs().max()) < 1e-5
+
+
+def test_work_elimination_with_a_single_block():
+    """One block is both the first (shared QKV) and the last (class token only)."""
+    import open_clip
+
+    cfg = json.loads(TINY_CONFIG.read_text())
+    cfg["vision_cfg"]["layers"] = 1
+    path = TINY_CONFIG.parent / "winclip-tiny-1layer.json"
+    path.write_text(json.dumps(cfg))
+    try:
+        open_clip.add_model_config(path)
+        model = make_model("winclip-tiny-1layer")
+    finally:
+        path.unlink()
+    x = torch.randn(2, 3, 80, 80)
+    with torch.no_grad():
+        plain = WindowedVisual(model.visual, eliminate=False).eval()(x)
+        lean = WindowedVisual(model.visual, eliminate=True).eval()(x)
+    for a, b in zip(plain, lean):
+        assert float((a - b).abs().max()) < 1e-5
+
+
+def test_frame_flops_before_and_after(tiny_bundle):
+    """ViT-B-16+ numbers: 54.8 GFLOP whole image, 227 + 392 windows, 673.5 in all; elimination saves 7%."""
+    m = Bundle.load(tiny_bundle).manifest
+    assert m.work_elimination and m.mlp_width == 256
+    from dataclasses import replace
+
+    vit = replace(m, preprocess=replace(m.preprocess, input_size=(240, 240)), grid=(15, 15), width=896,
+                  mlp_width=3584, layers=12, embed_dim=640, patch_layer=12)
+    before, after = frame_flops(vit, work_elimination=False), frame_flops(vit)
+    assert round(before["image"] / 1e9, 1) == 54.8 and round(before["total"] / 1e9, 1) == 673.5
+    assert round(before["windows_2"] / 1e9) == 227 and round(before["windows_3"] / 1e9) == 392
+    assert after["image"] == before["image"] and 0.92 < after["total"] / before["total"] < 0.93
+
+
+# ---- int8 and fp16 engines
+def test_int8_engine_is_added_guarded_and_chosen_on_cpu(tiny_bundle_copy, line_images):
+    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+    m = json.loads((tiny_bundle_copy / "manifest.json").read_text())
+    assert [e["precision"] for e in m["engines"]] == ["fp32", "int8"]
+    entry = m["engines"][1]
+    assert entry["file"] == engine.file and entry["guard"]["passed"] and not entry["accepted_degraded"]
+    assert entry["made_by"]["settings"]["method"] == "dynamic" and entry["made_by"]["frames"]["holdout"] == 6
+    assert set(entry["guard"]["modes"]) == {"zero-shot", "few-shot"}
+    assert (tiny_bundle_copy / engine.file).stat().st_size < (tiny_bundle_copy / "visual.onnx").stat().st_size
+    auto = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
+    assert auto.engine.precision == "int8" and "guarded int8" in auto.describe()
+    fp32 = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="fp32", cache=False)
+    frames = [read(p) for p in textile_images("global", 3)]
+    a, b = auto(frames), fp32(frames)
+    assert all(abs(x.image_score - y.image_score) < 0.05 for x, y in zip(a, b))
+    assert pearson_rows(np.stack([x.anomaly_map.ravel() for x in a]), np.stack([y.anomaly_map.ravel() for y in b])).min() > 0.8
+
+
+def test_a_guard_failure_leaves_the_bundle_as_it_was(tiny_bundle_copy, line_images):
+    before = _snapshot(tiny_bundle_copy)
+    with pytest.raises(QuantizeError, match="failed its accuracy guard: zero-shot map pearson median"):
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=IMPOSSIBLE, log=lambda m: None)
+    assert _snapshot(tiny_bundle_copy) == before
+
+
+def test_accept_degraded_is_recorded_and_warned_about(tiny_bundle_copy, line_images):
+    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=IMPOSSIBLE, accept_degraded=True,
+                        log=lambda m: None)
+    assert engine.accepted_degraded and not engine.guard["passed"]
+    with pytest.warns(UserWarning, match="FAILED its accuracy guard"):
+        det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="int8", cache=False)
+    assert det.engine.accepted_degraded
+    # auto never picks an engine that failed its guard
+    assert Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False).engine.precision == "fp32"
+
+
+def test_static_int8_reads_frames_through_a_calibration_data_reader(tiny_bundle_copy, line_images):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    batches = [np.zeros((1, 3, 80, 80), np.float32), np.ones((1, 3, 80, 80), np.float32)]
+    reader = frame_reader(batches, "images")
+    assert isinstance(reader, CalibrationDataReader)
+    assert [reader.get_next()["images"].sum() for _ in range(2)] == [0, 3 * 80 * 80] and reader.get_next() is None
+    reader.rewind()
+    assert reader.get_next() is not None
+    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, holdout=4,
+                        settings=Int8Settings(method="static", quant_format="qdq", calibration_frames=3),
+                        log=lambda m: None)
+    assert engine.made_by["frames"]["calibration"] == 3 and engine.made_by["settings"]["quant_format"] == "qdq"
+    graph = onnx.load(str(tiny_bundle_copy / engine.file))
+    assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="int8", cache=False)
+
+
+def test_replacing_an_engine_needs_force_and_removes_the_old_file(tiny_bundle_copy, line_images):
+    first = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+    with pytest.raises(QuantizeError, match="already has an int8 engine"):
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+    second = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, force=True,
+                        settings=Int8Settings(per_channel=False), log=lambda m: None)
+    files = {p.name for p in tiny_bundle_copy.iterdir()}
+    assert second.file in files and (first.file == second.file or first.file not in files)
+    assert Bundle.load(tiny_bundle_copy).manifest.precisions == ["fp32", "int8"]
+
+
+def test_fp16_engine_structure_and_numbers_on_cpu(tiny_bundle_copy, line_images):
+    engine = add_engine(tiny_bundle_copy, "fp16", line_images, log=lambda m: None)
+    graph = onnx.load(str(tiny_bundle_copy / engine.file))
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == f32 for v in [*graph.graph.input, *graph.graph.output])
+    weights = {t.name: t.data_type for t in graph.graph.initializer if len(t.dims) == 2}
+    assert weights and all(t == f16 for t in weights.values())
+    # LayerNorm and Softmax run in fp32: their inputs come through a Cast to float
+    casts = {n.output[0]: n for n in graph.graph.node if n.op_type == "Cast"}
+    for node in graph.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            src = casts.get(node.input[0])
+            assert src is not None and next(a.i for a in src.attribute if a.name == "to") == f32, node.name
+    assert engine.guard["passed"] and engine.guard["embedding_cosine_min"]["image_embedding"] > 0.999
+    frame = read(textile_images("global", 1)[0])
+    a = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="fp16", cache=False)(frame)[0]
+    b = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="fp32", cache=False)(frame)[0]
+    assert abs(a.image_score - b.image_score) < 1e-2 and np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-2
+    # auto on a CPU box never picks the CUDA engine
+    assert Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False).engine.precision == "fp32"
+
+
+def test_quantize_refusals(tiny_bundle_copy, line_images, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in textile_images("nominal", 3):
+        shutil.copy(p, few / p.name)
+    (few / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(QuantizeError, match=r"has 3 usable images; 7 are needed \(6 held out for the guard"):
+        add_engine(tiny_bundle_copy, "int8", few, log=lambda m: None)
+    with pytest.raises(QuantizeError, match=r"has 10 usable images; 11 are needed .*4 to calibrate"):
+        add_engine(tiny_bundle_copy, "int8", line_images, settings=Int8Settings(method="static", calibration_frames=4),
+                   log=lambda m: None)
+    with pytest.raises(QuantizeError, match="blocks 1..2"):
+        add_engine(tiny_bundle_copy, "int8", line_images, settings=Int8Settings(fp32_blocks=(3,)), log=lambda m: None)
+    before = _snapshot(tiny_bundle_copy)
+    os.chmod(tiny_bundle_copy, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(tiny_bundle_copy, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        with pytest.raises(QuantizeError, match="read-only"):
+            add_engine(tiny_bundle_copy, "int8", line_images, log=lambda m: None)
+    finally:
+        os.chmod(tiny_bundle_copy, 0o755)
+    assert _snapshot(tiny_bundle_copy) == before
+
+
+def test_quantize_cli(tiny_bundle_copy, line_images):
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
+                   "--min-map-pearson-median", "0.9", "--min-map-pearson", "0.8", "--min-score-spearman", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "| zero-shot |" in proc.stderr and "added visual-int8-" in proc.stdout
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images))
+    assert proc.returncode != 0 and "already has an int8 engine" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
+                   "--min-map-pearson", "2")
+    assert proc.returncode == 2 and "must be in [0, 1]" in proc.stderr
+
+
+def test_engine_choice_errors(tiny_bundle):
+    with pytest.raises(BundleError, match=r"no int8 engine \(it has: fp32\); add one with winclip-quantize"):
+        Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", precision="int8")
+    with pytest.raises(BundleError, match="unknown precision"):
+        Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", precision="int4")
+
+
+def test_guard_statistics_by_hand():
+    a = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    b = np.array([[2.0, 4.0, 6.0], [3.0, 2.0, 1.0]])
+    np.testing.assert_allclose(pearson_rows(a, b), [1.0, -1.0])
+    assert spearman(np.array([0.1, 0.5, 0.3]), np.array([1.0, 9.0, 2.0])) == pytest.approx(1.0)
+    assert spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([4.0, 3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    # ties share their average rank: (1, 2.5, 2.5, 4) vs (1, 2, 3, 4)
+    assert spearman(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.9486833, abs=1e-6)
+
+
+def test_a_bundle_that_cannot_be_written_is_left_as_it_was(tiny_bundle_copy, line_images, monkeypatch):
+    """Root can write anywhere, so the file system's refusal is simulated at the two places it would come."""
+    import errno
+
+    from winclip.calibration import quantize
+
+    before = _snapshot(tiny_bundle_copy)
+    monkeypatch.setattr(quantize.os, "access", lambda path, mode: False)
+    with pytest.raises(QuantizeError, match="is read-only; nothing was changed"):
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+    monkeypatch.undo()
+
+    def refuse(root, manifest):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(quantize, "write_manifest", refuse)
+    with pytest.raises(QuantizeError, match="cannot write into the bundle .*Read-only file system; nothing was changed"):
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+    assert _snapshot(tiny_bundle_copy) == before
