@@ -72,11 +72,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "winclip-edge"
 
 
-def _cache_file(sha256: str, cache_dir: Path | None) -> Path | None:
-    """Where the optimised graph is kept: a folder of this user's, never the bundle.
+def cache_path(name: str, cache_dir: Path | None) -> Path | None:
+    """A file of this user's cache folder (None when it cannot be written): never inside a bundle.
 
     A file that came with a bundle would run instead of the checksummed graph, so
-    the cache is the user's own, keyed by the sha256 of the bytes that were read.
+    cached graphs are the user's own, keyed by the sha256 of the bytes that were
+    read; names are derived from hashes only.
     """
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     try:
@@ -85,7 +86,7 @@ def _cache_file(sha256: str, cache_dir: Path | None) -> Path | None:
         return None
     if not os.access(folder, os.W_OK):
         return None
-    return folder / f"{sha256}-ort{ort.__version__}.onnx"
+    return folder / name
 
 
 def create_session(bundle: Bundle, provider: str = "auto", precision: str = "auto", threads: int | None = None,
@@ -112,7 +113,7 @@ def create_session(bundle: Bundle, provider: str = "auto", precision: str = "aut
     # must not follow the cache to another box. Loading the cached graph with
     # ALL redoes just those cheap rewrites.
     options = session_options(threads, engine.precision, providers)
-    cached = _cache_file(sha256, cache_dir) if cache and providers == [CPU] else None
+    cached = cache_path(f"{sha256}-ort{ort.__version__}.onnx", cache_dir) if cache and providers == [CPU] else None
     if cached is not None and not cached.is_file():
         _write_cache(graph, cached)
     session = None
