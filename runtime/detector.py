@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,10 +15,11 @@ from winclip.runtime.bundle import Bundle
 from winclip.runtime.contract import normalize_object_name
 from winclip.runtime.errors import BundleError, first_line
 from winclip.runtime.memory import FewShotMemory, MemoryKey
-from winclip.runtime.postprocess import upsample_map
+from winclip.runtime.postprocess import Region, find_regions, upsample_map
 from winclip.runtime.preprocess import Preprocessor
+from winclip.runtime.profile import LineProfile, ProfileError
 from winclip.runtime.scoring import Scores, WinClipScorer
-from winclip.runtime.session import CUDA, create_session
+from winclip.runtime.session import CUDA, cache_path, create_session
 
 
 class FrameError(ValueError):
@@ -38,6 +41,7 @@ class FrameResult:
     anomaly_map: np.ndarray  # float32 (H, W) at the frame's resolution, values in [0, 1]
     anomalous: bool | None  # image_score >= threshold; None when no threshold is set
     timings_ms: dict[str, float] = field(default_factory=dict)  # this frame's share of each stage
+    regions: list[Region] | None = None  # with a pixel threshold, for anomalous frames: largest first
 
 
 class Detector:
@@ -45,12 +49,17 @@ class Detector:
 
     Set up once (bundle checks, session, self-check), then call it with a frame
     or a list of frames; a list is one session call.
+
+    The self-check runs the engine once on a blank frame and refuses a bundle
+    whose outputs do not have the manifest's shapes or are not finite. A passed
+    check is remembered in the user's cache (keyed by engine, provider,
+    manifest shapes, text and temperature), so later starts skip that frame.
     """
 
     def __init__(self, bundle: Bundle, object_name: str | None = None, provider: str = "auto",
                  precision: str = "auto", threads: int | None = None, temperature: float | None = None,
                  threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
-                 self_check: bool = True):
+                 self_check: bool = True, pixel_threshold: float | None = None):
         self.bundle = bundle
         m = bundle.manifest
         if object_name is None:
@@ -68,18 +77,51 @@ class Detector:
         self.preprocess = Preprocessor(m.preprocess)
         self.scorer = WinClipScorer(m.grid, m.scales, m.stride, text, m.temperature if temperature is None else temperature)
         self.threshold = check_threshold(threshold)
+        self.pixel_threshold = check_threshold(pixel_threshold, "pixel threshold")
         self.memory_key = MemoryKey(graph_sha256=self.engine.sha256, precision=self.engine.precision,
                                     object_name=self.object_name, scales=tuple(m.scales), stride=m.stride,
                                     patch_layer=m.patch_layer, patch_ln_post=m.patch_ln_post)
         self.memory: FewShotMemory | None = None
         if self_check:
-            self._self_check()
+            marker = cache_path(f"selfcheck-{self._self_check_key()}.ok", cache_dir) if cache else None
+            if marker is None or not marker.is_file():
+                self._self_check()
+                if marker is not None:
+                    try:
+                        marker.touch()
+                    except OSError:
+                        pass  # the marker only saves the next start a frame
 
     @classmethod
     def from_bundle(cls, path: str | Path, object: str | None = None, provider: str = "auto",
-                    precision: str = "auto", **kwargs) -> "Detector":
-        """Load and check the bundle at `path`, then set up as __init__ says."""
-        return cls(Bundle.load(path), object_name=object, provider=provider, precision=precision, **kwargs)
+                    precision: str = "auto", profile: str | Path | LineProfile | None = None,
+                    **kwargs) -> "Detector":
+        """Load and check the bundle at `path`, then set up as __init__ says.
+
+        profile: a line profile (its directory, or a loaded LineProfile): its memory,
+        object and engine precision are used, and its image and pixel thresholds
+        unless `threshold` / `pixel_threshold` are given. A profile made with
+        another engine graph or object is refused.
+        """
+        if profile is None:
+            return cls(Bundle.load(path), object_name=object, provider=provider, precision=precision, **kwargs)
+        if not isinstance(profile, LineProfile):
+            profile = LineProfile.load(profile)
+        if object is not None and normalize_object_name(object) != profile.object_name:
+            raise ProfileError(f"the line profile is for object {profile.object_name!r}, not {object!r}")
+        if precision == "auto":
+            precision = profile.precision
+        if kwargs.get("threshold") is None:
+            kwargs["threshold"] = profile.image_threshold
+        if kwargs.get("pixel_threshold") is None:
+            kwargs["pixel_threshold"] = profile.pixel_threshold
+        detector = cls(Bundle.load(path), object_name=profile.object_name, provider=provider, precision=precision,
+                       **kwargs)
+        try:
+            detector.set_memory(profile.memory)
+        except BundleError as exc:
+            raise ProfileError(str(exc).replace("few-shot memory", "line profile")) from None
+        return detector
 
     @property
     def providers(self) -> list[str]:
@@ -89,6 +131,17 @@ class Detector:
         """One line for people: what runs where."""
         return (f"object {self.object_name!r}, {self.engine.precision} engine ({self.engine_session.reason}) "
                 f"on {self.providers[0].replace('ExecutionProvider', '')}")
+
+    def _self_check_key(self) -> str:
+        """What a passed self-check vouches for: this engine on this provider with this manifest, text and tau."""
+        import onnxruntime
+
+        digest = hashlib.sha256()
+        for part in (self.engine.sha256, self.providers[0], onnxruntime.__version__, repr(self.scorer.temperature),
+                     json.dumps(self.bundle.manifest.output_shapes(), sort_keys=True)):
+            digest.update(part.encode() + b"\0")
+        digest.update(self.scorer.text.tobytes())
+        return digest.hexdigest()
 
     def _self_check(self) -> None:
         """Run the graph once on a blank frame: every output must have the manifest's shape and be finite."""
@@ -145,6 +198,14 @@ class Detector:
                 raise BundleError(f"the few-shot memory does not fit this detector: {problem}")
         self.memory = memory
 
+    def to_profile(self, record: dict | None = None) -> LineProfile:
+        """The current memory and thresholds as a line profile (write it with .save(path))."""
+        if self.memory is None:
+            raise ValueError("a line profile needs a few-shot memory: call build_memory first")
+        identity = {"graph_sha256": self.engine.sha256, "precision": self.engine.precision,
+                    "engine_file": self.engine.file, "object": self.object_name}
+        return LineProfile(self.memory, self.threshold, self.pixel_threshold, {"bundle": identity, **(record or {})})
+
     def score(self, frames, color_order: str = "bgr") -> tuple[Scores, dict[str, float]]:
         """Image scores and grid maps for a batch (one session call), and stage times (s)."""
         outputs, times = self.embed(frames, color_order)
@@ -179,5 +240,8 @@ class Detector:
         for i, amap in enumerate(maps):
             score = float(scores.image_score[i])
             decision = None if self.threshold is None else bool(score >= self.threshold)
-            results.append(FrameResult(score, amap, decision, dict(share)))
+            regions = None
+            if self.pixel_threshold is not None and decision is not False:
+                regions = find_regions(amap, self.pixel_threshold)
+            results.append(FrameResult(score, amap, decision, dict(share), regions))
         return results

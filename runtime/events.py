@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from winclip.runtime.postprocess import heatmap_overlay
+from winclip.runtime.postprocess import annotate, heatmap_overlay
 
 
 def to_json_line(event: dict) -> str:
@@ -92,13 +92,15 @@ class ArtifactWriter:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
 
-    def save(self, name: str, frame: np.ndarray, anomaly_map: np.ndarray, event: dict) -> None:
+    def save(self, name: str, frame: np.ndarray, result, event: dict) -> None:
         """Write what was asked for and record the paths in the event; OSError on failure."""
         if self.maps is not None:
             target = self.maps / f"{name}.npy"
-            write_atomic(target, npy_bytes(anomaly_map))
+            write_atomic(target, npy_bytes(result.anomaly_map))
             event["map"] = str(target)
         if self.overlays is not None:
             target = self.overlays / f"{name}.png"
-            write_atomic(target, png_bytes(heatmap_overlay(frame, anomaly_map)))
+            image = annotate(heatmap_overlay(frame, result.anomaly_map), result.regions, result.image_score,
+                             result.anomalous)
+            write_atomic(target, png_bytes(image))
             event["overlay"] = str(target)

@@ -37,6 +37,8 @@ def require_onnxruntime() -> None:
               help="Output folder for events.jsonl, maps and overlays.")
 @click.option("--object", "object_name", default=None,
               help="Object whose text embeddings to use. [default: the bundle's only object]")
+@click.option("--profile", type=click.Path(path_type=Path), default=None,
+              help="Line profile from winclip-calibrate: its few-shot memory and thresholds (--threshold overrides).")
 @click.option("--normal", "--reference", "normal_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of normal images: builds the WinCLIP+ few-shot memory.")
 @click.option("--shots", type=click.IntRange(min=1), default=None,
@@ -45,6 +47,8 @@ def require_onnxruntime() -> None:
 @click.option("--save-overlays", is_flag=True, help="Write OUT/overlays/<name>.png heat maps over the image.")
 @click.option("--threshold", type=float, default=None, callback=_threshold,
               help="Image score in [0, 1] at or above which a part is anomalous.")
+@click.option("--pixel-threshold", type=float, default=None, callback=_threshold,
+              help="Map value in [0, 1] at or above which pixels form defect regions (listed for anomalous frames).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine to run: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")
@@ -57,8 +61,8 @@ def require_onnxruntime() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing OUT/events.jsonl.")
 @click.option("--no-cache", is_flag=True,
               help="Neither use nor write the optimised-graph cache (in $XDG_CACHE_HOME/winclip-edge).")
-def main(bundle, source, out, object_name, normal_dir, shots, save_maps, save_overlays, threshold, provider,
-         precision, threads, batch_size, temperature, max_pixels, force, no_cache):
+def main(bundle, source, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
+         pixel_threshold, provider, precision, threads, batch_size, temperature, max_pixels, force, no_cache):
     """Score every image under --source with the WinCLIP bundle BUNDLE.
 
     Writes one JSON line per image to OUT/events.jsonl (source, image_score,
@@ -85,10 +89,12 @@ def main(bundle, source, out, object_name, normal_dir, shots, save_maps, save_ov
         raise click.ClickException(str(exc)) from None
     if not frames.paths and not frames.problems:
         raise click.ClickException(f"no images found in {source}")
+    if profile is not None and normal_dir is not None:
+        raise click.UsageError("--profile brings its own few-shot memory; leave out --normal")
     try:
         detector = Detector.from_bundle(bundle, object=object_name, provider=provider, precision=precision,
-                                        threads=threads, temperature=temperature, threshold=threshold,
-                                        cache=not no_cache)
+                                        profile=profile, threads=threads, temperature=temperature,
+                                        threshold=threshold, pixel_threshold=pixel_threshold, cache=not no_cache)
         if normal_dir is not None:
             normals = read_image_folder(normal_dir, shots)
             detector.build_memory(normals)

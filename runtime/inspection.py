@@ -52,6 +52,7 @@ def frame_event(frame, outcome, threshold: float | None) -> dict:
         "anomalous": outcome.anomalous,
         "threshold": threshold,
         "map_max": float(outcome.anomaly_map.max()),
+        **({"regions": [r.to_json() for r in outcome.regions]} if outcome.regions is not None else {}),
         "latency_ms": {**{k: round(v, 3) for k, v in outcome.timings_ms.items()},
                        "total": round(sum(outcome.timings_ms.values()), 3)},
     })
@@ -83,7 +84,7 @@ class Inspection:
                 self.counts.latencies_ms.append(event["latency_ms"]["total"])
                 if self.artifacts is not None and frame.name is not None:
                     try:
-                        self.artifacts.save(frame.name, frame.image, outcome.anomaly_map, event)
+                        self.artifacts.save(frame.name, frame.image, outcome, event)
                     except OSError as exc:
                         if self.on_artifact_error is None:
                             raise

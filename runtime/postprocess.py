@@ -1,6 +1,8 @@
-"""From grid maps to what people look at: pixel maps, heat-map overlays."""
+"""From grid maps to what people look at: pixel maps, defect regions, annotated heat-map overlays."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -36,3 +38,49 @@ def heatmap_overlay(frame: np.ndarray, anomaly_map: np.ndarray, color_order: str
     base = to_bgr8(frame, color_order)
     heat = cv2.applyColorMap((np.clip(anomaly_map, 0.0, 1.0) * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.addWeighted(heat, alpha, base, 1.0 - alpha, 0.0)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected area of the pixel map at or above the pixel threshold, in frame pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int  # pixels above the threshold
+    peak: float  # highest map value inside
+
+    def to_json(self) -> dict:
+        return {"box": [self.x, self.y, self.width, self.height], "area": self.area, "peak": round(self.peak, 6)}
+
+
+def find_regions(anomaly_map: np.ndarray, threshold: float, limit: int = 32) -> list[Region]:
+    """Connected regions (8-neighbour) of map >= threshold, largest first, at most `limit`."""
+    mask = (anomaly_map >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    order = sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA])[:limit]
+    regions = []
+    for i in order:
+        x, y, w, h, area = (int(v) for v in stats[i, :5])
+        peak = float(anomaly_map[y:y + h, x:x + w][labels[y:y + h, x:x + w] == i].max())
+        regions.append(Region(x, y, w, h, area, peak))
+    return regions
+
+
+def annotate(image: np.ndarray, regions: list[Region] | None, score: float | None, anomalous: bool | None) -> np.ndarray:
+    """Outline the regions and write the score and verdict on an 8-bit BGR image (in place; returned)."""
+    scale = max(image.shape[:2]) / 640.0
+    thick = max(1, round(2 * scale))
+    for r in regions or []:
+        cv2.rectangle(image, (r.x, r.y), (r.x + r.width - 1, r.y + r.height - 1), (255, 255, 255), thick + 1)
+        cv2.rectangle(image, (r.x, r.y), (r.x + r.width - 1, r.y + r.height - 1), (0, 0, 255), thick)
+    if score is not None:
+        verdict = {True: "ANOMALOUS", False: "good", None: ""}[anomalous]
+        text = f"{score:.3f} {verdict}".strip()
+        font_scale = max(0.4, 0.6 * scale)
+        org = (max(2, round(6 * scale)), max(12, round(24 * scale)))
+        color = (0, 0, 255) if anomalous else (0, 200, 0) if anomalous is False else (255, 255, 255)
+        cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, thick, cv2.LINE_AA)
+    return image

@@ -1,0 +1,113 @@
+"""The line profile: what this line's good part looks like and where its thresholds sit.
+
+A directory apart from the engine bundle (one bundle serves many lines), data
+only: `profile.json`, meant to be read and edited by people (a threshold changed
+by hand is accepted), and the WinCLIP+ memory arrays as .npy files whose sha256
+the JSON holds (an array that fails its checksum or shape is refused). A
+profile is bound to the engine graph and the object it was made with; the
+runtime refuses it for any other, saying which. Written by `winclip-calibrate`
+(winclip.calibration) through `save`, read here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from winclip.runtime.errors import BundleError
+from winclip.runtime.memory import FewShotMemory, FewShotMemoryError
+from winclip.runtime.validation import Node, SchemaError, check_float, read_json
+
+PROFILE_FORMAT = "winclip-edge-line-profile"
+PROFILE_VERSION = 1
+PROFILE_NAME = "profile.json"
+
+
+class ProfileError(BundleError):
+    """A line profile that cannot be used here, with a one-line reason."""
+
+
+@dataclass
+class LineProfile:
+    """A checked line profile: the few-shot memory, thresholds, and the record of how they were made."""
+
+    memory: FewShotMemory
+    image_threshold: float | None
+    pixel_threshold: float | None
+    record: dict = field(default_factory=dict)  # everything else in profile.json, kept as written
+
+    @property
+    def object_name(self) -> str:
+        return self.memory.key.object_name
+
+    @property
+    def precision(self) -> str:
+        return self.memory.key.precision
+
+    @classmethod
+    def load(cls, root: str | Path) -> "LineProfile":
+        root = Path(root)
+        path = root / PROFILE_NAME
+        if not root.is_dir() or not path.is_file():
+            raise ProfileError(f"{root} is not a line profile: {PROFILE_NAME} is missing")
+        try:
+            data = read_json(path, "line profile")
+            node = Node(data, "")
+            if node.raw("format", None) != PROFILE_FORMAT:
+                raise SchemaError(f"not a {PROFILE_FORMAT} (field format)")
+            if node.raw("schema_version", None) != PROFILE_VERSION or isinstance(node.raw("schema_version"), bool):
+                raise SchemaError(f"profile schema version {str(node.raw('schema_version', None))[:20]} is not "
+                                  f"supported (this winclip-edge reads version {PROFILE_VERSION}); re-run winclip-calibrate")
+            thresholds = node.node("thresholds")
+            image = _threshold(thresholds, "image")
+            pixel = _threshold(thresholds, "pixel")
+            memory = FewShotMemory.load(root, node.raw("memory"), where="memory")
+        except (SchemaError, FewShotMemoryError) as exc:
+            raise ProfileError(f"{path}: {exc}") from None
+        return cls(memory=memory, image_threshold=image, pixel_threshold=pixel, record=data)
+
+    def save(self, root: str | Path, force: bool = False) -> Path:
+        """Write the profile as ROOT, atomically (a temporary directory beside it, then renamed)."""
+        root = Path(root).resolve()
+        if root.exists() and not force:
+            raise FileExistsError(f"{root} exists; pass --force to replace it")
+        if root.exists() and not (root / PROFILE_NAME).is_file():
+            raise FileExistsError(f"{root} exists and is not a line profile; it is left alone")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+        try:
+            record = dict(self.record)
+            record.update({"format": PROFILE_FORMAT, "schema_version": PROFILE_VERSION,
+                           "created": record.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "memory": self.memory.save(tmp)})
+            thresholds = dict(record.get("thresholds", {}))
+            for kind, value in (("image", self.image_threshold), ("pixel", self.pixel_threshold)):
+                thresholds[kind] = {**thresholds.get(kind, {}), "value": value}
+            record["thresholds"] = thresholds
+            (tmp / PROFILE_NAME).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            os.chmod(tmp, 0o755)
+            old = None
+            if root.exists():
+                old = root.parent / f".{root.name}.old-{os.getpid()}"
+                os.replace(root, old)
+            os.replace(tmp, root)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.record = record
+        return root
+
+
+def _threshold(thresholds: Node, kind: str) -> float | None:
+    if not thresholds.has(kind) or thresholds.raw(kind) is None:
+        return None
+    entry = thresholds.node(kind)
+    value = entry.raw("value", None)
+    return None if value is None else check_float(value, f"thresholds.{kind}.value", 0.0, 1.0)
