@@ -114,7 +114,7 @@ class FewShotMemory:
                                          dtypes=("float32",))
                 if arrays[part].shape[0] % shots or not np.isfinite(arrays[part]).all():
                     raise SchemaError(f"{where} array {part} does not hold finite vectors for {shots} images")
-        except SchemaError as exc:
+        except (SchemaError, BundleError) as exc:
             raise FewShotMemoryError(str(exc)) from None
         windows = {k: arrays[f"windows_{k}"] for k in key.scales}
         return cls(windows=windows, patches=arrays["patches"], shots=shots, key=key)

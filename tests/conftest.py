@@ -29,7 +29,8 @@ TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"
 TINY = "winclip-tiny"
 SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.inspect_cli",
-           "winclip-quantize": "winclip.calibration.quantize_cli", "winclip-bench": "winclip.benchmarks.bench_cli"}
+           "winclip-quantize": "winclip.calibration.quantize_cli", "winclip-bench": "winclip.benchmarks.bench_cli",
+           "winclip-calibrate": "winclip.calibration.calibrate_cli"}
 
 
 def make_model(name: str, seed: int = 0):
