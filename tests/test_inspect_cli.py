@@ -59,19 +59,69 @@ def test_output_names_never_collide(tmp_path):
     assert names[src / "b.png"] == "b" and names[src / "a.png"] == "a.png"
 
 
-def test_reference_folder_runs_winclip_plus(tiny_bundle, source, tmp_path):
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    for p in textile_images("nominal", 3):
-        cv2.imwrite(str(ref / p.name), read(p))
+def test_normal_folder_runs_winclip_plus_like_the_torch_reference(tiny_bundle, tiny_model, source, tmp_path):
+    from conftest import TINY, open_clip_prototypes
+    from winclip.export.torch_winclip import TorchWinClip, read_rgb
+
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    normals = textile_images("nominal", 3)
+    for p in normals:
+        cv2.imwrite(str(ref_dir / p.name), read(p))
     out = tmp_path / "out"
     proc = run_cli("winclip-inspect", str(tiny_bundle), "--source", str(source), "--out", str(out),
-                   "--object", "bottle", "--reference", str(ref), "--shots", "2")
+                   "--object", "bottle", "--normal", str(ref_dir), "--shots", "2")
     assert proc.returncode == 0, proc.stderr
     assert "memory from 2 normal images" in proc.stderr
-    assert all(e["anomalous"] is None for e in _events(out) if "error" not in e)
+    torch_side = TorchWinClip(tiny_model, open_clip_prototypes(tiny_model, TINY, "bottle"))
+    torch_side.set_normal_images([read_rgb(ref_dir / p.name) for p in sorted(normals)[:2]])
+    scored = [e for e in _events(out) if "error" not in e]
+    assert len(scored) == 4 and all(e["anomalous"] is None for e in scored)
+    for e in scored:
+        (score, _), = torch_side([read_rgb(e["source"])])
+        assert abs(e["image_score"] - score) < 1e-4, e["source"]
     again = run_cli("winclip-inspect", str(tiny_bundle), "--source", str(source), "--out", str(out), "--object", "bottle")
     assert again.returncode != 0 and "--force" in again.stderr
+
+
+def test_a_batch_with_a_bad_frame_still_scores_the_others(tiny_bundle, tmp_path):
+    """--batch-size 3 with a NaN image in the middle: the batch is retried frame by frame."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, p in enumerate(textile_images("local", 2)):
+        cv2.imwrite(str(src / f"{2 * i}.png"), read(p))
+    cv2.imwrite(str(src / "1.tiff"), np.full((30, 30), np.nan, np.float32))
+    out = tmp_path / "out"
+    proc = run_cli("winclip-inspect", str(tiny_bundle), "--source", str(src), "--out", str(out), "--object", "bottle",
+                   "--batch-size", "3")
+    assert proc.returncode == 0, proc.stderr
+    events = _events(out)
+    assert [("error" in e) for e in events] == [False, True, False] and "NaN" in events[1]["error"]
+    from winclip.runtime import Detector
+
+    det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu")
+    assert abs(events[2]["image_score"] - det(read(src / "2.png"))[0].image_score) < 1e-6
+
+
+def test_no_cache_writes_no_cache(tiny_bundle, source, tmp_path):
+    cache_home = tmp_path / "xdg"
+    env = {"XDG_CACHE_HOME": str(cache_home)}
+    proc = run_cli("winclip-inspect", str(tiny_bundle), "--source", str(source), "--out", str(tmp_path / "a"),
+                   "--object", "bottle", "--no-cache", env=env)
+    assert proc.returncode == 0 and not any(cache_home.rglob("*.onnx")) and not any(cache_home.rglob("*.ok"))
+    proc = run_cli("winclip-inspect", str(tiny_bundle), "--source", str(source), "--out", str(tmp_path / "b"),
+                   "--object", "bottle", env=env)
+    assert proc.returncode == 0 and len(list(cache_home.rglob("*.onnx"))) == 1
+
+
+def test_the_installed_console_scripts_run(tiny_bundle, source, tmp_path):
+    """The entry points themselves (not python -m): each answers --help, and winclip-inspect scores a folder."""
+    for name in ("winclip-export", "winclip-inspect", "winclip-quantize", "winclip-calibrate", "winclip-bench"):
+        proc = run_cli(name, "--help", script=True)
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: ") and "--help" in proc.stdout, name
+    proc = run_cli("winclip-inspect", str(tiny_bundle), "--source", str(source), "--out", str(tmp_path / "o"),
+                   "--object", "bottle", script=True)
+    assert proc.returncode == 0 and "4 scored, 1 errors" in proc.stderr
 
 
 def _fails(*args):
@@ -96,7 +146,7 @@ def test_bad_input_is_one_line(tiny_bundle, source, tmp_path):
     ref.mkdir()
     cv2.imwrite(str(ref / "a.png"), read(textile_images("nominal", 1)[0]))
     msg = _fails(str(tiny_bundle), "--source", str(source), "--out", out, "--object", "bottle",
-                 "--reference", str(ref), "--shots", "4")
+                 "--normal", str(ref), "--shots", "4")
     assert "has 1 images, fewer than the 4 asked for" in msg
     (ref / "b.png").write_bytes(b"garbage")
     assert "cannot decode" in _fails(str(tiny_bundle), "--source", str(source), "--out", out,

@@ -29,9 +29,10 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_maps_the_top_level_folders_onto_winclip(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("winclip/runtime/detector.py", "winclip/export/exporter.py", "winclip/calibration/datasets.py"):
+    for module in ("winclip/runtime/detector.py", "winclip/export/exporter.py", "winclip/calibration/datasets.py",
+                   "winclip/benchmarks/bench_cli.py"):
         assert module in names
-    assert not any(n.startswith(("runtime/", "export/", "calibration/", "tests/")) for n in names)
+    assert not any(n.startswith(("runtime/", "export/", "calibration/", "benchmarks/", "tests/")) for n in names)
     assert "winclip/__init__.py" not in names  # a namespace: other winclip-* packages may join it
 
 
@@ -46,15 +47,33 @@ def test_base_install_requires_no_torch_and_one_onnxruntime_per_extra(wheel):
     assert not any(r.startswith("onnxruntime") and "extra == \"export\"" in r for r in requires)
 
 
-def test_installed_copy_imports_and_runs(wheel, tmp_path, tiny_bundle):
+BLOCK_TORCH = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "open_clip", "torchvision"):
+            raise ImportError(f"{name} is not installed on an edge box")
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def test_installed_copy_imports_and_runs_without_torch(wheel, tmp_path, tiny_bundle):
+    """The wheel installed on its own, with torch made unimportable: the edge side still works."""
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import sys, numpy as np, winclip.runtime as r; from winclip.runtime import Detector; "
-            f"assert r.__file__.startswith({str(target)!r}), r.__file__; "
-            f"d = Detector.from_bundle({str(tiny_bundle)!r}, object='bottle', provider='cpu', cache=False); "
-            "print(d(np.zeros((40, 40, 3), np.uint8))[0].image_score)")
+    code = BLOCK_TORCH + (
+        "import numpy as np, winclip.runtime as r, winclip.calibration.line_setup\n"
+        "from winclip.runtime import Detector\n"
+        f"assert r.__file__.startswith({str(target)!r}), r.__file__\n"
+        f"d = Detector.from_bundle({str(tiny_bundle)!r}, object='bottle', provider='cpu', cache=False)\n"
+        "d.build_memory([np.full((40, 40, 3), 90, np.uint8)])\n"
+        "print(d(np.zeros((40, 40, 3), np.uint8))[0].image_score)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert 0.0 <= float(proc.stdout.strip()) <= 1.0
+    # and the blocker does block: the export side needs torch
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import winclip.export.exporter"], capture_output=True,
+                          text=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0 and "not installed on an edge box" in proc.stderr
