@@ -246,3 +246,17 @@ def test_a_bundle_that_cannot_be_written_is_left_as_it_was(tiny_bundle_copy, lin
     with pytest.raises(QuantizeError, match="cannot write into the bundle .*Read-only file system; nothing was changed"):
         add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
     assert _snapshot(tiny_bundle_copy) == before
+
+
+def test_gpu_check_flow_runs_on_the_cpu(tiny_bundle_copy, line_images, tmp_path):
+    """CI has no GPU: the CUDA check's own flow (fp16 engine, timings, agreement) runs here on the CPU provider."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "winclip.benchmarks.gpu_check", "--bundle", str(tiny_bundle_copy),
+                           "--images", str(line_images), "--provider", "cpu", "--batches", "1,2", "--repeats", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert [(r["precision"], r["batch"]) for r in result["rows"]] == [("fp32", 1), ("fp32", 2), ("fp16", 1), ("fp16", 2)]
+    assert result["agreement"]["map_pearson_min"] > 0.99 and "| fp16 | CPUExecutionProvider | 2 |" in proc.stdout
