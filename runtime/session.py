@@ -100,6 +100,8 @@ def create_session(bundle: Bundle, provider: str = "auto", precision: str = "aut
     """
     providers = choose_providers(provider)
     engine, reason = choose_engine(bundle.manifest, precision, providers)
+    if provider == "auto" and providers == [CPU]:
+        reason += "; provider auto: this onnxruntime has no CUDA, so the CPU"
     graph, sha256 = bundle.read_engine(engine)
     try:
         external = external_tensors(graph)
