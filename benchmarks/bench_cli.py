@@ -143,7 +143,7 @@ def markdown(result: dict) -> str:
     lines = [f"machine: {result['machine'].get('cpu', '')} ({result['machine']['machine']}, "
              f"{result['machine']['cores']} cores, {' '.join(result['machine'].get('cpu_features', []))}); "
              f"onnxruntime {result['machine']['onnxruntime']}",
-             f"GEMM peak, GFLOP/s: " + ", ".join(f"{k} {v}" for k, v in peaks.items() if k != "note"),
+             "GEMM peak, GFLOP/s: " + ", ".join(f"{k} {v}" for k, v in peaks.items() if k != "note"),
              f"frame FLOPs: {result['frame_gflop']:.1f} GFLOP; {result['frames']} timed frames per row after "
              f"{result['warmup']} warm-up", "",
              "| engine | provider | batch | shots | p50 ms | p95 ms | FPS | prep | engine | score | upsample | "

@@ -47,14 +47,14 @@ def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, la
     from winclip.runtime.inspect_cli import require_onnxruntime
 
     require_onnxruntime()
-    import cv2
     from tqdm import tqdm
 
     from winclip.calibration.histogram import score_histogram
     from winclip.calibration.line_setup import CalibrationError, calibrate
     from winclip.runtime.detector import Detector
     from winclip.runtime.errors import BundleError, first_line
-    from winclip.runtime.events import png_bytes, write_atomic
+    from winclip.runtime.atomic import write_atomic
+    from winclip.runtime.events import png_bytes
 
     if out.exists() and not force:
         raise click.ClickException(f"{out} exists; pass --force to replace it")

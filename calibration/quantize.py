@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from winclip.calibration.guard import GuardLimits, guard
+from winclip.runtime.atomic import write_atomic
 from winclip.runtime.bundle import Bundle, write_manifest
 from winclip.runtime.contract import Engine, engine_file_name
 from winclip.runtime.errors import first_line
@@ -279,18 +280,10 @@ def install_engine(bundle: Bundle, engine: Engine, data: bytes) -> None:
     root = bundle.root
     old = next((e for e in bundle.manifest.engines if e.precision == engine.precision), None)
     target = root / engine.file
-    fd, tmp = tempfile.mkstemp(prefix=".engine-", suffix=".tmp", dir=root)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        write_atomic(target, data, sync=True)
         write_manifest(root, bundle.manifest.with_engine(engine))
     except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         if target.exists() and (old is None or old.file != engine.file):
             target.unlink()
         if isinstance(exc, OSError):

@@ -22,6 +22,7 @@ from winclip.export.text import text_prototypes
 from winclip.export.verify import verify_graph
 from winclip.export.windowed_visual import WindowedVisual
 from winclip.runtime import contract, defaults
+from winclip.runtime.atomic import replace_dir
 from winclip.runtime.bundle import sha256_file, write_manifest
 from winclip.runtime.errors import first_line
 
@@ -219,7 +220,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Pa
         for precision in opts.precisions:
             if precision != "fp32":  # made and guarded in the temporary bundle: all or nothing
                 _add_engine(tmp, precision, opts.calibration, log)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -236,12 +237,3 @@ def _add_engine(bundle: Path, precision: str, calibration: Path, log) -> None:
         raise ExportError(str(exc).replace("the bundle is unchanged", "nothing was written")) from None
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished bundle into place; an old one is removed only afterwards."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

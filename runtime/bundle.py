@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from winclip.runtime.atomic import write_atomic
 from winclip.runtime.contract import MANIFEST_NAME, Engine, Manifest, normalize_object_name
 from winclip.runtime.errors import BundleError
 from winclip.runtime.validation import SchemaError, plain_file_name, read_json
@@ -156,15 +155,4 @@ class Bundle:
 def write_manifest(root: Path, manifest: Manifest) -> None:
     """Replace ROOT/manifest.json atomically (a reader sees the old or the new one, whole)."""
     text = json.dumps(manifest.to_json(), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is for everyone who may read the bundle
-        os.replace(tmp, root / MANIFEST_NAME)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(root / MANIFEST_NAME, text.encode("utf-8"), sync=True)

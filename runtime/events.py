@@ -9,14 +9,15 @@ never truncated.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from winclip.runtime.atomic import write_atomic
 from winclip.runtime.postprocess import annotate, heatmap_overlay
 
 
@@ -25,22 +26,7 @@ def to_json_line(event: dict) -> str:
     return json.dumps(event, allow_nan=False, separators=(",", ":")) + "\n"
 
 
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write bytes to `target` through a unique temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from winclip.runtime.atomic import replace_dir
 from winclip.runtime.errors import BundleError
 from winclip.runtime.memory import FewShotMemory, FewShotMemoryError
 from winclip.runtime.validation import Node, SchemaError, check_float, read_json
@@ -91,13 +92,7 @@ class LineProfile:
             record["thresholds"] = thresholds
             (tmp / PROFILE_NAME).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
             os.chmod(tmp, 0o755)
-            old = None
-            if root.exists():
-                old = root.parent / f".{root.name}.old-{os.getpid()}"
-                os.replace(root, old)
-            os.replace(tmp, root)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

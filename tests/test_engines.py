@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import TINY, TINY_CONFIG, make_model, read, run_cli, textile_images
+from conftest import TINY_CONFIG, make_model, read, run_cli, textile_images
 from winclip.calibration.guard import GuardLimits, pearson_rows, spearman
 from winclip.calibration.quantize import Int8Settings, QuantizeError, add_engine, frame_reader
 from winclip.export.windowed_visual import WindowedVisual

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from winclip.export.torch_winclip import windows_by_loops

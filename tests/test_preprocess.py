@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import elpv_images, read, textile_images
+from conftest import elpv_images, textile_images
 from winclip.export.torch_winclip import read_rgb
 from winclip.runtime.contract import Preprocess
 from winclip.runtime.defaults import CLIP_MEAN, CLIP_STD
