@@ -43,3 +43,12 @@ def check_temperature(value) -> float:
     if not 0.0 < tau < float("inf"):
         raise ValueError(f"temperature must be finite and > 0, got {value!r}")
     return tau
+
+
+def check_threshold(value, name: str = "threshold") -> float | None:
+    """None, or a finite number in [0, 1] (scores are probabilities), or ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)

@@ -13,6 +13,7 @@ import numpy as np
 
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.contract import normalize_object_name
+from winclip.runtime.defaults import check_threshold
 from winclip.runtime.errors import BundleError, first_line
 from winclip.runtime.memory import FewShotMemory, MemoryKey
 from winclip.runtime.postprocess import Region, find_regions, upsample_map
@@ -24,15 +25,6 @@ from winclip.runtime.session import CUDA, cache_path, create_session
 
 class FrameError(ValueError):
     """A frame that cannot be scored: unusable pixels, or a result that is not a finite number."""
-
-
-def check_threshold(value, name: str = "threshold") -> float | None:
-    """None, or a finite number in [0, 1] (scores are probabilities)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 @dataclass

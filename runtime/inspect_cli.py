@@ -7,13 +7,11 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.defaults import PRECISIONS, PROVIDERS
+from winclip.runtime.defaults import PRECISIONS, PROVIDERS, check_threshold
 from winclip.runtime.errors import first_line
 
 
 def _threshold(ctx, param, value):
-    from winclip.runtime.detector import check_threshold
-
     try:
         return check_threshold(value, param.opts[0])
     except ValueError as exc:

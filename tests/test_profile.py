@@ -234,3 +234,22 @@ def test_calibrate_with_labelled_parts_and_unreadable_normals(tiny_bundle, norma
     assert result.record["thresholds"]["image_f1_max"]["value"] == lab["f1_max_threshold"]
     with pytest.raises(CalibrationError, match="must be in"):
         calibrate(det, folder, shots=2, false_alarm_rate=1.0)
+
+
+def test_a_profile_saved_from_the_python_api_loads_back(tiny_bundle, normals, tmp_path):
+    det = Detector.from_bundle(tiny_bundle, object="metal nut", provider="cpu", threshold=0.4, pixel_threshold=0.6)
+    det.build_memory([read(p) for p in sorted(normals.iterdir())[:2]])
+    path = det.to_profile({"note": "set up by hand"}).save(tmp_path / "p")
+    back = LineProfile.load(path)
+    assert (back.image_threshold, back.pixel_threshold, back.object_name) == (0.4, 0.6, "metal nut")
+    assert back.record["note"] == "set up by hand" and back.record["bundle"]["graph_sha256"] == det.engine.sha256
+    for k in det.memory.windows:
+        np.testing.assert_array_equal(back.memory.windows[k], det.memory.windows[k])
+    np.testing.assert_array_equal(back.memory.patches, det.memory.patches)
+    again = Detector.from_bundle(tiny_bundle, profile=path, provider="cpu")
+    frame = read(textile_images("local", 1)[0])
+    assert again(frame)[0].image_score == pytest.approx(det(frame)[0].image_score, abs=1e-7)
+    with pytest.raises(FileExistsError):
+        det.to_profile().save(path)
+    with pytest.raises(ValueError, match="needs a few-shot memory"):
+        Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu").to_profile()

@@ -73,3 +73,23 @@ def test_torch_is_never_imported_by_the_edge_side(bundle):
             "sys.exit(f'imported {bad}' if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_help_works_where_onnxruntime_is_missing():
+    """--help is parsed before anything needs onnxruntime; a real run then names the extra to install."""
+    import subprocess
+    import sys
+
+    block = ("import importlib.abc, sys\n"
+             "class NoOrt(importlib.abc.MetaPathFinder):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] == 'onnxruntime':\n"
+             "            raise ImportError('no onnxruntime')\n"
+             "sys.meta_path.insert(0, NoOrt())\n")
+    for module in ("winclip.runtime.inspect_cli", "winclip.calibration.calibrate_cli", "winclip.calibration.quantize_cli"):
+        proc = subprocess.run([sys.executable, "-c", block + f"import runpy; runpy.run_module({module!r}, "
+                               "run_name='__main__')", "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), (module, proc.stderr)
+    proc = subprocess.run([sys.executable, "-c", block + "import runpy; runpy.run_module('winclip.runtime.inspect_cli', "
+                           "run_name='__main__')", "b", "--source", ".", "--out", "/tmp/x"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "onnxruntime is not installed: pip install 'winclip-edge[cpu]'" in proc.stderr
