@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 
 def write_atomic(target: Path, data: bytes, sync: bool = False) -> None:
@@ -37,3 +39,29 @@ def replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(target: Path, force: bool = False, ours: Callable[[Path], bool] | None = None):
+    """Fill a temporary folder beside `target`; it becomes `target` only when the block ends without error.
+
+    On any failure (or Ctrl-C) the temporary folder is removed, so a folder that
+    exists under the target name is always complete. An existing target is
+    replaced only with `force`, and only when `ours(target)` says it is one of
+    our outputs (never some other folder given by mistake).
+    """
+    target = Path(target)
+    if target.exists():
+        if not force:
+            raise FileExistsError(f"{target} exists; pass --force to replace it")
+        if not target.is_dir() or (ours is not None and not ours(target)):
+            raise FileExistsError(f"{target} exists and is not one of this command's outputs; it is left alone")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

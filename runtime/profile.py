@@ -12,14 +12,11 @@ runtime refuses it for any other, saying which. Written by `winclip-calibrate`
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from winclip.runtime.atomic import replace_dir
+from winclip.runtime.atomic import staged_folder
 from winclip.runtime.errors import BundleError
 from winclip.runtime.memory import FewShotMemory, FewShotMemoryError
 from winclip.runtime.validation import Node, SchemaError, check_float, read_json
@@ -75,14 +72,8 @@ class LineProfile:
     def save(self, root: str | Path, force: bool = False) -> Path:
         """Write the profile as ROOT, atomically (a temporary directory beside it, then renamed)."""
         root = Path(root).resolve()
-        if root.exists() and not force:
-            raise FileExistsError(f"{root} exists; pass --force to replace it")
-        if root.exists() and not (root / PROFILE_NAME).is_file():
-            raise FileExistsError(f"{root} exists and is not a line profile; it is left alone")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-        try:
-            record = dict(self.record)
+        record = dict(self.record)
+        with staged_folder(root, force, ours=lambda p: (p / PROFILE_NAME).is_file()) as tmp:
             record.update({"format": PROFILE_FORMAT, "schema_version": PROFILE_VERSION,
                            "created": record.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "memory": self.memory.save(tmp)})
@@ -91,11 +82,6 @@ class LineProfile:
                 thresholds[kind] = {**thresholds.get(kind, {}), "value": value}
             record["thresholds"] = thresholds
             (tmp / PROFILE_NAME).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-            os.chmod(tmp, 0o755)
-            replace_dir(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.record = record
         return root
 

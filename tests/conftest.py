@@ -30,7 +30,7 @@ TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"
 TINY = "winclip-tiny"
 SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.inspect_cli",
            "winclip-quantize": "winclip.calibration.quantize_cli", "winclip-bench": "winclip.benchmarks.bench_cli",
-           "winclip-calibrate": "winclip.calibration.calibrate_cli"}
+           "winclip-calibrate": "winclip.calibration.calibrate_cli", "winclip-eval": "winclip.calibration.eval_cli"}
 
 
 def make_model(name: str, seed: int = 0):
