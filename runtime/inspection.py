@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from winclip.runtime.detector import FrameError, FrameResult
@@ -19,7 +20,7 @@ class Counts:
     scored: int = 0
     errors: int = 0
     anomalous: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] | deque = field(default_factory=list)  # a bounded deque for live runs
 
     def summary(self) -> str:
         median = f"{statistics.median(self.latencies_ms):.1f}" if self.latencies_ms else "-"
@@ -41,6 +42,8 @@ def score_each(detector, images: list) -> list[FrameResult | FrameError]:
 def frame_event(frame, outcome, threshold: float | None) -> dict:
     """The JSON event for one frame: its decision, or its error."""
     event = {"source": frame.source, "frame": frame.index, "time": round(frame.captured, 3)}
+    if getattr(frame, "roi", None) is not None:
+        event["roi"] = list(frame.roi)
     if frame.error is not None or isinstance(outcome, Exception):
         event["error"] = frame.error if frame.error is not None else str(outcome)
         return event
@@ -62,12 +65,17 @@ def frame_event(frame, outcome, threshold: float | None) -> dict:
 class Inspection:
     """Scores batches of frames and hands each event to the artefact writer and the sinks."""
 
-    def __init__(self, detector, sinks: list, artifacts=None, on_artifact_error=None):
+    def __init__(self, detector, sinks: list, artifacts=None, on_artifact_error=None, on_event=None,
+                 latency_window: int | None = None):
         self.detector = detector
         self.sinks = sinks  # objects with .write(event)
         self.artifacts = artifacts  # ArtifactWriter or None
         self.on_artifact_error = on_artifact_error  # called with the OSError; default: raise
-        self.counts = Counts()
+        # on_event(frame, outcome, event) runs before the sinks see the event, so it may add to it
+        # (the live loop's overlays); outcome is a FrameResult, a FrameError, or None for an error frame
+        self.on_event = on_event
+        # a run of weeks keeps only the newest latencies (the summary's median is then a rolling one)
+        self.counts = Counts(latencies_ms=deque(maxlen=latency_window) if latency_window else [])
 
     def run_batch(self, frames: list) -> list[dict]:
         usable = [f for f in frames if f.error is None]
@@ -89,6 +97,8 @@ class Inspection:
                         if self.on_artifact_error is None:
                             raise
                         self.on_artifact_error(exc)
+            if self.on_event is not None:
+                self.on_event(frame, outcome, event)
             for sink in self.sinks:
                 sink.write(event)
             events.append(event)

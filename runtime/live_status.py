@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ROLLING = 256  # scored frames behind p50/p95 latency and FPS
+ROLLING = 256  # scored frames behind p50/p95 latency
+FPS_WINDOW_S = 10.0  # FPS counts the frames scored in the last this-many seconds, so it falls when a source stops
 HEALTH_STATES = ("starting", "ok", "reconnecting", "lost", "ended")
 
 
@@ -40,6 +41,7 @@ class LiveStatus:
     def __init__(self, sources: list[str] | None = None, rolling: int = ROLLING):
         self._lock = threading.Lock()
         self.started = time.time()
+        self._started_monotonic = time.monotonic()
         self.sources: dict[str, SourceState] = {}
         self._latency_ms: deque[float] = deque(maxlen=rolling)
         self._scored_at: deque[float] = deque(maxlen=rolling)  # monotonic times, for FPS
@@ -110,7 +112,10 @@ class LiveStatus:
                 for name, s in self.sources.items()
             }
             sink_errors = dict(self.sink_errors)
-        fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
+        now = time.monotonic()
+        recent = sum(1 for t in stamps if now - t <= FPS_WINDOW_S)
+        span = min(FPS_WINDOW_S, now - self._started_monotonic)
+        fps = recent / span if span > 0 else 0.0
         return {
             "uptime_s": round(time.time() - self.started, 3),
             "scored": sum(s["scored"] for s in sources.values()),

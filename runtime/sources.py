@@ -6,6 +6,7 @@ with its `error` set, so it becomes an error event and the run goes on.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import time
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from winclip.runtime.defaults import MAX_NAME_CHARS
-from winclip.runtime.images import ImageReadError, display_path, list_images, read_image
+from winclip.runtime.images import IMAGE_SUFFIXES, ImageReadError, display_path, list_images, read_image
+
+GLOB_CHARS = "*?["
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Frame:
     image: np.ndarray | None  # None when `error` is set
     error: str | None = None
     name: str | None = None  # file stem for this frame's saved map and overlay
+    roi: tuple[int, int, int, int] | None = None  # (x, y, w, h) of the source's frame that `image` holds
 
 
 def artifact_names(paths: list[Path], root: Path) -> dict[Path, str]:
@@ -56,13 +60,14 @@ def artifact_names(paths: list[Path], root: Path) -> dict[Path, str]:
     return names
 
 
-class FolderSource:
-    """Every image under a folder (recursively, sorted), read lazily; unreadable ones as error frames."""
+class ImageFiles:
+    """Image files read lazily, in order; unreadable ones (and listed problems) as error frames."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        self.paths, self.problems = list_images(self.folder)
-        self.names = artifact_names(self.paths, self.folder)
+    def __init__(self, paths: list[Path], root: Path, problems: list[str] | None = None):
+        self.folder = root
+        self.paths = paths
+        self.problems = problems or []
+        self.names = artifact_names(self.paths, root)
 
     def __len__(self) -> int:
         return len(self.paths) + len(self.problems)
@@ -79,6 +84,32 @@ class FolderSource:
                 image, error = None, str(exc)
             yield Frame(display_path(path), index, time.time(), image, error, self.names[path])
             index += 1
+
+
+class FolderSource(ImageFiles):
+    """Every image under a folder (recursively, sorted), read lazily; unreadable ones as error frames."""
+
+    def __init__(self, folder: str | Path):
+        paths, problems = list_images(folder)
+        super().__init__(paths, Path(folder), problems)
+
+
+def is_glob(text: str) -> bool:
+    return any(c in text for c in GLOB_CHARS)
+
+
+class GlobSource(ImageFiles):
+    """The image files a glob pattern matches (`**` descends into sub-folders), sorted."""
+
+    def __init__(self, pattern: str):
+        parts = Path(pattern).parts
+        fixed = parts[:next((i for i, p in enumerate(parts) if is_glob(p)), len(parts))]  # before any wildcard
+        root = Path(*fixed) if fixed else Path(".")
+        if root.is_file():  # a pattern without wildcards: one image file
+            root = root.parent
+        paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)
+                       if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
+        super().__init__(paths, root)
 
 
 def batched(frames, size: int):

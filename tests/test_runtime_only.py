@@ -29,10 +29,21 @@ def bundle(request) -> Path:
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_every_command_has_help(name):
-    proc = run_cli(name, "--help", script=True)
-    assert proc.returncode == 0 and proc.stdout.startswith("Usage: ") and "Traceback" not in proc.stderr, proc.stderr
-    options = [line for line in proc.stdout.splitlines() if line.strip().startswith("--")]
-    assert options and all(len(line.strip()) > 20 for line in options), f"{name}: an option without help text"
+    def check(*args: str) -> None:
+        proc = run_cli(name, *args, "--help", script=True)
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: ") and "Traceback" not in proc.stderr, proc.stderr
+        text = proc.stdout
+        if "\nCommands:\n" in text:  # a command group: every sub-command gets the same check
+            commands = [line.split()[0] for line in text.split("\nCommands:\n", 1)[1].splitlines() if line.strip()]
+            assert commands, f"{name}: a group without commands"
+            for command in commands:
+                check(*args, command)
+            return
+        options = [line for line in text.splitlines() if line.strip().startswith("--")]
+        where = " ".join((name, *args))
+        assert options and all(len(line.strip()) > 20 for line in options), f"{where}: an option without help text"
+
+    check()
 
 
 def test_export_without_torch_says_what_to_install():
