@@ -32,11 +32,13 @@ def _batches(images: list, batch: int, count: int):
 
 def measure_runtime(cfg: dict) -> dict:
     from winclip.runtime import Detector
+    from winclip.runtime.bundle import Bundle
     from winclip.runtime.images import read_image
 
     images = [read_image(p) for p in cfg["images"]]
     normals = [read_image(p) for p in cfg["normals"][:cfg["shots"]]]
-    options = dict(object=cfg.get("object"), provider=cfg["provider"], precision=cfg["precision"],
+    object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]  # the same object as the torch side
+    options = dict(object=object_name, provider=cfg["provider"], precision=cfg["precision"],
                    threads=cfg.get("threads"))
     t0 = time.perf_counter()
     det = Detector.from_bundle(cfg["bundle"], **options)  # may write the optimised-graph cache

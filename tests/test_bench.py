@@ -7,7 +7,8 @@ from conftest import TINY_CONFIG, run_cli
 
 def test_bench_writes_a_table_and_json(tiny_bundle, tmp_path):
     out = tmp_path / "bench"
-    proc = run_cli("winclip-bench", str(tiny_bundle), "--object", "bottle", "--shots", "0,2", "--batch", "1,2",
+    # no --object: the bundle holds two, and both sides must score the first
+    proc = run_cli("winclip-bench", str(tiny_bundle), "--shots", "0,2", "--batch", "1,2",
                    "--frames", "2", "--warmup", "0", "--compare-torch", "--model-config", str(TINY_CONFIG),
                    "--out", str(out))
     assert proc.returncode == 0, proc.stderr
