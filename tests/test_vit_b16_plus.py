@@ -26,7 +26,7 @@ def test_export_writes_a_verified_bundle(vit_bundle, vit_checkpoint):
     assert m["backbone"]["weights"]["kind"] == "file" and m["backbone"]["weights"]["file"] == vit_checkpoint.name
     assert m["grid"] == [15, 15] and m["preprocess"]["input_size"] == [240, 240]
     assert m["windows"]["counts"] == {"2": 196, "3": 169}
-    assert m["dims"] == {"embed": 640, "width": 896, "layers": 12}
+    assert m["dims"] == {"embed": 640, "width": 896, "layers": 12, "mlp": 3584}
     assert m["io"]["outputs"] == {"image_embedding": ["batch", 640], "window_embeddings_2": ["batch", 196, 640],
                                   "window_embeddings_3": ["batch", 169, 640], "patch_features": ["batch", 225, 896]}
     (engine,) = m["engines"]
