@@ -131,7 +131,7 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
                 samples.append({"frames": scored[0], "seconds": round(time.monotonic() - t0, 2),
                                 "rss_mib": round(rss_mib(), 1), "dropped": snap["dropped"], "fps": snap["fps"]})
 
-        inspection = Inspection(detector, [log], on_event=on_event, latency_window=4096)
+        inspection = Inspection(detector, [log], on_event=on_event)
         loop = LiveLoop(inspection, specs, status, max_frames=frames, say=echo)
         try:
             reason = loop.run()

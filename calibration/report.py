@@ -15,12 +15,12 @@ import io
 import json
 from datetime import datetime, timezone
 
-import cv2
 import numpy as np
 
 from winclip.calibration.evaluate import METRICS, PROFILE_SETTING, CategoryResult, Evaluation
 from winclip.calibration.metrics import PRO_MAX_FPR
 from winclip.calibration.paper import PAPER_LABEL, paper_means, weights_warning
+from winclip.runtime.events import jpeg_bytes
 
 RESULTS_FORMAT = "winclip-eval-results"
 RESULTS_VERSION = 1
@@ -208,10 +208,7 @@ def _png_data_uri(figure) -> str:
 
 
 def _jpeg_data_uri(image: np.ndarray) -> str:
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    if not ok:
-        raise OSError("JPEG encoding failed")
-    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image, quality=85)).decode("ascii")
 
 
 def _curves_figure(c: CategoryResult):

@@ -28,6 +28,9 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 PROVIDERS = ("auto", "cuda", "cpu")
 PRECISIONS = ("fp32", "fp16", "int8")
 
+# --- live inspection
+OVERLAY_CHOICES = ("anomalous", "all", "none")  # which scored frames get a saved overlay
+
 # --- limits every reader enforces
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS overrides
 MAX_JSON_BYTES = 4 << 20  # manifest.json / profile.json

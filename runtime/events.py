@@ -92,9 +92,7 @@ class ArtifactWriter:
             event["map"] = str(target)
         if self.overlays is not None:
             target = self.overlays / f"{name}.png"
-            image = annotate(heatmap_overlay(frame, result.anomaly_map), result.regions, result.image_score,
-                             result.anomalous)
-            write_atomic(target, png_bytes(image))
+            write_atomic(target, png_bytes(render_overlay(frame, result)))
             event["overlay"] = str(target)
 
 

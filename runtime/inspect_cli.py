@@ -13,14 +13,12 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.defaults import PRECISIONS, PROVIDERS, check_threshold
+from winclip.runtime.defaults import OVERLAY_CHOICES, PRECISIONS, PROVIDERS, check_threshold
 from winclip.runtime.errors import first_line
 
-OVERLAY_CHOICES = ("anomalous", "all", "none")  # as runtime.live_loop (not imported here: --help must not need cv2)
 LIVE_ONLY = ("roi", "every", "max_frames", "duration", "wait_for_source", "stall_timeout", "events", "rotate_mb",
              "rotate_keep", "overlays", "mqtt", "mqtt_topic", "webhook", "serve", "host")
 FOLDER_ONLY = ("save_maps", "save_overlays", "batch_size", "force")
-LATENCY_WINDOW = 4096  # scored frames behind a live run's summary median (bounded for runs of weeks)
 
 
 def _threshold(ctx, param, value):
@@ -276,18 +274,19 @@ def _plan_live(ctx, out, events, overlays, mqtt, webhook, serve) -> dict:
         raise click.UsageError("--mqtt-topic needs --mqtt HOST[:PORT]")
     if _given(ctx, "host") and serve is None:
         raise click.UsageError("--host needs --serve PORT")
+    from winclip.runtime.sinks import check_webhook_url, parse_host_port  # stdlib only: paho is imported later
+
     mqtt_address = None
     if mqtt is not None:
         try:
-            from winclip.runtime.sinks import parse_host_port
-
             mqtt_address = parse_host_port(mqtt, 1883)
-        except ImportError as exc:
-            raise click.ClickException(f"--mqtt is not available here: {first_line(exc)}") from None
         except ValueError as exc:
             raise click.BadParameter(first_line(exc), param_hint="'--mqtt'") from None
-    if webhook is not None and not webhook.lower().startswith(("http://", "https://")):
-        raise click.BadParameter(f"expected an http:// or https:// URL, got {webhook!r}", param_hint="'--webhook'")
+    if webhook is not None:
+        try:
+            check_webhook_url(webhook)
+        except ValueError as exc:
+            raise click.BadParameter(first_line(exc), param_hint="'--webhook'") from None
     return {"events": list(events) or ([str(out / "events.jsonl")] if out is not None else []),
             "overlays": overlays or ("anomalous" if out is not None else "none"),
             "mqtt": mqtt_address, "webhook": webhook, "serve": serve}
@@ -401,7 +400,7 @@ def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_f
         _close_all(opened, say)
         raise
     outputs = LiveOutputs(status, overlays, plan["overlays"], preview=plan["serve"] is not None, say=say)
-    inspection = Inspection(detector, sinks, on_event=outputs, latency_window=LATENCY_WINDOW)
+    inspection = Inspection(detector, sinks, on_event=outputs)
     loop = LiveLoop(inspection, specs, status, every=every, max_frames=max_frames, duration_s=duration,
                     wait_for_source=wait_for_source, reader_options={"stall_s": stall_timeout}, say=say,
                     status_line=status_line)

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 
 from winclip.runtime.detector import FrameError, FrameResult
 
+LATENCY_WINDOW = 100_000  # scored frames behind the summary's median
+
 
 @dataclass
 class Counts:
     scored: int = 0
     errors: int = 0
     anomalous: int = 0
-    latencies_ms: list[float] | deque = field(default_factory=list)  # a bounded deque for live runs
+    # the newest latencies only: a live run of weeks must not grow (the median is then a rolling one)
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def summary(self) -> str:
         median = f"{statistics.median(self.latencies_ms):.1f}" if self.latencies_ms else "-"
@@ -65,8 +68,7 @@ def frame_event(frame, outcome, threshold: float | None) -> dict:
 class Inspection:
     """Scores batches of frames and hands each event to the artefact writer and the sinks."""
 
-    def __init__(self, detector, sinks: list, artifacts=None, on_artifact_error=None, on_event=None,
-                 latency_window: int | None = None):
+    def __init__(self, detector, sinks: list, artifacts=None, on_artifact_error=None, on_event=None):
         self.detector = detector
         self.sinks = sinks  # objects with .write(event)
         self.artifacts = artifacts  # ArtifactWriter or None
@@ -74,8 +76,7 @@ class Inspection:
         # on_event(frame, outcome, event) runs before the sinks see the event, so it may add to it
         # (the live loop's overlays); outcome is a FrameResult, a FrameError, or None for an error frame
         self.on_event = on_event
-        # a run of weeks keeps only the newest latencies (the summary's median is then a rolling one)
-        self.counts = Counts(latencies_ms=deque(maxlen=latency_window) if latency_window else [])
+        self.counts = Counts()
 
     def run_batch(self, frames: list) -> list[dict]:
         usable = [f for f in frames if f.error is None]

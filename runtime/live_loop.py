@@ -23,7 +23,6 @@ from winclip.runtime.errors import first_line
 from winclip.runtime.events import jpeg_bytes, render_overlay
 from winclip.runtime.live_sources import SourceError, make_reader
 
-OVERLAY_CHOICES = ("anomalous", "all", "none")
 MAX_FAILED_BATCHES = 20  # in a row: the engine itself is broken, not one frame
 PREVIEW_WIDTH = 640  # px: the live page's overlays are shrunk to this before drawing and encoding
 PREVIEW_INTERVAL_S = 0.2  # per source; anomalous frames are always shown at once

@@ -267,6 +267,14 @@ class MqttSink(_QueuedSink):
             self._record_errors(1)
 
 
+def check_webhook_url(url: str) -> str:
+    """The URL if it is http(s) with a host; ValueError otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"webhook URL must be http:// or https:// with a host, got {url!r}")
+    return url
+
+
 class WebhookSink(_QueuedSink):
     """POST events (by default the anomalous ones only) as JSON to an http(s) URL from a background thread."""
 
@@ -274,9 +282,7 @@ class WebhookSink(_QueuedSink):
 
     def __init__(self, url: str, timeout: float = 2.0, only_anomalous: bool = True, status: LiveStatus | None = None,
                  queue_size: int = 1000):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"webhook URL must be http:// or https:// with a host, got {url!r}")
+        check_webhook_url(url)
         super().__init__(status, queue_size)
         self.url, self.timeout, self.only_anomalous = url, timeout, only_anomalous
         # No redirects: urllib would turn a redirected POST into a body-less GET; a 3xx counts as a failure.

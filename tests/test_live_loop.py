@@ -135,7 +135,7 @@ def live_run(detector, sources, *, rois=(), overlays=None, overlay_mode="anomalo
     sink = ListSink()
     messages: list[str] = []
     outputs = LiveOutputs(status, overlays, overlay_mode, preview=preview, say=messages.append)
-    inspection = Inspection(detector, [sink, *(sinks or [])], on_event=outputs, latency_window=64)
+    inspection = Inspection(detector, [sink, *(sinks or [])], on_event=outputs)
     loop = LiveLoop(inspection, specs, status, reader_options=reader_options, say=messages.append, **loop_options)
     loop.sink, loop.messages, loop.outputs, loop.result = sink, messages, outputs, {}
 
