@@ -22,6 +22,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from winclip.runtime.defaults import OPSET
+
 
 def _csv(kind, choices=None):
     def parse(ctx, param, value):
@@ -94,7 +96,7 @@ def _ort_gemm_peaks() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "gemm.onnx"
         int8 = Path(tmp) / "gemm-int8.onnx"
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(fp32))
         quiet = logging.Filter()
         quiet.filter = lambda record: "pre-processing before quantization" not in record.getMessage()
         logging.getLogger().addFilter(quiet)
@@ -115,7 +117,7 @@ def default_frames(folder: Path) -> tuple[list[Path], list[Path]]:
     1000x1250 mosaic of textiles (an MVTec-sized frame); normals: nominal textiles."""
     import cv2
 
-    from winclip.calibration.datasets import elpv_images, textile_images
+    from winclip.calibration.evaluation.datasets import elpv_images, textile_images
     from winclip.runtime.images import read_image
 
     local = textile_images("local", 20)
@@ -125,6 +127,22 @@ def default_frames(folder: Path) -> tuple[list[Path], list[Path]]:
     cv2.imwrite(str(folder / "textile-mosaic-1000x1250.png"), mosaic)
     images = local[:3] + elpv_images(2, start=50) + [folder / "textile-mosaic-1000x1250.png"]
     return images, textile_images("nominal", 8)
+
+
+def portable_path(path: str | Path) -> str:
+    """A path as a recorded result may hold it: never the build machine's own folders.
+
+    A file of an installed package is named from the package on ("elpv_dataset/data/images/cell0051.png"),
+    a file under the working directory relative to it, anything else (a temporary folder) by its name.
+    """
+    path = Path(path)
+    parts = path.parts
+    if "site-packages" in parts:
+        return "/".join(parts[parts.index("site-packages") + 1:])
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def run_child(cfg: dict, work: Path) -> dict:
@@ -206,7 +224,7 @@ def main(bundle, precisions, providers, batches, shots, frames, warmup, threads,
     from winclip.runtime.errors import BundleError
     from winclip.runtime.flops import frame_flops
     from winclip.runtime.images import ImageReadError, list_images
-    from winclip.runtime.session import choose_providers
+    from winclip.runtime.backends.onnxruntime import choose_providers
 
     try:
         b = Bundle.load(bundle)
@@ -284,9 +302,9 @@ def main(bundle, precisions, providers, batches, shots, frames, warmup, threads,
         t = next((x for x in torch_rows if "error" not in x and (x["batch"], x["shots"]) == (r["batch"], r["shots"])), None)
         r["speedup_vs_torch"] = t["p50_ms"] / r["p50_ms"] if t else None
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "bundle": str(bundle), "frame_gflop": flops / 1e9, "work_elimination": b.manifest.work_elimination,
-              "gemm_peak_gflops": peaks, "frames": frames, "warmup": warmup,
-              "images": [str(p) for p in frame_paths], "rows": rows, "torch": torch_rows}
+              "bundle": portable_path(bundle), "frame_gflop": flops / 1e9,
+              "work_elimination": b.manifest.work_elimination, "gemm_peak_gflops": peaks, "frames": frames,
+              "warmup": warmup, "images": [portable_path(p) for p in frame_paths], "rows": rows, "torch": torch_rows}
     table = markdown(result)
     click.echo(table)
     if out is not None:

@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from winclip.calibration.datasets import elpv_images, textile_images
+from winclip.calibration.evaluation.datasets import elpv_images, textile_images
 from winclip.export.torch_winclip import read_rgb
 from winclip.runtime.preprocess import resize_frame
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from winclip.calibration.quantize import Int8Settings
+from winclip.calibration.engines.int8 import Int8Settings
 
 VARIANTS = {
     "dynamic, per-channel, 7-bit (default)": Int8Settings(),
@@ -61,7 +61,7 @@ def _objects(bundle: Path) -> list[str]:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the rows as JSON here.")
 def main(bundle, images, repeats, only, out):
     """Time and guard int8 variants of BUNDLE's fp32 engine."""
-    from winclip.calibration.quantize import add_engine
+    from winclip.calibration.engines.build import add_engine
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.images import list_images, read_image
 
@@ -77,7 +77,7 @@ def main(bundle, images, repeats, only, out):
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(shutil.copytree(bundle, Path(tmp) / "bundle"))
             t = time.perf_counter()
-            engine = add_engine(copy, "int8", images, settings=settings, accept_degraded=True, log=lambda m: None)
+            engine = add_engine(copy, "int8", images, settings=settings, accept_degraded=True)
             made_s = time.perf_counter() - t
             seconds = engine_seconds(copy, "int8", frame, repeats)
             size = (copy / engine.file).stat().st_size / 2**20

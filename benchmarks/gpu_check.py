@@ -31,7 +31,7 @@ def _frames(images: Path | None, count: int = 8) -> list[np.ndarray]:
     if images is not None:
         return [read_image(p) for p in list_images(images)[0][:count]]
     try:
-        from winclip.calibration.datasets import textile_images
+        from winclip.calibration.evaluation.datasets import textile_images
 
         return [read_image(p) for p in textile_images("local", count)]
     except Exception:  # no dataset package on this machine: image-like noise is enough for timing
@@ -71,7 +71,7 @@ def time_engine(bundle: Path, precision: str, provider: str, batch: int, frames:
 
 
 def agreement(bundle: Path, provider: str, frames: list) -> dict:
-    from winclip.calibration.guard import pearson_rows
+    from winclip.calibration.engines.guard import pearson_rows
     from winclip.runtime import Detector
 
     ref = Detector.from_bundle(bundle, object=_first_object(bundle), provider=provider, precision="fp32")
@@ -93,7 +93,7 @@ def agreement(bundle: Path, provider: str, frames: list) -> dict:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write gpu-check.json here.")
 def main(bundle, images, provider, batches, repeats, out):
     """Time the fp32 and fp16 engines on CUDA and check that fp16 agrees with fp32."""
-    from winclip.calibration.quantize import QuantizeError
+    from winclip.calibration.engines.build import QuantizeError
     from winclip.runtime.errors import BundleError
 
     try:
@@ -106,9 +106,9 @@ def main(bundle, images, provider, batches, repeats, out):
 
 
 def _check(bundle, images, provider, batches, repeats) -> dict:
-    from winclip.calibration.quantize import add_engine
+    from winclip.calibration.engines.build import add_engine
     from winclip.runtime.bundle import Bundle
-    from winclip.runtime.session import choose_providers
+    from winclip.runtime.backends.onnxruntime import choose_providers
 
     choose_providers(provider)  # a clear error where CUDA is missing
     work = Path(tempfile.mkdtemp(prefix="winclip-gpu-check-"))
@@ -124,7 +124,7 @@ def _check(bundle, images, provider, batches, repeats) -> dict:
             folder.mkdir()
             for i, frame in enumerate(frames):
                 cv2.imwrite(str(folder / f"{i}.png"), frame)
-        add_engine(bundle, "fp16", folder, holdout=min(6, len(frames) - 1), log=lambda m: click.echo(m, err=True))
+        add_engine(bundle, "fp16", folder, holdout=min(6, len(frames) - 1))
     rows = [time_engine(bundle, p, provider, int(b), frames, repeats)
             for p in ("fp32", "fp16") for b in batches.split(",")]
     result = {"bundle": str(bundle), "rows": rows, "agreement": agreement(bundle, provider, frames),

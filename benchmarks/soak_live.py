@@ -98,15 +98,16 @@ def rss_mib() -> float:
 
 
 def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int | None = None,
-         object_name: str | None = None, echo=print) -> dict:
+         object_name: str | None = None) -> dict:
     """Run the loop for `frames` scored frames; RSS samples and the run's numbers."""
-    from winclip.calibration.datasets import textile_images
+    from winclip.calibration.evaluation.datasets import textile_images
     from winclip.runtime import Detector
-    from winclip.runtime.events import LiveOverlayWriter, RotatingEventLog
-    from winclip.runtime.inspection import Inspection
-    from winclip.runtime.live_loop import LiveLoop, LiveOutputs
-    from winclip.runtime.live_sources import parse_sources
-    from winclip.runtime.live_status import LiveStatus
+    from winclip.runtime.line.events import LiveOverlayWriter
+    from winclip.runtime.line.inspection import Inspection
+    from winclip.runtime.line.loop import LiveLoop, LiveOutputs
+    from winclip.runtime.line.sinks.event_log import RotatingEventLog
+    from winclip.runtime.line.sources import parse_sources
+    from winclip.runtime.line.status import LiveStatus
 
     images = [cv2.imread(str(p)) for kind in ("nominal", "local") for p in textile_images(kind, 8)]
     server = MjpegServer(images, fps=fps).start()
@@ -117,7 +118,7 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
         status = LiveStatus([s.name for s in specs])
         # small files: rotation is part of the soak
         log = RotatingEventLog(Path(tmp) / "events.jsonl", max_bytes=256 << 10, keep=2)
-        outputs = LiveOutputs(status, LiveOverlayWriter(Path(tmp) / "overlays"), "all", preview=True, say=echo)
+        outputs = LiveOutputs(status, LiveOverlayWriter(Path(tmp) / "overlays"), "all", preview=True)
         t0 = time.monotonic()
         scored = [0]
 
@@ -132,7 +133,7 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
                                 "rss_mib": round(rss_mib(), 1), "dropped": snap["dropped"], "fps": snap["fps"]})
 
         inspection = Inspection(detector, [log], on_event=on_event)
-        loop = LiveLoop(inspection, specs, status, max_frames=frames, say=echo)
+        loop = LiveLoop(inspection, specs, status, max_frames=frames)
         try:
             reason = loop.run()
         finally:
@@ -162,7 +163,10 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the results here.")
 def main(bundle, frames, fps, threads, object_name, json_out):
     """Soak the live loop on BUNDLE and report resident memory every 100 frames."""
-    result = soak(bundle, frames, fps, threads, object_name, echo=lambda m: click.echo(m, err=True))
+    from winclip.runtime.command import setup_logging
+
+    setup_logging()
+    result = soak(bundle, frames, fps, threads, object_name)
     click.echo(f"{'frames':>7} {'seconds':>8} {'RSS MiB':>8} {'dropped':>8} {'fps':>7}")
     for s in result["samples"]:
         click.echo(f"{s['frames']:>7} {s['seconds']:>8.1f} {s['rss_mib']:>8.1f} {s['dropped']:>8} {s['fps']:>7.1f}")

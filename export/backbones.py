@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +19,11 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 
+from winclip.export.errors import ExportError
 from winclip.runtime.bundle import sha256_file
 from winclip.runtime.errors import first_line
+
+log = logging.getLogger(__name__)
 
 BACKBONES: dict[str, dict[str, str]] = {
     "ViT-B-16+": {"open_clip_model": "ViT-B-16-plus-240", "default_pretrained": "laion400m_e31"},
@@ -29,10 +31,6 @@ BACKBONES: dict[str, dict[str, str]] = {
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 HF_HOST = "huggingface.co"
-
-
-class ExportError(Exception):
-    """Bad export input or a failed export, with a one-line reason."""
 
 
 @dataclass
@@ -83,10 +81,7 @@ def load_backbone(name: str, pretrained: str | None = None) -> LoadedBackbone:
     if not isinstance(model.visual, VisionTransformer):
         raise ExportError(f"backbone {name!r} is not a ViT (its visual tower is {type(model.visual).__name__})")
     if pretrained == "none":
-        warnings.warn(
-            f"exporting {model_name} with RANDOM weights (--pretrained none): only for tests and benchmarks",
-            stacklevel=2,
-        )
+        log.warning("exporting %s with RANDOM weights (--pretrained none): only for tests and benchmarks", model_name)
         weights = {"kind": "none"}
     elif _is_path_like(pretrained):
         path = Path(pretrained)

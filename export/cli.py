@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
 from winclip.export.options import ExportOptions
+from winclip.runtime.command import setup_logging
 from winclip.runtime.defaults import EXPORTERS, OPSET_RANGE, TEXT_ENSEMBLES
+from winclip.runtime.errors import WinclipError
 
 DEFAULTS = ExportOptions()
 
@@ -55,7 +56,7 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
     before the bundle is moved into place.
     """
     try:
-        from winclip.export.backbones import ExportError, register_model_configs
+        from winclip.export.backbones import register_model_configs
         from winclip.export.exporter import export_bundle
     except ImportError as exc:
         raise click.ClickException(
@@ -65,10 +66,7 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
     except ValueError:
         raise click.ClickException(f"--scales must be integers like 2,3, got {scales!r}") from None
 
-    def show_warning(message, category, filename, lineno, file=None, line=None):
-        click.echo(click.style(f"warning: {message}", fg="yellow"), err=True)
-
-    warnings.showwarning = show_warning
+    setup_logging()
     try:
         register_model_configs(model_configs)
         export_bundle(
@@ -78,9 +76,8 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
                           text_ensemble=text_ensemble, patch_layer=patch_layer, patch_ln_post=patch_ln_post,
                           precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
                           calibration=calibration),
-            log=lambda msg: click.echo(msg, err=True),
         )
-    except ExportError as exc:
+    except WinclipError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # permissions, a full disk: one line, nothing left behind
         raise click.ClickException(f"export failed: {exc}") from None

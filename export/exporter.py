@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import open_clip
 import torch
 
-from winclip.export.backbones import ExportError, LoadedBackbone, load_backbone
+from winclip.export.backbones import LoadedBackbone, load_backbone
+from winclip.export.errors import ExportError
 from winclip.export.options import ExportOptions
 from winclip.export.prompts import ANOMALOUS_STATES, NORMAL_STATES, TEMPLATES
 from winclip.export.text import text_prototypes
@@ -26,6 +27,8 @@ from winclip.runtime.atomic import replace_dir
 from winclip.runtime.bundle import sha256_file, write_manifest
 from winclip.runtime.errors import first_line
 
+
+log = logging.getLogger(__name__)
 
 def _versions() -> dict[str, str]:
     out = {}
@@ -170,7 +173,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Path:
+def export_bundle(opts: ExportOptions) -> Path:
     """Write a verified engine bundle for `opts` (see ExportOptions) and return its path.
 
     Loads the backbone and its weights, computes the (2, D) text prototypes of
@@ -183,7 +186,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Pa
     names = check_inputs(opts)
     out = Path(opts.out).resolve()  # so that --out . still has a real parent for the temp folder
     t0 = time.perf_counter()
-    log(f"loading {opts.backbone} (weights: {opts.pretrained or 'default tag'})")
+    log.info(f"loading {opts.backbone} (weights: {opts.pretrained or 'default tag'})")
     loaded = load_backbone(opts.backbone, opts.pretrained)
     try:
         wrapper = WindowedVisual(loaded.model.visual, opts.scales, opts.stride, opts.patch_layer, opts.patch_ln_post).eval()
@@ -196,15 +199,15 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Pa
         (tmp / contract.TEXT_DIR).mkdir(parents=True)
         objects = {}
         for name in names:
-            log(f"text prototypes for {name!r}")
+            log.info(f"text prototypes for {name!r}")
             protos = text_prototypes(loaded.model, loaded.open_clip_model, name, opts.text_ensemble)
             rel = contract.text_file_name(name)
             np.save(tmp / rel, protos, allow_pickle=False)
             objects[name] = contract.FileRef(rel, sha256_file(tmp / rel))
-        log(f"tracing the windowed visual graph (opset {opts.opset}, exporter {opts.exporter})")
+        log.info(f"tracing the windowed visual graph (opset {opts.opset}, exporter {opts.exporter})")
         graph = tmp / contract.FP32_ENGINE_FILE
         exporter, opset = export_onnx(wrapper, graph, opts.opset, opts.exporter)
-        log("verifying the ONNX graph against torch in onnxruntime")
+        log.info("verifying the ONNX graph against torch in onnxruntime")
         verification = verify_graph(wrapper, graph, opts.tolerance)
         stray = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
                        if p.is_file() and p != graph and p.parent != tmp / contract.TEXT_DIR)
@@ -219,20 +222,20 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = print) -> Pa
         write_manifest(tmp, manifest)
         for precision in opts.precisions:
             if precision != "fp32":  # made and guarded in the temporary bundle: all or nothing
-                _add_engine(tmp, precision, opts.calibration, log)
+                _add_engine(tmp, precision, opts.calibration)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"bundle written to {out} in {time.perf_counter() - t0:.1f} s")
+    log.info(f"bundle written to {out} in {time.perf_counter() - t0:.1f} s")
     return out
 
 
-def _add_engine(bundle: Path, precision: str, calibration: Path, log) -> None:
-    from winclip.calibration.quantize import QuantizeError, add_engine
+def _add_engine(bundle: Path, precision: str, calibration: Path) -> None:
+    from winclip.calibration.engines.build import QuantizeError, add_engine
 
     try:
-        add_engine(bundle, precision, Path(calibration), log=log)
+        add_engine(bundle, precision, Path(calibration))
     except QuantizeError as exc:
         raise ExportError(str(exc).replace("the bundle is unchanged", "nothing was written")) from None
 

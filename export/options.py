@@ -13,6 +13,8 @@ from winclip.runtime import defaults
 
 @dataclass
 class ExportOptions:
+    """What `winclip-export` takes (each field is a command-line option), with the project's defaults."""
+
     out: Path = Path("bundles/winclip-vitb16plus")
     backbone: str = "ViT-B-16+"
     pretrained: str | None = None  # None: the backbone's default tag

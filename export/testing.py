@@ -40,4 +40,4 @@ def export_from_checkpoint(out: Path, checkpoint: Path, backbone: str, objects=(
 
     register_model_configs(configs)
     opts = ExportOptions(out=out, backbone=backbone, pretrained=str(checkpoint), objects=list(objects), **options)
-    return export_bundle(opts, log=lambda msg: None)
+    return export_bundle(opts)

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from winclip.export.backbones import ExportError
+from winclip.export.errors import ExportError
 from winclip.runtime.errors import first_line
 
 

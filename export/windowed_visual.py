@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from winclip.runtime.defaults import WINDOW_SCALES, WINDOW_STRIDE
 from winclip.runtime.geometry import window_token_table
 
 
@@ -88,7 +89,7 @@ class ExplicitBlock(nn.Module):
 
 
 class WindowedVisual(nn.Module):
-    def __init__(self, visual: nn.Module, scales=(2, 3), stride: int = 1,
+    def __init__(self, visual: nn.Module, scales=WINDOW_SCALES, stride: int = WINDOW_STRIDE,
                  patch_layer: int | None = None, patch_ln_post: bool = False, eliminate: bool = True):
         super().__init__()
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":

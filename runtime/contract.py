@@ -78,6 +78,8 @@ class FileRef:
 
 @dataclass(frozen=True)
 class Preprocess:
+    """How frames become the graph's input: size, resize policy, channel order, normalisation."""
+
     input_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]

@@ -7,7 +7,7 @@ limits every reader enforces. Torch-free, so both sides import it.
 
 from __future__ import annotations
 
-# --- WinCLIP algorithm defaults (shared/reference/winclip.md)
+# --- WinCLIP algorithm defaults (docs/algorithm.md)
 WINDOW_SCALES = (2, 3)
 WINDOW_STRIDE = 1
 TEMPERATURE = 0.07  # anomalib and the closest reproduction; CLIP's own scale 100 is tau 0.01
@@ -27,9 +27,6 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 # --- ONNX Runtime
 PROVIDERS = ("auto", "cuda", "cpu")
 PRECISIONS = ("fp32", "fp16", "int8")
-
-# --- live inspection
-OVERLAY_CHOICES = ("anomalous", "all", "none")  # which scored frames get a saved overlay
 
 # --- limits every reader enforces
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS overrides

@@ -11,24 +11,27 @@ from pathlib import Path
 
 import numpy as np
 
+from winclip.runtime.backends import DEFAULT_BACKEND, Backend, BackendOptions, open_backend
 from winclip.runtime.bundle import Bundle
+from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import normalize_object_name
 from winclip.runtime.defaults import check_threshold
-from winclip.runtime.errors import BundleError, first_line
+from winclip.runtime.errors import BundleError, WinclipError, first_line
 from winclip.runtime.memory import FewShotMemory, MemoryKey
 from winclip.runtime.postprocess import Region, find_regions, upsample_map
 from winclip.runtime.preprocess import Preprocessor
 from winclip.runtime.profile import LineProfile, ProfileError
 from winclip.runtime.scoring import Scores, WinClipScorer
-from winclip.runtime.session import CUDA, cache_path, create_session
 
 
-class FrameError(ValueError):
+class FrameError(WinclipError, ValueError):
     """A frame that cannot be scored: unusable pixels, or a result that is not a finite number."""
 
 
 @dataclass
 class FrameResult:
+    """What the detector says about one frame."""
+
     image_score: float  # anomaly score in [0, 1]
     anomaly_map: np.ndarray  # float32 (H, W) at the frame's resolution, values in [0, 1]
     anomalous: bool | None  # image_score >= threshold; None when no threshold is set
@@ -51,7 +54,13 @@ class Detector:
     def __init__(self, bundle: Bundle, object_name: str | None = None, provider: str = "auto",
                  precision: str = "auto", threads: int | None = None, temperature: float | None = None,
                  threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
-                 self_check: bool = True, pixel_threshold: float | None = None):
+                 self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND):
+        """bundle: a loaded Bundle. object_name: whose text prototypes score (default: the bundle's only
+        object). backend: a name of winclip.runtime.backends.BACKENDS; provider: the device it runs on
+        (auto | cuda | cpu for onnxruntime); precision: auto | fp32 | fp16 | int8. threshold /
+        pixel_threshold: image and pixel thresholds in [0, 1] (None: scores only, no verdict).
+        temperature: overrides the manifest's. cache / cache_dir: the user's cache of optimised graphs
+        and passed self-checks."""
         self.bundle = bundle
         m = bundle.manifest
         if object_name is None:
@@ -60,12 +69,10 @@ class Detector:
             object_name = bundle.objects[0]
         text = bundle.text_prototypes(object_name)
         self.object_name = normalize_object_name(object_name)
-        self.engine_session = create_session(bundle, provider=provider, precision=precision, threads=threads,
-                                             cache=cache, cache_dir=cache_dir)
-        self.session = self.engine_session.session
-        self.engine = self.engine_session.engine
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.backend: Backend = open_backend(bundle, backend, BackendOptions(
+            device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir))
+        self.engine = self.backend.engine
+        self.output_names = m.output_names
         self.preprocess = Preprocessor(m.preprocess)
         self.scorer = WinClipScorer(m.grid, m.scales, m.stride, text, m.temperature if temperature is None else temperature)
         self.threshold = check_threshold(threshold)
@@ -117,19 +124,17 @@ class Detector:
 
     @property
     def providers(self) -> list[str]:
-        return self.session.get_providers()
+        """The onnxruntime providers the engine runs on ([device] for other backends)."""
+        return getattr(self.backend, "providers", [self.backend.device])
 
     def describe(self) -> str:
         """One line for people: what runs where."""
-        return (f"object {self.object_name!r}, {self.engine.precision} engine ({self.engine_session.reason}) "
-                f"on {self.providers[0].replace('ExecutionProvider', '')}")
+        return f"object {self.object_name!r}, {self.backend.describe()}"
 
     def _self_check_key(self) -> str:
-        """What a passed self-check vouches for: this engine on this provider with this manifest, text and tau."""
-        import onnxruntime
-
+        """What a passed self-check vouches for: this engine on this backend with this manifest, text and tau."""
         digest = hashlib.sha256()
-        for part in (self.engine.sha256, self.providers[0], onnxruntime.__version__, repr(self.scorer.temperature),
+        for part in (self.engine.sha256, self.backend.name, self.backend.version(), repr(self.scorer.temperature),
                      json.dumps(self.bundle.manifest.output_shapes(), sort_keys=True)):
             digest.update(part.encode() + b"\0")
         digest.update(self.scorer.text.tobytes())
@@ -141,14 +146,8 @@ class Detector:
         try:
             outputs, _ = self.embed([np.full((h, w, 3), 128, np.uint8)])
         except Exception as exc:
-            raise BundleError(f"the bundle's self-check failed: onnxruntime: {first_line(exc)}") from None
-        for name, shape in self.bundle.manifest.output_shapes().items():
-            want = (1, *shape[1:])
-            if outputs[name].shape != want:
-                raise BundleError(f"the bundle's self-check failed: {name} has shape {outputs[name].shape}, "
-                                  f"the manifest says {list(want)}")
-            if not np.isfinite(outputs[name]).all():
-                raise BundleError(f"the bundle's self-check failed: {name} is not finite on a blank frame")
+            raise BundleError(f"the bundle's self-check failed: {self.backend.name}: {first_line(exc)}") from None
+        self.backend.check_outputs(outputs, self.bundle.manifest, 1)
         scores = self.scorer(outputs)
         if not (np.isfinite(scores.image_score).all() and np.isfinite(scores.grid_map).all()):
             raise BundleError("the bundle's self-check failed: scores of a blank frame are not finite "
@@ -159,16 +158,7 @@ class Detector:
         t0 = time.perf_counter()
         batch = self.preprocess(frames, color_order)
         t1 = time.perf_counter()
-        if self.providers[0] == CUDA:
-            # IO binding: the batch is copied to the device once and the outputs straight back into host arrays
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(self.input_name, batch)
-            for name in self.output_names:
-                binding.bind_output(name, "cpu")
-            self.session.run_with_iobinding(binding)
-            outputs = dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
-        else:
-            outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: batch})))
+        outputs = self.backend.run(batch)
         t2 = time.perf_counter()
         return outputs, {"preprocess": t1 - t0, "engine": t2 - t1}
 

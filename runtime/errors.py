@@ -1,10 +1,23 @@
-"""Error types shared by every command, and the one-line rendering of an exception."""
+"""The project's error family, and the one-line rendering of an exception.
+
+Every error winclip-edge raises on purpose derives from `WinclipError`, so a
+command (or a program using the API) can catch the whole family in one place
+and print its one-line reason; anything else is a bug or an OS error.
+"""
 
 from __future__ import annotations
 
 
-class BundleError(Exception):
+class WinclipError(Exception):
+    """Base of every winclip-edge error: something that cannot go ahead, with a one-line reason."""
+
+
+class BundleError(WinclipError):
     """A bundle (or a file it names) that cannot be used, with a one-line reason."""
+
+
+class MissingExtra(WinclipError, ImportError):
+    """An optional dependency that is not installed; the message names the extra that brings it."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,6 +12,8 @@ GraphProto.initializer 5, TensorProto.data_location 14, ...).
 
 from __future__ import annotations
 
+from winclip.runtime.errors import WinclipError
+
 # message kind -> {field number: kind of the embedded message}
 _MODEL, _GRAPH, _NODE, _ATTR, _TENSOR, _SPARSE, _FUNCTION, _TRAINING = range(8)
 _CHILDREN = {
@@ -28,7 +30,7 @@ _EXTERNAL = 1
 _MAX_DEPTH = 64
 
 
-class GraphFormatError(ValueError):
+class GraphFormatError(WinclipError, ValueError):
     """Bytes that are not a well-formed ONNX model."""
 
 

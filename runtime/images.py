@@ -1,4 +1,4 @@
-"""Image files: listing folders, reading with OpenCV under a pixel cap, errors as one line.
+"""Image files: listing folders, reading with OpenCV under a pixel cap, encoding; errors as one line.
 
 The cap is checked on the image's header before anything is decoded (PNG, JPEG,
 BMP, WebP, TIFF, PNM), so a 1 MB file that claims 20000 x 20000 pixels costs
@@ -8,6 +8,7 @@ unless the user set it) guards any other format it can read.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from winclip.runtime.defaults import MAX_IMAGE_PIXELS
-from winclip.runtime.errors import first_line
+from winclip.runtime.errors import WinclipError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 
@@ -30,8 +31,8 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels()))
 import cv2  # noqa: E402  (after the limit above: OpenCV reads it at its first decode)
 
 
-class ImageReadError(Exception):
-    pass
+class ImageReadError(WinclipError):
+    """An image that cannot be read or decoded, with a one-line reason."""
 
 
 def display_path(path: str | Path) -> str:
@@ -173,3 +174,24 @@ def read_image_folder(folder: str | Path, count: int | None = None) -> list[np.n
     if len(paths) < wanted:
         raise ImageReadError(f"{display_path(folder)} has {len(paths)} images, fewer than the {wanted} asked for")
     return [read_image(p) for p in paths[:wanted]]
+
+
+# --- encoding what the runtime writes
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return encoded.tobytes()
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError("JPEG encoding failed")
+    return encoded.tobytes()

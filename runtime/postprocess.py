@@ -84,3 +84,22 @@ def annotate(image: np.ndarray, regions: list[Region] | None, score: float | Non
         cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
         cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, thick, cv2.LINE_AA)
     return image
+
+
+def render_overlay(image: np.ndarray, result, max_width: int | None = None) -> np.ndarray:
+    """The annotated heat-map overlay of a scored frame, 8-bit BGR; shrunk first to `max_width` when wider.
+
+    Shrinking the frame and the map before drawing keeps a preview cheap (the
+    heat map and the JPEG cost follow the pixels drawn).
+    """
+    amap, regions = result.anomaly_map, result.regions
+    width = image.shape[1]
+    if max_width is not None and width > max_width:
+        scale = max_width / width
+        size = (max_width, max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(to_bgr8(image), size, interpolation=cv2.INTER_AREA)
+        amap = cv2.resize(amap, size, interpolation=cv2.INTER_LINEAR)
+        regions = None if regions is None else [
+            Region(round(r.x * scale), round(r.y * scale), max(1, round(r.width * scale)),
+                   max(1, round(r.height * scale)), r.area, r.peak) for r in regions]
+    return annotate(heatmap_overlay(image, amap), regions, result.image_score, result.anomalous)

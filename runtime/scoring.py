@@ -1,6 +1,6 @@
 """WinCLIP / WinCLIP+ scoring in vectorised numpy (no loop over patches or windows).
 
-Inputs are the graph's raw outputs; the math follows shared/reference/winclip.md:
+Inputs are the graph's raw outputs; the math follows docs/algorithm.md:
 zero-shot probabilities with a temperature, harmonic aggregation of window
 scores onto patches through a fixed incidence matrix, harmonic fusion of
 scales, and the WinCLIP+ nearest-memory association. Probabilities and fusion
@@ -29,6 +29,8 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Scores:
+    """Scores of a batch at the patch grid: what the scorer returns before maps are upsampled."""
+
     image_score: np.ndarray  # (B,) float64
     grid_map: np.ndarray  # (B, gh, gw) float64: fused map (zero-shot alone without memory)
 

@@ -13,12 +13,12 @@ import re
 from pathlib import Path, PurePosixPath
 
 from winclip.runtime.defaults import MAX_JSON_BYTES, MAX_NAME_CHARS
-from winclip.runtime.errors import first_line
+from winclip.runtime.errors import WinclipError, first_line
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class SchemaError(ValueError):
+class SchemaError(WinclipError, ValueError):
     """A JSON field that is missing, of the wrong type or out of range."""
 
 

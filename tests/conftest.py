@@ -2,7 +2,7 @@
 
 Pretrained weights cannot be downloaded here, so every bundle is exported from a
 checkpoint file the tests write themselves, through the real loading path. The
-helpers live in the package (winclip.export.testing, winclip.calibration.datasets)
+helpers live in the package (winclip.export.testing, winclip.calibration.evaluation.datasets)
 so that the benchmarks use the very same ones.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from winclip.calibration.datasets import elpv_images, textile_images  # noqa: F401  (re-exported for tests)
+from winclip.calibration.evaluation.datasets import elpv_images, textile_images  # noqa: F401  (re-exported for tests)
 from winclip.export.testing import VIT_B16_PLUS as VIT
 from winclip.export.testing import export_from_checkpoint, make_model as _make_model, save_checkpoint  # noqa: F401
 
@@ -28,9 +28,9 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="winclip-test-cache-")  #
 TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"
 TINY = "winclip-tiny"
-SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.inspect_cli",
-           "winclip-quantize": "winclip.calibration.quantize_cli", "winclip-bench": "winclip.benchmarks.bench_cli",
-           "winclip-calibrate": "winclip.calibration.calibrate_cli", "winclip-eval": "winclip.calibration.eval_cli"}
+SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.line.cli",
+           "winclip-quantize": "winclip.calibration.engines.cli", "winclip-bench": "winclip.benchmarks.bench_cli",
+           "winclip-calibrate": "winclip.calibration.profiles.cli", "winclip-eval": "winclip.calibration.evaluation.cli"}
 
 
 def make_model(name: str, seed: int = 0):

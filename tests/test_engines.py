@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIG, make_model, read, run_cli, textile_images
-from winclip.calibration.guard import GuardLimits, pearson_rows, spearman
-from winclip.calibration.quantize import Int8Settings, QuantizeError, add_engine, frame_reader
+from winclip.calibration.engines.guard import GuardLimits, pearson_rows, spearman
+from winclip.calibration.engines.build import QuantizeError, add_engine
+from winclip.calibration.engines.frames import frame_reader
+from winclip.calibration.engines.int8 import Int8Settings
 from winclip.export.windowed_visual import WindowedVisual
 from winclip.runtime import Detector
 from winclip.runtime.bundle import Bundle
@@ -87,7 +89,7 @@ def test_frame_flops_before_and_after(tiny_bundle):
 
 # ---- int8 and fp16 engines
 def test_int8_engine_is_added_guarded_and_chosen_on_cpu(tiny_bundle_copy, line_images):
-    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED)
     m = json.loads((tiny_bundle_copy / "manifest.json").read_text())
     assert [e["precision"] for e in m["engines"]] == ["fp32", "int8"]
     entry = m["engines"][1]
@@ -107,17 +109,18 @@ def test_int8_engine_is_added_guarded_and_chosen_on_cpu(tiny_bundle_copy, line_i
 def test_a_guard_failure_leaves_the_bundle_as_it_was(tiny_bundle_copy, line_images):
     before = _snapshot(tiny_bundle_copy)
     with pytest.raises(QuantizeError, match="failed its accuracy guard: zero-shot map pearson median"):
-        add_engine(tiny_bundle_copy, "int8", line_images, limits=IMPOSSIBLE, log=lambda m: None)
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=IMPOSSIBLE)
     assert _snapshot(tiny_bundle_copy) == before
 
 
-def test_accept_degraded_is_recorded_and_warned_about(tiny_bundle_copy, line_images):
-    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=IMPOSSIBLE, accept_degraded=True,
-                        log=lambda m: None)
+def test_accept_degraded_is_recorded_and_warned_about(tiny_bundle_copy, line_images, caplog):
+    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=IMPOSSIBLE, accept_degraded=True)
     assert engine.accepted_degraded and not engine.guard["passed"]
-    with pytest.warns(UserWarning, match="FAILED its accuracy guard"):
-        det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="int8", cache=False)
-    assert det.engine.accepted_degraded
+    caplog.clear()
+    det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="int8", cache=False)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert det.engine.accepted_degraded and len(warned) == 1 and "FAILED its accuracy guard" in warned[0]
+    assert "map pearson median" in warned[0]  # the failures, in words
     # auto never picks an engine that failed its guard
     assert Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False).engine.precision == "fp32"
 
@@ -132,8 +135,7 @@ def test_static_int8_reads_frames_through_a_calibration_data_reader(tiny_bundle_
     reader.rewind()
     assert reader.get_next() is not None
     engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, holdout=4,
-                        settings=Int8Settings(method="static", quant_format="qdq", calibration_frames=3),
-                        log=lambda m: None)
+                        settings=Int8Settings(method="static", quant_format="qdq", calibration_frames=3))
     assert engine.made_by["frames"]["calibration"] == 3 and engine.made_by["settings"]["quant_format"] == "qdq"
     graph = onnx.load(str(tiny_bundle_copy / engine.file))
     assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
@@ -141,18 +143,18 @@ def test_static_int8_reads_frames_through_a_calibration_data_reader(tiny_bundle_
 
 
 def test_replacing_an_engine_needs_force_and_removes_the_old_file(tiny_bundle_copy, line_images):
-    first = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+    first = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED)
     with pytest.raises(QuantizeError, match="already has an int8 engine"):
-        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED)
     second = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, force=True,
-                        settings=Int8Settings(per_channel=False), log=lambda m: None)
+                        settings=Int8Settings(per_channel=False))
     files = {p.name for p in tiny_bundle_copy.iterdir()}
     assert second.file in files and (first.file == second.file or first.file not in files)
     assert Bundle.load(tiny_bundle_copy).manifest.precisions == ["fp32", "int8"]
 
 
 def test_fp16_engine_structure_and_numbers_on_cpu(tiny_bundle_copy, line_images):
-    engine = add_engine(tiny_bundle_copy, "fp16", line_images, log=lambda m: None)
+    engine = add_engine(tiny_bundle_copy, "fp16", line_images)
     graph = onnx.load(str(tiny_bundle_copy / engine.file))
     f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert all(v.type.tensor_type.elem_type == f32 for v in [*graph.graph.input, *graph.graph.output])
@@ -180,19 +182,18 @@ def test_quantize_refusals(tiny_bundle_copy, line_images, tmp_path):
         shutil.copy(p, few / p.name)
     (few / "broken.png").write_bytes(b"not a png")
     with pytest.raises(QuantizeError, match=r"has 3 usable images; 7 are needed \(6 held out for the guard"):
-        add_engine(tiny_bundle_copy, "int8", few, log=lambda m: None)
+        add_engine(tiny_bundle_copy, "int8", few)
     with pytest.raises(QuantizeError, match=r"has 10 usable images; 11 are needed .*4 to calibrate"):
-        add_engine(tiny_bundle_copy, "int8", line_images, settings=Int8Settings(method="static", calibration_frames=4),
-                   log=lambda m: None)
+        add_engine(tiny_bundle_copy, "int8", line_images, settings=Int8Settings(method="static", calibration_frames=4))
     with pytest.raises(QuantizeError, match="blocks 1..2"):
-        add_engine(tiny_bundle_copy, "int8", line_images, settings=Int8Settings(fp32_blocks=(3,)), log=lambda m: None)
+        add_engine(tiny_bundle_copy, "int8", line_images, settings=Int8Settings(fp32_blocks=(3,)))
     before = _snapshot(tiny_bundle_copy)
     os.chmod(tiny_bundle_copy, stat.S_IRUSR | stat.S_IXUSR)
     try:
         if os.access(tiny_bundle_copy, os.W_OK):
             pytest.skip("running as a user that can write anywhere")
         with pytest.raises(QuantizeError, match="read-only"):
-            add_engine(tiny_bundle_copy, "int8", line_images, log=lambda m: None)
+            add_engine(tiny_bundle_copy, "int8", line_images)
     finally:
         os.chmod(tiny_bundle_copy, 0o755)
     assert _snapshot(tiny_bundle_copy) == before
@@ -231,12 +232,12 @@ def test_a_bundle_that_cannot_be_written_is_left_as_it_was(tiny_bundle_copy, lin
     """Root can write anywhere, so the file system's refusal is simulated at the two places it would come."""
     import errno
 
-    from winclip.calibration import quantize
+    from winclip.calibration.engines import build as quantize
 
     before = _snapshot(tiny_bundle_copy)
     monkeypatch.setattr(quantize.os, "access", lambda path, mode: False)
     with pytest.raises(QuantizeError, match="is read-only; nothing was changed"):
-        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED)
     monkeypatch.undo()
 
     def refuse(root, manifest):
@@ -244,7 +245,7 @@ def test_a_bundle_that_cannot_be_written_is_left_as_it_was(tiny_bundle_copy, lin
 
     monkeypatch.setattr(quantize, "write_manifest", refuse)
     with pytest.raises(QuantizeError, match="cannot write into the bundle .*Read-only file system; nothing was changed"):
-        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, log=lambda m: None)
+        add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED)
     assert _snapshot(tiny_bundle_copy) == before
 
 

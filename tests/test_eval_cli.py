@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from conftest import read, run_cli
 from test_eval_metrics import slow_pro
-from winclip.calibration.eval_cli import main
+from winclip.calibration.evaluation.cli import main
 from winclip.runtime.detector import Detector
 from winclip.runtime.postprocess import upsample_map
 
@@ -189,7 +189,7 @@ def test_folder_layout_with_elpv_image_metrics_only(tiny_bundle, tmp_path):
     assert not (out / "scores" / "solar_cell" / "masks.npy").exists()
     assert "n/a" in result.output
     # the ELPV labels say which images are good: probability 0 only
-    from winclip.calibration.datasets import elpv_labels
+    from winclip.calibration.evaluation.datasets import elpv_labels
 
     probability = {p.name: prob for p, prob, _ in elpv_labels()}
     rows = list(csv.DictReader(open(out / "scores" / "solar_cell" / "images.csv")))
@@ -227,12 +227,12 @@ def test_visa_layout_gives_the_numbers_of_the_same_images_in_mvtec_layout(tiny_b
 
 
 def test_profile_is_evaluated_with_its_thresholds(tiny_bundle, tmp_path):
-    from winclip.calibration.line_setup import calibrate
+    from winclip.calibration.profiles.setup import calibrate
 
     data = tmp_path / "line"
     assert invoke("prepare", data, "--source", "textile", "--per-class", "6", "--references", "8").exit_code == 0
     detector = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu")
-    calibration = calibrate(detector, data / "textile" / "reference", shots=2, false_alarm_rate=0.2, warn=lambda m: None)
+    calibration = calibrate(detector, data / "textile" / "reference", shots=2, false_alarm_rate=0.2)
     detector.to_profile(calibration.record).save(tmp_path / "profile")
     out = tmp_path / "out"
     result = invoke(tiny_bundle, "--dataset", data, "--profile", tmp_path / "profile", "--out", out, "--save-scores")
@@ -276,7 +276,7 @@ def test_console_script_help():
 
 
 def _evaluation(layout, weights):
-    from winclip.calibration.evaluate import CategoryResult, EvalOptions, Evaluation, Run
+    from winclip.calibration.evaluation.evaluate import CategoryResult, EvalOptions, Evaluation, Run
 
     runs = [Run("0-shot", 0, None, [], {"image_auroc": 0.5, "image_ap": 0.5, "image_f1_max": 0.6, "pixel_auroc": None,
                                         "pixel_pro": None, "pixel_f1_max": None}, np.zeros(2), {}, 0.01)]
@@ -287,7 +287,7 @@ def _evaluation(layout, weights):
 
 
 def test_the_papers_row_stands_beside_ours_only_for_the_papers_weights():
-    from winclip.calibration.report import markdown, table_rows
+    from winclip.calibration.evaluation.report import markdown, table_rows
 
     paper = _evaluation("mvtec", {"kind": "tag", "tag": "laion400m_e31", "sha256": "0" * 64})
     rows = [r for r in table_rows(paper) if r["category"].startswith("paper")]

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from winclip.calibration.layouts import LayoutError, detect_layout, read_dataset
+from winclip.calibration.evaluation.layouts import LayoutError, detect_layout, read_dataset
 
 
 def _png(path, value=128, size=(16, 16)):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from winclip.calibration.metrics import (area_up_to, auroc, average_precision, counts_at_threshold, f1_max,
+from winclip.calibration.evaluation.metrics import (area_up_to, auroc, average_precision, counts_at_threshold, f1_max,
                                          pixel_metrics, pro_curve, pro_score)
 
 

@@ -130,7 +130,7 @@ def test_safetensors_checkpoint_loads(tiny_model, tmp_path):
 
 
 def test_verification_failure_leaves_nothing(tiny_checkpoint, tmp_path):
-    from winclip.export.backbones import ExportError
+    from winclip.export.errors import ExportError
 
     out = tmp_path / "b"
     with pytest.raises(ExportError, match="verification failed"):
@@ -150,7 +150,7 @@ def test_force_replaces_a_bundle_atomically(tiny_checkpoint, tmp_path):
 
 
 def test_a_failed_replacement_keeps_the_old_bundle(tiny_checkpoint, tmp_path):
-    from winclip.export.backbones import ExportError
+    from winclip.export.errors import ExportError
     from winclip.runtime.bundle import Bundle
 
     out = tmp_path / "b"
@@ -165,7 +165,7 @@ def test_a_failed_replacement_keeps_the_old_bundle(tiny_checkpoint, tmp_path):
 def test_auto_exporter_falls_back_to_dynamo(tiny_checkpoint, tmp_path, monkeypatch):
     """When torch's TorchScript exporter is gone (or fails), auto writes the graph with dynamo at opset >= 18."""
     from winclip.export import exporter
-    from winclip.export.backbones import ExportError
+    from winclip.export.errors import ExportError
 
     real = exporter.export_onnx
 
@@ -204,7 +204,7 @@ def test_non_default_geometry_and_patch_features_against_the_torch_reference(tin
 
 
 def test_force_never_replaces_a_folder_that_is_not_a_bundle(tiny_checkpoint, tmp_path):
-    from winclip.export.backbones import ExportError
+    from winclip.export.errors import ExportError
 
     data = tmp_path / "data"
     data.mkdir()
@@ -217,7 +217,7 @@ def test_force_never_replaces_a_folder_that_is_not_a_bundle(tiny_checkpoint, tmp
 @pytest.mark.parametrize("kwargs,match", [({"scales": (2, 2)}, "distinct"), ({"temperature": 0.0}, "temperature"),
                                           ({"opset": 9}, "opset")])
 def test_bad_options_are_refused_before_loading(tmp_path, kwargs, match):
-    from winclip.export.backbones import ExportError
+    from winclip.export.errors import ExportError
     from winclip.export.exporter import ExportOptions, check_inputs
 
     with pytest.raises(ExportError, match=match):
@@ -287,7 +287,7 @@ def test_checkpoint_for_another_architecture_names_the_mismatch(tmp_path):
 def test_tag_download_offline_fails_fast(tmp_path, monkeypatch):
     """Whatever the network's state: offline by flag, or the hub unreachable, fails at once naming the file."""
     from winclip.export import backbones
-    from winclip.export.backbones import ExportError
+    from winclip.export.errors import ExportError
 
     t0 = time.perf_counter()
     msg = _cli_fails(tmp_path, "--backbone", "ViT-B-16+", "--pretrained", "laion400m_e31",

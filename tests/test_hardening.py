@@ -348,7 +348,7 @@ def test_a_run_survives_hostile_images_and_odd_names(tiny_bundle, tmp_path):
 
 def test_an_unreadable_sub_folder_is_reported(tmp_path, monkeypatch):
     from winclip.runtime import images
-    from winclip.runtime.sources import FolderSource
+    from winclip.runtime.line.frames import FolderSource
 
     (tmp_path / "ok").mkdir()
     (tmp_path / "locked").mkdir()
@@ -392,7 +392,7 @@ def test_non_finite_scores_never_pass(tiny_bundle_copy):
     from winclip.runtime.detector import FrameError
 
     det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", threshold=0.5)
-    run = det.session.run
-    det.session.run = lambda names, feeds: [np.full_like(o, np.nan) for o in run(names, feeds)]
+    run = det.backend.run
+    det.backend.run = lambda batch: {name: np.full_like(o, np.nan) for name, o in run(batch).items()}
     with pytest.raises(FrameError, match="not a finite number"):
         det(np.zeros((20, 20, 3), np.uint8))

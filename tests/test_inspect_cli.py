@@ -50,7 +50,7 @@ def test_scores_a_folder_with_maps_and_overlays(tiny_bundle, source, tmp_path):
 
 
 def test_output_names_never_collide(tmp_path):
-    from winclip.runtime.sources import artifact_names
+    from winclip.runtime.line.frames import artifact_names
 
     src = tmp_path
     paths = [src / "a.png", src / "a.jpg", src / "x" / "y.png", src / "x__y.png", src / "b.png"]

@@ -116,7 +116,7 @@ def test_bad_live_input_is_one_line(tiny_bundle, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     runner = CliRunner()
-    from winclip.runtime.inspect_cli import main
+    from winclip.runtime.line.cli import main
 
     def usage(*args):
         result = runner.invoke(main, [str(tiny_bundle), *args])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -18,13 +19,33 @@ import pytest
 
 from conftest import elpv_images, read, textile_images
 from winclip.benchmarks.soak_live import MjpegServer, soak
-from winclip.runtime.events import LiveOverlayWriter, RotatingEventLog, StreamEvents
-from winclip.runtime.inspection import Inspection
-from winclip.runtime.live_loop import EngineFailed, GuardedSink, LiveLoop, LiveOutputs, StatusLine
-from winclip.runtime.live_sources import Roi, SourceError, parse_source, parse_sources, redact_url
-from winclip.runtime.live_status import LiveStatus
+from winclip.runtime.command import CliFormatter
+from winclip.runtime.line.events import LiveOverlayWriter
+from winclip.runtime.line.inspection import Inspection
+from winclip.runtime.line.loop import EngineFailed, LiveLoop, LiveOutputs, StatusLine
+from winclip.runtime.line.sinks import GuardedSink
+from winclip.runtime.line.sinks.event_log import RotatingEventLog, StreamEvents
+from winclip.runtime.line.sources import Roi, SourceError, parse_source, parse_sources, redact_url
+from winclip.runtime.line.status import LiveStatus
 
 FAST = {"backoff_s": (0.2, 1.0), "stall_s": 1.0, "open_attempts": 2}  # reconnect quickly in tests
+MESSAGES: list[str] = []  # what the loop said during the current test, as winclip-inspect prints it
+
+
+@pytest.fixture(autouse=True)
+def said():
+    """The project's log messages of this test, formatted as a command formats them ("warning: ...")."""
+    MESSAGES.clear()
+    formatter = CliFormatter()
+    handler = logging.Handler()
+    handler.emit = lambda record: MESSAGES.append(formatter.format(record))
+    logger = logging.getLogger("winclip")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield MESSAGES
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 # ---- real parts: images, videos, a live MJPEG stream
@@ -83,31 +104,31 @@ def detector(tiny_bundle):
     return Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", threads=1)
 
 
-class SessionSpy:
-    """Counts the engine's session calls and their batch sizes; `delay_s` makes it a slow engine,
+class BackendSpy:
+    """Counts the engine's calls and their batch sizes; `delay_s` makes it a slow engine,
     `fails(call_number)` a failing one (as onnxruntime fails: a RuntimeError out of run())."""
 
     def __init__(self, detector, delay_s: float = 0.0, fails=lambda n: False):
-        self.detector, self.session, self.delay_s, self.fails = detector, detector.session, delay_s, fails
+        self.detector, self.backend, self.delay_s, self.fails = detector, detector.backend, delay_s, fails
         self.batch_sizes: list[int] = []
 
     def __enter__(self):
-        self.detector.session = self
+        self.detector.backend = self
         return self
 
     def __exit__(self, *exc):
-        self.detector.session = self.session
+        self.detector.backend = self.backend
 
-    def run(self, names, feeds):
-        self.batch_sizes.append(next(iter(feeds.values())).shape[0])
+    def run(self, batch):
+        self.batch_sizes.append(batch.shape[0])
         if self.fails(len(self.batch_sizes)):
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory")
         if self.delay_s:
             time.sleep(self.delay_s)
-        return self.session.run(names, feeds)
+        return self.backend.run(batch)
 
     def __getattr__(self, name):
-        return getattr(self.session, name)
+        return getattr(self.backend, name)
 
 
 class ListSink:
@@ -133,11 +154,10 @@ def live_run(detector, sources, *, rois=(), overlays=None, overlay_mode="anomalo
     specs = parse_sources([str(s) for s in sources], list(rois))
     status = LiveStatus([s.name for s in specs])
     sink = ListSink()
-    messages: list[str] = []
-    outputs = LiveOutputs(status, overlays, overlay_mode, preview=preview, say=messages.append)
+    outputs = LiveOutputs(status, overlays, overlay_mode, preview=preview)
     inspection = Inspection(detector, [sink, *(sinks or [])], on_event=outputs)
-    loop = LiveLoop(inspection, specs, status, reader_options=reader_options, say=messages.append, **loop_options)
-    loop.sink, loop.messages, loop.outputs, loop.result = sink, messages, outputs, {}
+    loop = LiveLoop(inspection, specs, status, reader_options=reader_options, **loop_options)
+    loop.sink, loop.messages, loop.outputs, loop.result = sink, MESSAGES, outputs, {}
 
     def target():
         try:
@@ -185,7 +205,7 @@ def test_source_specs_and_rois(tmp_path):
     with pytest.raises(SourceError, match="unsupported scheme ftp://"):
         parse_source("ftp://host/x")
     with pytest.raises(SourceError, match="without GStreamer|GStreamer"):
-        from winclip.runtime.live_sources import has_gstreamer
+        from winclip.runtime.line.sources.gstreamer import has_gstreamer
 
         if has_gstreamer():
             pytest.skip("this OpenCV has GStreamer")
@@ -310,7 +330,7 @@ def test_a_corrupt_frame_in_a_stream_is_skipped_counted_and_reported(detector, m
 
 def test_two_sources_are_one_batch_one_session_call(detector, mjpeg, tmp_path):
     a, b = mjpeg(fps=20), mjpeg(images=[read(p) for p in elpv_images(3)], fps=20)
-    with SessionSpy(detector, delay_s=0.1) as spy:
+    with BackendSpy(detector, delay_s=0.1) as spy:
         loop = live_run(detector, [a.url, b.url])
         names = [r.name for r in loop.readers]
         assert wait_for(lambda: len(spy.batch_sizes) >= 8)
@@ -326,7 +346,7 @@ def test_two_sources_are_one_batch_one_session_call(detector, mjpeg, tmp_path):
 
 def test_a_slow_engine_drops_frames_instead_of_queueing_them(detector, mjpeg):
     server = mjpeg(fps=40)
-    with SessionSpy(detector, delay_s=0.4) as spy:
+    with BackendSpy(detector, delay_s=0.4) as spy:
         loop = live_run(detector, [server.url])
         assert wait_for(lambda: len(spy.batch_sizes) >= 6)
         loop.stop.set()
@@ -389,20 +409,20 @@ def test_overlays_that_cannot_be_written_warn_once_and_scoring_goes_on(detector,
     assert len(warnings) == 1 and loop.outputs.overlay_failures == 9
 
 
-def test_a_dead_sink_is_warned_once_and_the_loop_goes_on(detector, tmp_path):
+def test_a_dead_sink_is_warned_once_and_the_loop_goes_on(detector, tmp_path, said):
     import os
 
     video = write_video(tmp_path / "v.avi", textile_frames(3) * 2)
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody reads: every write is a broken pipe
     pipe = os.fdopen(write_end, "w")
-    messages: list[str] = []
     loop = live_run(detector, [video], start=False)
-    dead = GuardedSink(StreamEvents(pipe), "stdout", loop.status, messages.append)
+    dead = GuardedSink(StreamEvents(pipe), "stdout", loop.status)
     loop.inspection.sinks.append(dead)
     loop.thread.start()
     assert finish(loop) == {"reason": "every source ended"}
     assert len(loop.sink.frames()) == 6 and dead.failures >= 6  # every frame scored, every write failed
+    messages = [m for m in said if "stdout" in m]
     assert len(messages) == 1 and "writing to stdout failed" in messages[0] and "scoring goes on" in messages[0]
     assert loop.status.snapshot()["sink_errors"]["stdout"] == dead.failures
     dead.close()
@@ -410,7 +430,7 @@ def test_a_dead_sink_is_warned_once_and_the_loop_goes_on(detector, tmp_path):
 
 def test_an_engine_failure_is_error_events_and_the_loop_goes_on(detector, tmp_path):
     video = write_video(tmp_path / "v.avi", textile_frames(4) * 2)
-    with SessionSpy(detector, fails=lambda n: n == 3):
+    with BackendSpy(detector, fails=lambda n: n == 3):
         loop = live_run(detector, [video])
         assert finish(loop) == {"reason": "every source ended"}
     frames = loop.sink.frames()
@@ -418,7 +438,7 @@ def test_an_engine_failure_is_error_events_and_the_loop_goes_on(detector, tmp_pa
     errors = [e for e in frames if "error" in e]
     assert [e["frame"] for e in errors] == [2] and errors[0]["error"].startswith("scoring failed: RuntimeError: ")
     assert [m for m in loop.messages if m.startswith("warning: scoring failed")] == [f"warning: {errors[0]['error']}"]
-    with SessionSpy(detector, fails=lambda n: True):  # broken for good: the run stops and says why
+    with BackendSpy(detector, fails=lambda n: True):  # broken for good: the run stops and says why
         loop = live_run(detector, [write_video(tmp_path / "long.avi", textile_frames(4) * 10)])
         error = finish(loop)["error"]
     assert error.startswith("scoring failed: RuntimeError:") and error.endswith("(20 batches in a row)")

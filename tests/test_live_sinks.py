@@ -26,9 +26,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from amqtt.broker import Broker
 from prometheus_client.parser import text_string_to_metric_families
-from winclip.runtime.live_server import LiveServer
-from winclip.runtime.live_status import LiveStatus
-from winclip.runtime.sinks import MqttSink, WebhookSink, parse_host_port
+from winclip.runtime.line.server import LiveServer
+from winclip.runtime.line.status import LiveStatus
+from winclip.runtime.errors import MissingExtra
+from winclip.runtime.line.sinks.base import parse_host_port
+from winclip.runtime.line.sinks.mqtt import MqttSink
+from winclip.runtime.line.sinks.webhook import WebhookSink
 
 TOPIC = "winclip/test/events"
 
@@ -56,7 +59,7 @@ def event(frame: int, anomalous: bool = False, source: str = "cam0") -> dict:
 
 
 def sink_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "winclip.runtime.sinks"]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("winclip.runtime.line.sinks")]
 
 
 # --- real peers
@@ -183,15 +186,15 @@ def test_parse_host_port_rejects_with_a_reason(text, complaint):
 
 def test_modules_import_without_the_live_extra(monkeypatch):
     proc = subprocess.run([sys.executable, "-c", (
-        "import sys, winclip.runtime.sinks, winclip.runtime.live_server; "
+        "import sys, winclip.runtime.line.sinks, winclip.runtime.line.server; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paho', 'prometheus_client', 'torch')))")],
         capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
     monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(RuntimeError, match=r"pip install 'winclip-edge\[live\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'winclip-edge\[live\]'"):
         MqttSink("127.0.0.1", free_port())
-    with pytest.raises(RuntimeError, match=r"pip install 'winclip-edge\[live\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'winclip-edge\[live\]'"):
         LiveServer(LiveStatus())
 
 
@@ -213,7 +216,7 @@ def test_mqtt_delivers_every_event(broker, stopper):
 
 
 def test_mqtt_broker_down_never_stalls_the_caller(caplog, stopper):
-    caplog.set_level(logging.WARNING, logger="winclip.runtime.sinks")
+    caplog.set_level(logging.WARNING, logger="winclip")
     status = LiveStatus()
     sink = MqttSink("127.0.0.1", free_port(), topic=TOPIC, status=status)  # nothing listens there
     stopper(sink)
@@ -294,7 +297,7 @@ class HungPeer:
 
 @pytest.mark.parametrize("peer", ["refuses", "silent", "never_acks"])
 def test_mqtt_refusing_or_hung_broker_never_stalls_the_caller(peer, caplog, stopper):
-    caplog.set_level(logging.WARNING, logger="winclip.runtime.sinks")
+    caplog.set_level(logging.WARNING, logger="winclip")
     if peer == "refuses":  # a real broker that refuses anonymous clients (CONNACK "not authorized")
         port = free_port()
         stopper(ThreadedBroker(port, allow_anonymous=False).start())
@@ -332,7 +335,7 @@ def test_webhook_posts_anomalous_events_only(receiver):
 
 
 def test_webhook_slow_receiver_is_a_counted_failure_not_a_stall(receiver, caplog):
-    caplog.set_level(logging.WARNING, logger="winclip.runtime.sinks")
+    caplog.set_level(logging.WARNING, logger="winclip")
     server = receiver("slow")
     status = LiveStatus()
     sink = WebhookSink(f"http://127.0.0.1:{server.server_port}/", timeout=0.3, status=status)

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from winclip.runtime import live_status
-from winclip.runtime.live_status import LiveStatus
+from winclip.runtime.line import status as live_status
+from winclip.runtime.line.status import LiveStatus
 
 
 def frame_event(source: str, score: float, anomalous: bool, total_ms: float) -> dict:

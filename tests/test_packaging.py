@@ -29,7 +29,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_maps_the_top_level_folders_onto_winclip(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("winclip/runtime/detector.py", "winclip/export/exporter.py", "winclip/calibration/datasets.py",
+    for module in ("winclip/runtime/detector.py", "winclip/export/exporter.py", "winclip/calibration/evaluation/datasets.py", "winclip/runtime/line/sinks/mqtt.py",
                    "winclip/benchmarks/bench_cli.py"):
         assert module in names
     assert not any(n.startswith(("runtime/", "export/", "calibration/", "benchmarks/", "tests/")) for n in names)
@@ -63,7 +63,7 @@ def test_installed_copy_imports_and_runs_without_torch(wheel, tmp_path, tiny_bun
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     code = BLOCK_TORCH + (
-        "import numpy as np, winclip.runtime as r, winclip.calibration.line_setup\n"
+        "import numpy as np, winclip.runtime as r, winclip.calibration.profiles.setup\n"
         "from winclip.runtime import Detector\n"
         f"assert r.__file__.startswith({str(target)!r}), r.__file__\n"
         f"d = Detector.from_bundle({str(tiny_bundle)!r}, object='bottle', provider='cpu', cache=False)\n"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import read, run_cli, textile_images
-from winclip.calibration.line_setup import CalibrationError, calibrate, needed_for_rate
-from winclip.calibration.metrics import threshold_for_false_alarm_rate
+from winclip.calibration.profiles.setup import CalibrationError, calibrate, needed_for_rate
+from winclip.calibration.evaluation.metrics import threshold_for_false_alarm_rate
 from winclip.runtime import Detector
 from winclip.runtime.errors import BundleError
 from winclip.runtime.postprocess import find_regions
@@ -225,9 +225,8 @@ def test_calibrate_with_labelled_parts_and_unreadable_normals(tiny_bundle, norma
     for i, p in enumerate(textile_images("nominal", 3, start=50)):
         cv2.imwrite(str(labelled / "stain" / f"s{i}.png"), paint_defect(read(p), i)[0])
     det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu")
-    seen = []
-    result = calibrate(det, folder, shots=2, false_alarm_rate=0.1, labelled_dir=labelled, warn=seen.append)
-    assert result.record["normal_images"]["skipped"] == 1 and any("corrupt.jpg" in w for w in seen)
+    result = calibrate(det, folder, shots=2, false_alarm_rate=0.1, labelled_dir=labelled)
+    assert result.record["normal_images"]["skipped"] == 1 and any("corrupt.jpg" in w for w in result.warnings)
     lab = result.record["labelled"]
     assert lab["good"] == 3 and lab["defect"] == 3 and lab["defect_kinds"] == ["stain"]
     assert 0.0 <= lab["image_auroc"] <= 1.0 and 0.0 < lab["f1_max"] <= 1.0

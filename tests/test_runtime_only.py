@@ -76,7 +76,7 @@ def test_torch_is_never_imported_by_the_edge_side(bundle):
 
     code = ("import sys, numpy as np\n"
             "from winclip.runtime import Detector\n"
-            "import winclip.calibration.line_setup, winclip.calibration.guard, winclip.runtime.inspect_cli\n"
+            "import winclip.calibration.profiles.setup, winclip.calibration.engines.guard, winclip.runtime.line.cli\n"
             f"d = Detector.from_bundle({str(bundle)!r}, provider='cpu', object=None if False else "
             f"sorted(__import__('json').load(open({str(bundle / 'manifest.json')!r}))['text']['objects'])[0])\n"
             "d(np.zeros((32, 32, 3), np.uint8))\n"
@@ -97,10 +97,10 @@ def test_help_works_where_onnxruntime_is_missing():
              "        if name.split('.')[0] == 'onnxruntime':\n"
              "            raise ImportError('no onnxruntime')\n"
              "sys.meta_path.insert(0, NoOrt())\n")
-    for module in ("winclip.runtime.inspect_cli", "winclip.calibration.calibrate_cli", "winclip.calibration.quantize_cli"):
+    for module in ("winclip.runtime.line.cli", "winclip.calibration.profiles.cli", "winclip.calibration.engines.cli"):
         proc = subprocess.run([sys.executable, "-c", block + f"import runpy; runpy.run_module({module!r}, "
                                "run_name='__main__')", "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), (module, proc.stderr)
-    proc = subprocess.run([sys.executable, "-c", block + "import runpy; runpy.run_module('winclip.runtime.inspect_cli', "
+    proc = subprocess.run([sys.executable, "-c", block + "import runpy; runpy.run_module('winclip.runtime.line.cli', "
                            "run_name='__main__')", "b", "--source", ".", "--out", "/tmp/x"], capture_output=True, text=True)
     assert proc.returncode == 1 and "onnxruntime is not installed: pip install 'winclip-edge[cpu]'" in proc.stderr

@@ -1,0 +1,107 @@
+"""`winclip-quantize`: add an int8 (CPU) or fp16 (CUDA) engine to a bundle, guarded on real frames."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from winclip.calibration.engines import BUILDERS
+from winclip.calibration.engines.guard import GuardLimits
+from winclip.calibration.engines.int8 import QUANT_FORMATS, QUANT_METHODS, Int8Settings
+from winclip.runtime.command import one_line_errors, setup_logging
+
+log = logging.getLogger("winclip.quantize")  # not __name__: run as a script, that is "__main__"
+DEFAULT = Int8Settings()
+LIMITS = GuardLimits()
+
+
+def _blocks(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        blocks = tuple(int(b) for b in value.split(",") if b.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected block numbers like 1,12, got {value!r}") from None
+    if any(b < 1 for b in blocks):
+        raise click.BadParameter("block numbers start at 1")
+    return blocks
+
+
+def guard_table(report: dict) -> str:
+    """The guard's numbers as a small markdown table."""
+    rows = ["| mode | map Pearson median | map Pearson min | score Spearman | max score diff | max map diff |",
+            "|---|---|---|---|---|---|"]
+    for mode, n in report["modes"].items():
+        rows.append(f"| {mode} | {n['map_pearson_median']:.4f} | {n['map_pearson_min']:.4f} | "
+                    f"{n['score_spearman']:.4f} | {n['score_max_abs_diff']:.2e} | {n['map_max_abs_diff']:.2e} |")
+    cos = ", ".join(f"{k} {v:.4f}" for k, v in report["embedding_cosine_min"].items())
+    return "\n".join(rows) + f"\nembedding cosine (min): {cos}"
+
+
+def probability(ctx, param, value):
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter("must be in [0, 1]")
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(tuple(BUILDERS)), required=True,
+              help="int8: for the CPU provider; fp16: for CUDA.")
+@click.option("--images", "--calibration", "images", type=click.Path(path_type=Path), required=True,
+              help="Folder of the line's real frames: held-out frames for the accuracy guard, and "
+                   "calibration frames for static int8.")
+@click.option("--method", type=click.Choice(QUANT_METHODS), default=DEFAULT.method,
+              help="int8: dynamic (activation ranges per frame) or static (from calibration frames).")
+@click.option("--per-channel/--per-tensor", default=DEFAULT.per_channel, help="int8 weight scales.")
+@click.option("--reduce-range/--full-range", default=DEFAULT.reduce_range,
+              help="7-bit int8 weights: CPUs without VNNI (AVX2 only) saturate on full-range weights.")
+@click.option("--format", "quant_format", type=click.Choice(QUANT_FORMATS), default=DEFAULT.quant_format,
+              help="Static int8 graph format.")
+@click.option("--quantize-attention", is_flag=True, help="Also quantise attention's activation x activation products.")
+@click.option("--fp32-blocks", default="", callback=_blocks, help="Transformer blocks (1-based) to keep in fp32, e.g. 1,12.")
+@click.option("--calibration-frames", type=click.IntRange(min=1), default=DEFAULT.calibration_frames,
+              help="Static int8: frames the activation ranges come from.")
+@click.option("--holdout", type=click.IntRange(min=2), default=6, help="Frames held out for the accuracy guard.")
+@click.option("--seed", type=int, default=0, help="Seed of the split into held-out and calibration frames.")
+@click.option("--object", "object_name", default=None, help="Object whose text prototypes the guard scores with. [default: the first]")
+@click.option("--min-map-pearson-median", type=float, default=LIMITS.map_pearson_median, callback=probability,
+              help="Guard: median per-frame map correlation with fp32.")
+@click.option("--min-map-pearson", type=float, default=LIMITS.map_pearson_min, callback=probability,
+              help="Guard: lowest per-frame map correlation with fp32.")
+@click.option("--min-score-spearman", type=float, default=LIMITS.score_spearman, callback=probability,
+              help="Guard: rank correlation of image scores with fp32.")
+@click.option("--accept-degraded", is_flag=True,
+              help="Add the engine even if it fails the guard (recorded in the manifest, warned about at every load).")
+@click.option("--force", is_flag=True, help="Replace an engine of the same precision.")
+def main(bundle, precision, images, method, per_channel, reduce_range, quant_format, quantize_attention, fp32_blocks,
+         calibration_frames, holdout, seed, object_name, min_map_pearson_median, min_map_pearson,
+         min_score_spearman, accept_degraded, force):
+    """Add an int8 or fp16 engine to BUNDLE, made from its fp32 engine without torch.
+
+    Before the engine is added it runs beside fp32 on frames of --images that it
+    was not calibrated on, zero-shot and few-shot, and must keep the anomaly
+    maps and image scores (see the --min-* limits). The bundle is changed
+    atomically, or not at all.
+    """
+    from winclip.calibration.engines.build import add_engine
+
+    setup_logging()
+    settings = (Int8Settings(method=method, per_channel=per_channel, reduce_range=reduce_range,
+                             quant_format=quant_format, quantize_attention=quantize_attention, fp32_blocks=fp32_blocks,
+                             calibration_frames=calibration_frames) if precision == "int8" else None)
+    limits = GuardLimits(min_map_pearson_median, min_map_pearson, min_score_spearman)
+    with one_line_errors():
+        engine = add_engine(bundle, precision, images, object_name=object_name, settings=settings, holdout=holdout,
+                            seed=seed, limits=limits, accept_degraded=accept_degraded, force=force)
+    click.echo(guard_table(engine.guard), err=True)
+    if engine.accepted_degraded:
+        log.warning("the %s engine FAILED its guard and was added because of --accept-degraded: %s",
+                    precision, "; ".join(engine.guard["failures"]))
+    size = (Path(bundle) / engine.file).stat().st_size / 2**20
+    click.echo(f"added {engine.file} ({precision}, {size:.0f} MiB) to {bundle}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""int8 engines for the CPU: ONNX Runtime's own quantization tools on the fp32 graph.
+
+After their pre-processing (shape inference + graph optimisation; without it
+dynamic quantisation leaves weights in fp32): dynamic quantisation (the default:
+fastest here, needs no calibration) or static quantisation fed by the line's own
+frames through `CalibrationDataReader`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from winclip.calibration.engines.errors import QuantizeError
+from winclip.calibration.engines.frames import FrameSets, frame_reader
+
+QUANT_METHODS = ("dynamic", "static")
+QUANT_FORMATS = ("qoperator", "qdq")
+
+
+@dataclass
+class Int8Settings:
+    """How the int8 engine is made: the knobs that trade speed against the guard."""
+
+    method: str = "dynamic"  # dynamic | static
+    per_channel: bool = True
+    quant_format: str = "qoperator"  # static only: qoperator | qdq
+    quantize_attention: bool = False  # also the activation x activation MatMuls of attention
+    fp32_blocks: tuple[int, ...] = ()  # transformer blocks (1-based) left in fp32
+    reduce_range: bool = True  # 7-bit weights: without VNNI, AVX2 u8 x s8 kernels saturate on 8-bit ones
+    calibration_frames: int = 8  # static only
+
+    def check(self, layers: int) -> None:
+        if self.method not in QUANT_METHODS:
+            raise QuantizeError(f"unknown method {self.method!r}; use {' or '.join(QUANT_METHODS)}")
+        if self.quant_format not in QUANT_FORMATS:
+            raise QuantizeError(f"unknown format {self.quant_format!r}; use {' or '.join(QUANT_FORMATS)}")
+        if self.calibration_frames < 1:
+            raise QuantizeError("static quantization needs at least one calibration frame")
+        if any(b > layers for b in self.fp32_blocks):
+            raise QuantizeError(f"--fp32-blocks {list(self.fp32_blocks)}: the model has blocks 1..{layers}")
+
+
+def _block_nodes(model, blocks: tuple[int, ...]) -> list[str]:
+    """Names of the graph nodes of the given 1-based transformer blocks (export names them /explicit.<i>/)."""
+    prefixes = tuple(f"/explicit.{b - 1}/" for b in blocks)
+    return [n.name for n in model.graph.node if n.name.startswith(prefixes)]
+
+
+def make_int8(fp32_path: Path, out_path: Path, settings: Int8Settings, reader=None) -> None:
+    """Write the int8 graph of the fp32 graph at fp32_path."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out_path.with_name("prepared.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prepared))
+    except Exception:  # symbolic shape inference fails on graphs with computed reshapes (older exports)
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    exclude = _block_nodes(onnx.load(str(prepared), load_external_data=False), settings.fp32_blocks)
+    extra = {"MatMulConstBOnly": not settings.quantize_attention}
+    if settings.method == "dynamic":
+        quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=settings.per_channel,
+                         reduce_range=settings.reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
+                         nodes_to_exclude=exclude, extra_options=extra)
+    else:
+        quantize_static(str(prepared), str(out_path), reader,
+                        quant_format=QuantFormat.QDQ if settings.quant_format == "qdq" else QuantFormat.QOperator,
+                        op_types_to_quantize=["MatMul", "Gemm"], per_channel=settings.per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                        reduce_range=settings.reduce_range, extra_options=extra)
+    prepared.unlink(missing_ok=True)
+
+
+class Int8Builder:
+    """The table row for int8: made for, and guarded on, the CPU provider."""
+
+    precision = "int8"
+    guard_device = "cpu"
+    settings_type = Int8Settings
+
+    def calibration_frames(self, settings: Int8Settings) -> int:
+        return settings.calibration_frames if settings.method == "static" else 0
+
+    def describe(self, settings: Int8Settings) -> str:
+        return f"{settings.method}, per-{'channel' if settings.per_channel else 'tensor'}"
+
+    def make(self, fp32: Path, out: Path, settings: Int8Settings, frames: FrameSets, input_name: str) -> None:
+        reader = frame_reader(frames.calibration, input_name) if settings.method == "static" else None
+        make_int8(fp32, out, settings, reader)
+
+    def record(self, settings: Int8Settings) -> dict:
+        return asdict(settings)
+
+
+BUILDER = Int8Builder()

@@ -1,0 +1,235 @@
+"""`winclip-eval`: the paper's six metrics on MVTec-AD, VisA or a line's own labelled parts."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from winclip.calibration.evaluation.layouts import LAYOUTS
+from winclip.runtime.defaults import PRECISIONS, PROVIDERS
+from winclip.runtime.errors import first_line
+
+EVALUATE = "run"
+OUTPUT_MARKER = "results.json"  # what makes a folder one of ours, for --force
+SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+class EvalGroup(click.Group):
+    """`winclip-eval BUNDLE ...` is `winclip-eval run BUNDLE ...`; `prepare` and `synthesize` make data sets."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [EVALUATE, *args]
+        return super().parse_args(ctx, args)
+
+
+def _shots(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        shots = tuple(sorted({int(s) for s in value.split(",") if s.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"expected shot counts like 0,1,2,4, got {value!r}") from None
+    if not shots or shots[0] < 0:
+        raise click.BadParameter("shot counts are whole numbers >= 0 (0 = zero-shot)")
+    return shots
+
+
+def _pixel_size(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x")) if "x" in value.lower() else (int(value),) * 2
+    except ValueError:
+        raise click.BadParameter(f"expected S or HxW in pixels, got {value!r}") from None
+    if not (8 <= h <= 4096 and 8 <= w <= 4096):
+        raise click.BadParameter("each side must be 8..4096 pixels")
+    return h, w
+
+
+def _objects(ctx, param, values) -> dict[str, str]:
+    out = {}
+    for value in values:
+        category, sep, name = value.partition("=")
+        if not sep or not category.strip() or not name.strip():
+            raise click.BadParameter(f"expected CATEGORY=OBJECT NAME, got {value!r}")
+        out[category.strip()] = name.strip()
+    return out
+
+
+@click.group(cls=EvalGroup, context_settings=SETTINGS)
+def main():
+    """Measure an engine bundle on labelled images: image AUROC, AUPR, F1-max and pixel AUROC, PRO, F1-max.
+
+    winclip-eval BUNDLE --dataset DIR [options] evaluates (short for `winclip-eval run`);
+    `winclip-eval prepare` and `winclip-eval synthesize` lay out evaluation sets from the
+    real images that ship in the elpv-dataset and conformal-clip-data packages.
+    """
+
+
+@main.command(EVALUATE, context_settings=SETTINGS)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Path(path_type=Path), required=True,
+              help="Data set root: MVTec-AD, VisA (split_csv/1cls.csv) or the folder layout.")
+@click.option("--layout", type=click.Choice(("auto", *LAYOUTS)), default="auto",
+              help="Data set layout; auto detects it when only one fits.")
+@click.option("--categories", multiple=True,
+              help="Categories to evaluate, comma separated or repeated. [default: all]")
+@click.option("--object", "objects", multiple=True, callback=_objects, metavar="CATEGORY=NAME",
+              help="Object name for a category's text prompts. [default: the category name, '_' as space]")
+@click.option("--shots", default="0,1,2,4", callback=_shots,
+              help="Shot counts, comma separated: 0 = zero-shot WinCLIP, K > 0 = WinCLIP+ with K normal references.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3,
+              help="Reference draws per K > 0 (results give mean and std over them).")
+@click.option("--seed", type=int, default=0, help="Seed of the first reference draw; draw i uses SEED + i.")
+@click.option("--profile", type=click.Path(path_type=Path), default=None,
+              help="Evaluate a line profile (winclip-calibrate): its memory, and what its thresholds do here.")
+@click.option("--pixel-size", callback=_pixel_size, default=None, metavar="S|HxW",
+              help="Resolution of the pixel metrics. [default: the engine's input size]")
+@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
+              help="Engine to evaluate (auto: as winclip-inspect chooses).")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, help="Images per session call.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for results.md/.csv/.json and report.html. [default: the table on stdout only]")
+@click.option("--save-scores", is_flag=True,
+              help="Also write OUT/scores/: every image score (CSV) and pixel map (.npy, float16) and the masks used.")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder of winclip-eval.")
+@click.pass_context
+def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, profile, pixel_size, precision,
+        provider, threads, batch_size, out, save_scores, force):
+    """Evaluate BUNDLE on a labelled data set: per category, each shot count, and the mean.
+
+    Prints a markdown table; with --out also writes CSV, JSON and an HTML report
+    (curves and heat-map overlays), all at once when the run completes.
+    """
+    from winclip.runtime.command import require_onnxruntime, setup_logging
+
+    require_onnxruntime()
+    setup_logging()
+    from tqdm import tqdm
+
+    from winclip.calibration.evaluation.evaluate import EvalOptions, evaluate, planned_images, select_categories
+    from winclip.calibration.evaluation.layouts import detect_layout
+    from winclip.calibration.evaluation.report import csv_text, html_report, json_text, markdown
+    from winclip.runtime.atomic import staged_folder
+    from winclip.runtime.errors import WinclipError
+
+    if save_scores and out is None:
+        raise click.ClickException("--save-scores needs --out")
+    explicit = [p for p in ("shots", "seeds", "seed")
+                if ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT]
+    if profile is not None and explicit:
+        raise click.ClickException(f"--profile evaluates the profile's own memory; drop --{explicit[0]}")
+    if out is not None:
+        _require_matplotlib()
+    names = [n.strip() for value in categories for n in value.split(",") if n.strip()]
+    options = EvalOptions(shots=shots, seeds=seeds, seed=seed, pixel_size=pixel_size, objects=objects,
+                          provider=provider, precision=precision, threads=threads, profile=profile,
+                          batch_size=batch_size)
+    try:
+        layout = detect_layout(dataset) if layout == "auto" else layout
+        selected = select_categories(dataset, layout, names, max(shots))
+        with tqdm(total=planned_images(selected, options), unit="img", desc="evaluating", file=sys.stderr,
+                  disable=None) as bar:
+            if out is None:
+                with tempfile.TemporaryDirectory(prefix="winclip-eval-") as work:
+                    result = evaluate(bundle, dataset, layout, selected, options, Path(work), progress=bar.update)
+                table = markdown(result)
+            else:
+                with staged_folder(out, force, lambda p: (p / OUTPUT_MARKER).is_file()) as tmp:
+                    result = evaluate(bundle, dataset, layout, selected, options, tmp / ".work",
+                                      tmp / "scores" if save_scores else None, progress=bar.update)
+                    shutil.rmtree(tmp / ".work", ignore_errors=True)
+                    table = markdown(result)
+                    bar.set_description("writing the report")
+                    (tmp / "results.md").write_text(table, encoding="utf-8")
+                    (tmp / "results.csv").write_text(csv_text(result), encoding="utf-8")
+                    (tmp / "report.html").write_text(html_report(result), encoding="utf-8")
+                    if save_scores:
+                        (tmp / "scores" / "README.txt").write_text(SCORES_README, encoding="utf-8")
+                    (tmp / OUTPUT_MARKER).write_text(json_text(result), encoding="utf-8")
+    except (WinclipError, ValueError, ImportError, FileExistsError) as exc:
+        raise click.ClickException(first_line(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {first_line(exc)}" if out else first_line(exc)) from None
+    click.echo(table)
+    if result.incomplete:
+        click.echo(f"note: not the whole data set ({len(result.incomplete)} reasons above)", err=True)
+    if out is not None:
+        click.echo(f"results written to {out} (report: {out / 'report.html'})", err=True)
+
+
+SCORES_README = """Every number of results.csv can be recomputed from these files.
+<category>/images.csv     index, file (relative to the data set), label (1 = defective), defect kind
+<category>/masks.npy      uint8 (N, H, W) ground truth at the pixel size (1 = defect), nearest-neighbour resized
+<category>/<run>.csv      index, image score
+<category>/<run>.npy      float16 (N, H, W) pixel maps the pixel metrics were computed on
+Runs are 0-shot, <K>-shot-seed<S> (references listed in results.json) and profile.
+"""
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.ClickException("the HTML report needs matplotlib: pip install 'winclip-edge[eval]'") from None
+
+
+@main.command(context_settings=SETTINGS)
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--source", "sources", multiple=True, type=click.Choice(("elpv", "textile")),
+              default=("elpv", "textile"), help="Which packaged images to lay out; repeat for both.")
+@click.option("--per-class", type=click.IntRange(min=1), default=None,
+              help="At most this many images per class (good and each defect kind). [default: all]")
+@click.option("--references", type=click.IntRange(min=0), default=16,
+              help="Good images set aside in reference/ for the few-shot memory.")
+@click.option("--seed", type=int, default=0, help="Seed of the choice of images.")
+@click.option("--force", is_flag=True, help="Replace an existing folder written by this command.")
+def prepare(out, sources, per_class, references, seed, force):
+    """Lay out the ELPV solar cells and the textiles in the folder layout (image labels only, no masks).
+
+    OUT/solar_cell: good = defect probability 0, defect = probability 1 (1/3 and
+    2/3 left out). OUT/textile: good = nominal, local and global defect kinds.
+    """
+    from winclip.calibration.evaluation.data import prepare as lay_out
+
+    _write_set(out, lambda: lay_out(out, sources, per_class, references, seed, force))
+
+
+@main.command(context_settings=SETTINGS)
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--category", "categories", multiple=True, type=click.Choice(("textile", "solar_cell")),
+              default=("textile", "solar_cell"), help="Real images to paint on; repeat for both.")
+@click.option("--train", type=click.IntRange(min=1), default=4, help="Normal images in <category>/train/good.")
+@click.option("--test-good", type=click.IntRange(min=1), default=4, help="Normal images in <category>/test/good.")
+@click.option("--per-defect", type=click.IntRange(min=1), default=2,
+              help="Images per defect kind (scratch, blob, spot), each with its mask.")
+@click.option("--seed", type=int, default=0, help="Seed of the images chosen and the defects painted.")
+@click.option("--force", is_flag=True, help="Replace an existing folder written by this command.")
+def synthesize(out, categories, train, test_good, per_defect, seed, force):
+    """Write a small MVTec-AD-layout set with pixel masks: synthetic defects painted on real images."""
+    from winclip.calibration.evaluation.data import synthesize as paint
+
+    _write_set(out, lambda: paint(out, categories, train, test_good, per_defect, seed, force))
+
+
+def _write_set(out: Path, write) -> None:
+    """Run a data-set writer; one-line errors, then what each category got."""
+    from winclip.calibration.evaluation.datasets import DatasetMissing
+
+    try:
+        summary = write()
+    except (DatasetMissing, FileExistsError, ValueError) as exc:
+        raise click.ClickException(first_line(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {first_line(exc)}") from None
+    for category, counts in summary.items():
+        click.echo(f"{out / category}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""`winclip-calibrate`: a line profile (WinCLIP+ memory + thresholds) from normal parts, without re-export."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from winclip.runtime.defaults import PRECISIONS, PROVIDERS
+from winclip.runtime.errors import first_line
+
+
+def _rate(ctx, param, value):
+    if not 0.0 < value < 1.0:
+        raise click.BadParameter(f"must be in (0, 1), got {value}")
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--normal", "normal_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder of normal (good) parts: K become the memory, the rest set the thresholds.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Line profile directory to write.")
+@click.option("--object", "object_name", default=None, help="Object name. [default: the bundle's only object]")
+@click.option("--shots", type=click.IntRange(min=1), default=4, help="Normal images in the WinCLIP+ memory (K).")
+@click.option("--seed", type=int, default=0, help="Seed of the reproducible choice of the K memory images.")
+@click.option("--false-alarm-rate", type=float, default=0.01, callback=_rate,
+              help="Target fraction of good parts flagged (image threshold) or shown with a region (pixel threshold).")
+@click.option("--labelled", "labelled_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with good/ and one folder per defect kind: adds AUROC and the F1-max threshold.")
+@click.option("--threshold-from", type=click.Choice(("false-alarm-rate", "f1-max")), default="false-alarm-rate",
+              help="Which image threshold the profile uses (f1-max needs --labelled).")
+@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
+              help="Engine the profile is made with (and bound to).")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--force", is_flag=True, help="Replace an existing profile at --out.")
+def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, labelled_dir, threshold_from,
+         precision, provider, threads, force):
+    """Make a line profile for BUNDLE from normal parts only (no defects needed), without re-export.
+
+    The profile holds the WinCLIP+ memory of K normal images (chosen reproducibly)
+    and image and pixel thresholds set on the other normal images for the target
+    false-alarm rate; `winclip-inspect BUNDLE --profile OUT` uses it as it is.
+    Also writes OUT/histogram.png: the normal (and defect) scores and thresholds.
+    """
+    from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+
+    require_onnxruntime()
+    setup_logging()
+    from tqdm import tqdm
+
+    from winclip.calibration.profiles.histogram import score_histogram
+    from winclip.calibration.profiles.setup import calibrate
+    from winclip.runtime.atomic import write_atomic
+    from winclip.runtime.detector import Detector
+    from winclip.runtime.images import png_bytes
+
+    if out.exists() and not force:
+        raise click.ClickException(f"{out} exists; pass --force to replace it")
+    with one_line_errors():
+        try:
+            detector = Detector.from_bundle(bundle, object=object_name, provider=provider, precision=precision,
+                                            threads=threads)
+            click.echo(f"{bundle}: {detector.describe()}", err=True)
+            with tqdm(unit="img", desc="scoring", file=sys.stderr, disable=None) as bar:
+                result = calibrate(detector, normal_dir, shots, false_alarm_rate, seed, labelled_dir, threshold_from,
+                                   progress=bar.update)
+            profile = detector.to_profile(result.record)
+            root = profile.save(out, force=force)
+            thresholds = {"image": detector.threshold, "pixel": detector.pixel_threshold}
+            picture = score_histogram(result.normal_scores, result.defect_scores, {"image": detector.threshold},
+                                      f"{detector.object_name}: image scores of held-out normals"
+                                      + (" and labelled defects" if result.defect_scores is not None else ""))
+            write_atomic(root / "histogram.png", png_bytes(picture))
+        except (ValueError, ImportError) as exc:
+            raise click.ClickException(first_line(exc)) from None
+        except (OSError, FileExistsError) as exc:
+            raise click.ClickException(f"cannot write the profile {out}: {first_line(exc)}") from None
+    rec = result.record
+    stats = rec["normal_scores"]["image"]
+    click.echo(f"memory: {len(rec['normal_images']['memory'])} normal images (seed {seed}); "
+               f"{stats['count']} held-out normals scored")
+    click.echo(f"normal image scores: min {stats['min']:.4f}  median {stats['p50']:.4f}  p95 {stats['p95']:.4f}  "
+               f"max {stats['max']:.4f}")
+    click.echo(f"image threshold {thresholds['image']:.4f} ({rec['thresholds']['image']['method']}), "
+               f"pixel threshold {thresholds['pixel']:.4f}; expected false alarms: "
+               f"{rec['expected_false_alarms_per_1000']:.1f} per 1,000 good parts")
+    if "labelled" in rec:
+        lab = rec["labelled"]
+        click.echo(f"labelled: {lab['good']} good, {lab['defect']} defect; image AUROC {lab['image_auroc']:.4f}, "
+                   f"F1-max {lab['f1_max']:.4f} at threshold {lab['f1_max_threshold']:.4f}")
+    click.echo(f"profile written to {root} (histogram: {root / 'histogram.png'})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

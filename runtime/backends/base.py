@@ -1,0 +1,83 @@
+"""The backend seam: one checked engine of a bundle in, `run(batch) -> outputs by name` out.
+
+Every inference library the runtime can drive (ONNX Runtime today) is one
+subclass of `Backend` in a module of its own, listed in the table of
+`winclip.runtime.backends`. What a backend must do is small: build itself from
+the bytes of one engine whose sha256 was checked (never from a path that could
+change under it), run a preprocessed batch, and say what it runs on. Choosing
+the engine (`policy.py`), preprocessing and scoring stay outside, shared by all.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from winclip.runtime.contract import Engine, Manifest
+from winclip.runtime.errors import BundleError
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to open a backend: the user's choices, passed through unchanged."""
+
+    device: str = "auto"  # what to run on, in the backend's words ("auto", "cpu", "cuda", ...)
+    precision: str = "auto"  # auto | fp32 | fp16 | int8 (see policy.choose_engine)
+    threads: int | None = None  # intra-op threads; None: all cores
+    cache: bool = True  # keep optimised graphs / compiled blobs in the user's cache
+    cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/winclip-edge
+
+
+class Backend(ABC):
+    """One engine of a bundle, ready to run batches.
+
+    Subclasses set `name` (the table's key) and implement `open`, `device` and
+    `run`. `engine` is the manifest entry that runs and `reason` why it was chosen.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, engine: Engine, reason: str):
+        self.engine = engine
+        self.reason = reason
+
+    @classmethod
+    @abstractmethod
+    def open(cls, bundle, options: BackendOptions) -> "Backend":
+        """Choose the engine for `options`, read its checked bytes from `bundle`, and get ready to run it."""
+
+    @property
+    @abstractmethod
+    def device(self) -> str:
+        """What the engine runs on, for people: "CPU", "CUDA", ..."""
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs by name for a (B, 3, H, W) float32 batch: one call into the library."""
+
+    def version(self) -> str:
+        """The library's version (part of what a passed self-check vouches for)."""
+        return ""
+
+    def describe(self) -> str:
+        """One line for people: which engine, why, on what."""
+        return f"{self.engine.precision} engine ({self.reason}) on {self.device}"
+
+    def close(self) -> None:
+        """Free what the library holds (a no-op where the garbage collector does it)."""
+
+    def check_outputs(self, outputs: dict[str, np.ndarray], manifest: Manifest, batch: int) -> None:
+        """Every output the manifest names, with its shape, finite: else BundleError naming the output."""
+        for name, shape in manifest.output_shapes().items():
+            if name not in outputs:
+                raise BundleError(f"the bundle's self-check failed: the engine gave no {name}")
+            want = (batch, *shape[1:])
+            if outputs[name].shape != want:
+                raise BundleError(f"the bundle's self-check failed: {name} has shape {outputs[name].shape}, "
+                                  f"the manifest says {list(want)}")
+            if not np.isfinite(outputs[name]).all():
+                raise BundleError(f"the bundle's self-check failed: {name} is not finite on a blank frame")

@@ -1,0 +1,393 @@
+"""`winclip-inspect`: score frames from a source with an engine bundle.
+
+One --source that is a folder or glob of images: batch mode, every image once.
+Anything else (camera indexes, video files, stream URLs, GStreamer pipelines,
+one --source each): the live loop (loop.py) until stopped. Where live events go
+is the sink table's business (sinks/): each sink brings its own options.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from winclip.runtime.backends import BACKENDS, DEFAULT_BACKEND
+from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+from winclip.runtime.defaults import PRECISIONS, PROVIDERS, check_threshold
+from winclip.runtime.errors import first_line
+from winclip.runtime.line import defaults
+from winclip.runtime.line.sinks import SINKS
+
+log = logging.getLogger("winclip.inspect")  # not __name__: run as a script, that is "__main__"
+
+SINK_OPTIONS = tuple(option for kind in SINKS.values() for option in kind.options)
+LIVE_BASE = ("roi", "every", "max_frames", "duration", "wait_for_source", "stall_timeout", "overlays", "serve", "host")
+FOLDER_ONLY = ("save_maps", "save_overlays", "batch_size", "force")
+
+
+def _threshold(ctx, param, value):
+    try:
+        return check_threshold(value, param.opts[0])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _sink_options(command):
+    """Add every sink kind's options (in table order) to the command."""
+    for option in reversed(SINK_OPTIONS):
+        command = option(command)
+    return command
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--source", "sources", required=True, multiple=True, metavar="SOURCE",
+              help="What to score. A folder or glob of images ('parts/*.png'): batch mode, each image once. "
+                   "Live: a camera index (0) or device (/dev/video0), a video file (read to its end), an "
+                   "rtsp:// or http(s):// stream URL, or a GStreamer pipeline (where OpenCV has GStreamer). "
+                   "Repeat for several live sources: their newest frames are scored together, one batch.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder: events.jsonl, and maps/overlays. Required for a folder; live: the default "
+                   "home of events.jsonl and overlays/.")
+@click.option("--object", "object_name", default=None,
+              help="Object whose text embeddings to use. [default: the bundle's only object]")
+@click.option("--profile", type=click.Path(path_type=Path), default=None,
+              help="Line profile from winclip-calibrate: its few-shot memory and thresholds (--threshold overrides).")
+@click.option("--normal", "--reference", "normal_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of normal images: builds the WinCLIP+ few-shot memory.")
+@click.option("--shots", type=click.IntRange(min=1), default=None,
+              help="Normal images to use (the first K, sorted). [default: all]")
+@click.option("--save-maps", is_flag=True,
+              help="Folder mode: write OUT/maps/<name>.npy, float32 at the image's resolution.")
+@click.option("--save-overlays", is_flag=True,
+              help="Folder mode: write OUT/overlays/<name>.png heat maps over the image.")
+@click.option("--threshold", type=float, default=None, callback=_threshold,
+              help="Image score in [0, 1] at or above which a part is anomalous.")
+@click.option("--pixel-threshold", type=float, default=None, callback=_threshold,
+              help="Map value in [0, 1] at or above which pixels form defect regions (listed for anomalous frames).")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, help="Inference backend.")
+@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
+              help="Engine to run: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime intra-op threads. [default: all cores]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1,
+              help="Folder mode: frames per session call (live runs batch one frame per source).")
+@click.option("--temperature", type=float, default=None, help="Override the manifest's softmax temperature.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images with more decoded pixels than this. [default: WINCLIP_MAX_PIXELS or 50000000]")
+@click.option("--force", is_flag=True, help="Folder mode: replace an existing OUT/events.jsonl.")
+@click.option("--no-cache", is_flag=True,
+              help="Neither use nor write the optimised-graph cache (in $XDG_CACHE_HOME/winclip-edge).")
+@click.option("--roi", "rois", multiple=True, metavar="X,Y,W,H",
+              help="Live: crop before scoring, in the source's pixels. The Nth --roi crops the Nth --source; "
+                   "'full' leaves a source uncropped; sources past the last --roi are not cropped.")
+@click.option("--every", type=click.IntRange(min=1), default=1,
+              help="Live: score every Nth frame of each source (the others are never decoded).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="Live: stop after this many frames, all sources together. [default: no limit]")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Live: stop after this many seconds of scoring. [default: no limit]")
+@click.option("--wait-for-source", is_flag=True,
+              help="Live: keep trying a source that cannot be opened at start (default: a few tries, then exit).")
+@click.option("--stall-timeout", type=click.FloatRange(min=0.1), default=defaults.STALL_TIMEOUT_S,
+              help="Live: seconds without a frame after which a source counts as lost and is reopened "
+                   "(raise it for cameras slower than one frame in that time).")
+@click.option("--overlays", type=click.Choice(defaults.OVERLAY_CHOICES), default=None,
+              help="Live: save OUT/overlays/<source>/<day>/<time>-<frame>.jpg for anomalous frames, all, or none. "
+                   "[default: anomalous with --out, else none]")
+@_sink_options
+@click.option("--serve", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Live: serve a live page, /status.json and /metrics on this port (0: any free port).")
+@click.option("--host", default=defaults.SERVE_HOST,
+              help="Live: the address --serve binds to (0.0.0.0: every interface).")
+@click.pass_context
+def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
+         pixel_threshold, provider, backend, precision, threads, batch_size, temperature, max_pixels, force, no_cache,
+         rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, serve, host, **sink_values):
+    """Score frames from --source with the WinCLIP bundle BUNDLE.
+
+    \b
+    Folder mode (one --source, a folder or glob of images): one JSON line per
+    image in OUT/events.jsonl (source, image_score, anomalous, per-stage
+    latency in ms, or an error for an unusable image), written as
+    OUT/events.jsonl.partial and renamed when the run completes. Exits
+    non-zero when no image could be scored.
+
+    \b
+    Live mode (cameras, video files, streams, pipelines): one JSON line per
+    scored frame (source, frame, capture time, age, score, verdict,
+    threshold, regions, latency per stage) and one per source event (lost,
+    recovered, ended), to OUT/events.jsonl and/or stdout, MQTT, a webhook;
+    overlays of anomalous frames; a live page with --serve. Runs until
+    SIGINT/SIGTERM, --max-frames, --duration or the end of every video,
+    then prints a summary and exits 0.
+
+    With --normal (or a --profile) it runs WinCLIP+ (few-shot), else
+    zero-shot WinCLIP.
+    """
+    from winclip.runtime.line.sources import SourceError, parse_sources
+
+    try:
+        specs = parse_sources(list(sources), list(rois))
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    images = [s for s in specs if s.kind == "images"]
+    live = not (len(specs) == 1 and images)
+    if live and images:
+        raise click.UsageError(f"--source {images[0].text}: a folder or glob of images is scored on its own "
+                               "(batch mode); it cannot be mixed with other sources")
+    live_only = (*LIVE_BASE, *sink_values)
+    misplaced = [n for n in (FOLDER_ONLY if live else live_only) if _given(ctx, n)]
+    if misplaced:
+        what = ("a folder of images (live runs write overlays with --overlays and batch one frame per source)"
+                if live else "live sources (cameras, videos, streams); a folder is scored once, in full")
+        raise click.UsageError(f"{_flag(misplaced[0])} applies to {what}")
+    if profile is not None and normal_dir is not None:
+        raise click.UsageError("--profile brings its own few-shot memory; leave out --normal")
+    if live:
+        plan = _plan_live(ctx, out, overlays, serve, sink_values)
+    elif out is None:
+        raise click.UsageError("--out is required for a folder of images")
+
+    require_onnxruntime()
+    import os
+
+    if max_pixels is not None:
+        os.environ["WINCLIP_MAX_PIXELS"] = str(max_pixels)
+    setup_logging()
+    frames = None if live else _image_files(specs[0])
+    detector = _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature,
+                              threshold, pixel_threshold, no_cache, normal_dir, shots)
+    if live:
+        _run_live(detector, specs, out, plan, every=every, max_frames=max_frames, duration=duration,
+                  wait_for_source=wait_for_source, stall_timeout=stall_timeout, host=host)
+    else:
+        _run_folder(detector, frames, out, save_maps, save_overlays, batch_size, force)
+
+
+def _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature, threshold,
+                   pixel_threshold, no_cache, normal_dir, shots):
+    from winclip.runtime.detector import Detector
+    from winclip.runtime.images import read_image_folder
+
+    with one_line_errors():
+        try:
+            detector = Detector.from_bundle(bundle, object=object_name, backend=backend, provider=provider,
+                                            precision=precision, profile=profile, threads=threads,
+                                            temperature=temperature, threshold=threshold,
+                                            pixel_threshold=pixel_threshold, cache=not no_cache)
+            if normal_dir is not None:
+                normals = read_image_folder(normal_dir, shots)
+                detector.build_memory(normals)
+                log.info("WinCLIP+ memory from %d normal images", len(normals))
+        except ValueError as exc:
+            raise click.ClickException(first_line(exc)) from None
+    log.info("%s: %s", bundle, detector.describe())
+    return detector
+
+
+# --- folder mode
+def _image_files(spec):
+    import glob
+
+    from winclip.runtime.images import ImageReadError
+    from winclip.runtime.line.frames import FolderSource, GlobSource
+
+    try:
+        if Path(spec.text).is_dir():
+            frames = FolderSource(Path(spec.text))
+        else:
+            frames = GlobSource(glob.escape(spec.text) if Path(spec.text).is_file() else spec.text)
+    except ImageReadError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not frames.paths and not frames.problems:
+        raise click.ClickException(f"no images found in {spec.text}")
+    return frames
+
+
+def _run_folder(detector, frames, out, save_maps, save_overlays, batch_size, force):
+    from winclip.runtime.line.events import ArtifactWriter, EventLog
+    from winclip.runtime.line.frames import batched
+    from winclip.runtime.line.inspection import Inspection
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        events = EventLog(out / "events.jsonl", force=force)
+        artifacts = ArtifactWriter(out, save_maps, save_overlays) if (save_maps or save_overlays) else None
+    except (OSError, FileExistsError) as exc:
+        raise click.ClickException(f"cannot write to {out}: {first_line(exc)}") from None
+    if events.kept_aside is not None:
+        log.warning("an interrupted run's events were kept as %s", events.kept_aside)
+
+    warned = []
+
+    def artifact_failed(exc: OSError) -> None:  # a full disk: warn once, keep scoring
+        if not warned:
+            log.warning("saving maps/overlays failed (%s); scoring goes on", first_line(exc))
+        warned.append(exc)
+
+    inspection = Inspection(detector, [events], artifacts, on_artifact_error=artifact_failed)
+    from tqdm import tqdm
+
+    try:
+        with tqdm(total=len(frames), unit="img", file=sys.stderr, disable=None) as bar:
+            for batch in batched(frames, batch_size):
+                inspection.run_batch(batch)
+                bar.update(len(batch))
+    except OSError as exc:  # the event log itself failed: stop, keep what was written
+        events.close(complete=False)
+        raise click.ClickException(f"{first_line(exc)}; events so far are in {events.partial}") from None
+    events.close(complete=True)
+    counts = inspection.counts
+    click.echo(f"{counts.summary()}; events: {events.path}", err=True)
+    if counts.scored == 0:
+        raise click.ClickException(f"no image could be scored ({counts.errors} errors); see {events.path}")
+
+
+# --- live mode
+def _plan_live(ctx, out, overlays, serve, sink_values: dict) -> dict:
+    """Check the live options against each other before anything slow starts; what to open."""
+    if out is None and serve is None and not any(sink_values.get(kind.primary) for kind in SINKS.values()):
+        flags = ", ".join(_flag(kind.primary) for kind in SINKS.values())
+        raise click.UsageError(f"a live run needs somewhere to put its results: --out, {flags} or --serve")
+    if overlays not in (None, "none") and out is None:
+        raise click.UsageError(f"--overlays {overlays} saves into OUT/overlays: give --out")
+    for name, needs in [(n, k.requires[n]) for k in SINKS.values() for n in k.requires]:
+        if _given(ctx, name) and sink_values.get(needs) is None:
+            raise click.UsageError(f"{_flag(name)} needs {_flag(needs)}")
+    if _given(ctx, "host") and serve is None:
+        raise click.UsageError("--host needs --serve PORT")
+    sinks = {name: kind.plan(sink_values, out) for name, kind in SINKS.items()}
+    sinks = {name: plan for name, plan in sinks.items() if plan is not None}
+    return {"sinks": sinks, "overlays": overlays or ("anomalous" if out is not None else "none"), "serve": serve}
+
+
+def _open_sinks(plan, status, host, opened: list):
+    """Every sink the plan names, each guarded; `opened` collects what must be closed, even on failure."""
+    from winclip.runtime.errors import MissingExtra
+    from winclip.runtime.line.sinks import GuardedSink
+
+    sinks = []
+    for name, sink_plan in plan["sinks"].items():
+        try:
+            made = SINKS[name].open(sink_plan, status)
+        except MissingExtra as exc:  # the message names the extra to install
+            raise click.ClickException(first_line(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(first_line(exc)) from None
+        for sink, sink_name in made:
+            opened.append(sink)
+            sinks.append(GuardedSink(sink, sink_name, status))
+    if plan["serve"] is not None:
+        from winclip.runtime.line.server import LiveServer
+
+        try:
+            server = LiveServer(status, host=host, port=plan["serve"])
+            server.start()
+        except MissingExtra as exc:  # prometheus-client missing
+            raise click.ClickException(first_line(exc)) from None
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise click.ClickException(f"--serve: {exc.strerror or first_line(exc)}") from None
+        opened.append(server)
+        log.info("live page: %s", server.url)
+    return sinks
+
+
+def _stop_on_signals(loop):
+    """SIGINT/SIGTERM end the run after the frame in flight; a second one ends the process at once."""
+    import os
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if loop.stop.is_set():
+            sys.stderr.write(f"\n{name} again: exiting now\n")
+            os._exit(128 + signum)
+        loop.stop_reason = name
+        loop.stop.set()
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _close_all(opened: list) -> None:
+    """Close sinks and the server, newest first; a failure to close one is a warning, never a crash."""
+    for thing in reversed(opened):
+        try:
+            thing.close()
+        except Exception as exc:  # closing must reach every sink
+            log.warning("closing %s failed: %s", type(thing).__name__, first_line(exc))
+
+
+def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_for_source, stall_timeout, host):
+    import time
+
+    from winclip.runtime.line.events import LiveOverlayWriter
+    from winclip.runtime.line.inspection import Inspection
+    from winclip.runtime.line.loop import EngineFailed, LiveLoop, LiveOutputs, StatusLine
+    from winclip.runtime.line.sources import SourceError
+    from winclip.runtime.line.status import LiveStatus
+
+    status = LiveStatus([s.name for s in specs])
+    status_line = StatusLine(status)
+    setup_logging(before_emit=status_line.clear)
+    opened: list = []
+    try:
+        sinks = _open_sinks(plan, status, host, opened)
+        overlays = None
+        if plan["overlays"] != "none":
+            try:
+                overlays = LiveOverlayWriter(out / "overlays")
+            except OSError as exc:
+                raise click.ClickException(f"cannot write overlays to {out / 'overlays'}: {first_line(exc)}") from None
+    except BaseException:
+        _close_all(opened)
+        raise
+    outputs = LiveOutputs(status, overlays, plan["overlays"], preview=plan["serve"] is not None)
+    inspection = Inspection(detector, sinks, on_event=outputs)
+    loop = LiveLoop(inspection, specs, status, every=every, max_frames=max_frames, duration_s=duration,
+                    wait_for_source=wait_for_source, reader_options={"stall_s": stall_timeout},
+                    status_line=status_line)
+    started = {"event": "run_started", "time": round(time.time(), 3), "sources": [s.name for s in specs],
+               "engine": detector.describe(), "threshold": detector.threshold,
+               "pixel_threshold": detector.pixel_threshold}
+    for sink in sinks:
+        sink.write(started)
+    previous = _stop_on_signals(loop)
+    failure, reason = None, None
+    try:
+        reason = loop.run()
+    except (SourceError, EngineFailed) as exc:
+        failure = str(exc)
+    finally:
+        loop.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    snap = status.snapshot()
+    stopped = {"event": "run_stopped", "time": round(time.time(), 3), "reason": failure or reason,
+               **{k: snap[k] for k in ("scored", "errors", "anomalous", "dropped")}}
+    for sink in sinks:
+        sink.write(stopped)
+    _close_all(opened)
+    if failure is not None:
+        raise click.ClickException(failure)
+    events = plan["sinks"].get("events")
+    log.info("%s", loop.summary(reason) + (f"; events: {', '.join(events[0])}" if events else ""))
+    if snap["scored"] == 0 and reason == "every source ended":
+        raise click.ClickException(f"no frame could be scored ({snap['errors']} errors)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

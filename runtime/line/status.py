@@ -1,0 +1,149 @@
+"""What a live inspection run knows about itself, shared by the scoring loop, the status line and the live page.
+
+One `LiveStatus` per run. The scoring loop records every event, dropped frame
+and source-health change; the terminal status line, `/status.json`, `/metrics`
+and the live page only read snapshots. Thread-safe: the readers, the loop and
+the HTTP server's threads touch it at once. Memory is bounded for runs of
+weeks: latencies and frame times are kept in fixed-size rolling windows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ROLLING = 256  # scored frames behind p50/p95 latency
+FPS_WINDOW_S = 10.0  # FPS counts the frames scored in the last this-many seconds, so it falls when a source stops
+HEALTH_STATES = ("starting", "ok", "reconnecting", "lost", "ended")
+
+
+@dataclass
+class SourceState:
+    """One source as the page shows it: health, counts, its newest verdict and overlay."""
+
+    health: str = "starting"
+    detail: str = ""
+    since: float = field(default_factory=time.time)  # when health last changed
+    scored: int = 0
+    anomalous: int = 0
+    errors: int = 0
+    dropped: int = 0
+    losses: int = 0  # times it stopped delivering
+    last_score: float | None = None
+    last_anomalous: bool | None = None
+    last_time: float | None = None  # capture time of the newest scored frame
+    overlay_jpeg: bytes | None = None  # newest overlay, for the live page
+
+
+class LiveStatus:
+    """A live run's counts, rolling latency and FPS, and each source's health: written by the loop, the
+    readers and the sinks, read (as snapshots) by the status line, the live page and /metrics."""
+
+    def __init__(self, sources: list[str] | None = None, rolling: int = ROLLING):
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self._started_monotonic = time.monotonic()
+        self.sources: dict[str, SourceState] = {}
+        self._latency_ms: deque[float] = deque(maxlen=rolling)
+        self._scored_at: deque[float] = deque(maxlen=rolling)  # monotonic times, for FPS
+        self.sink_errors: dict[str, int] = {}
+        for name in sources or []:
+            self.sources[name] = SourceState()
+
+    def _source(self, name: str) -> SourceState:
+        state = self.sources.get(name)
+        if state is None:
+            state = self.sources[name] = SourceState()
+        return state
+
+    # --- writers (the scoring loop, the readers, the sinks)
+    def record_event(self, event: dict) -> None:
+        """Count one event as `frame_event` builds it: a decision or an error."""
+        with self._lock:
+            state = self._source(str(event.get("source", "?")))
+            if "error" in event:
+                state.errors += 1
+                return
+            state.scored += 1
+            state.anomalous += bool(event.get("anomalous"))
+            state.last_score = event.get("image_score")
+            state.last_anomalous = event.get("anomalous")
+            state.last_time = event.get("time")
+            total = (event.get("latency_ms") or {}).get("total")
+            if total is not None:
+                self._latency_ms.append(float(total))
+            self._scored_at.append(time.monotonic())
+
+    def record_drop(self, source: str, count: int = 1) -> None:
+        with self._lock:
+            self._source(source).dropped += count
+
+    def set_health(self, source: str, health: str, detail: str = "") -> None:
+        if health not in HEALTH_STATES:
+            raise ValueError(f"health must be one of {HEALTH_STATES}, got {health!r}")
+        with self._lock:
+            state = self._source(source)
+            if state.health != health:
+                if health in ("reconnecting", "lost") and state.health == "ok":
+                    state.losses += 1
+                state.since = time.time()
+            state.health, state.detail = health, detail
+
+    def set_overlay(self, source: str, jpeg: bytes) -> None:
+        with self._lock:
+            self._source(source).overlay_jpeg = jpeg
+
+    def record_sink_error(self, sink: str) -> None:
+        with self._lock:
+            self.sink_errors[sink] = self.sink_errors.get(sink, 0) + 1
+
+    # --- readers (status line, /status.json, /metrics, the live page)
+    def overlay(self, source: str) -> bytes | None:
+        with self._lock:
+            state = self.sources.get(source)
+            return None if state is None else state.overlay_jpeg
+
+    def snapshot(self) -> dict:
+        """A JSON-ready copy: totals, rolling latency and FPS, and each source's state."""
+        with self._lock:
+            latencies = np.array(self._latency_ms, dtype=np.float64)
+            stamps = list(self._scored_at)
+            sources = {
+                name: {k: v for k, v in vars(s).items() if k != "overlay_jpeg"} | {"has_overlay": s.overlay_jpeg is not None}
+                for name, s in self.sources.items()
+            }
+            sink_errors = dict(self.sink_errors)
+        now = time.monotonic()
+        recent = sum(1 for t in stamps if now - t <= FPS_WINDOW_S)
+        span = min(FPS_WINDOW_S, now - self._started_monotonic)
+        fps = recent / span if span > 0 else 0.0
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "scored": sum(s["scored"] for s in sources.values()),
+            "anomalous": sum(s["anomalous"] for s in sources.values()),
+            "errors": sum(s["errors"] for s in sources.values()),
+            "dropped": sum(s["dropped"] for s in sources.values()),
+            "latency_ms": {
+                "p50": round(float(np.percentile(latencies, 50)), 3) if latencies.size else None,
+                "p95": round(float(np.percentile(latencies, 95)), 3) if latencies.size else None,
+                "window": int(latencies.size),
+            },
+            "fps": round(fps, 3),
+            "sink_errors": sink_errors,
+            "sources": sources,
+        }
+
+    def status_line(self) -> str:
+        """One line for a terminal: scored, dropped, anomalous, p50/p95, FPS."""
+        snap = self.snapshot()
+        lat = snap["latency_ms"]
+        p50 = "-" if lat["p50"] is None else f"{lat['p50']:.0f}"
+        p95 = "-" if lat["p95"] is None else f"{lat['p95']:.0f}"
+        down = [n for n, s in snap["sources"].items() if s["health"] in ("reconnecting", "lost")]
+        line = (f"scored {snap['scored']}  dropped {snap['dropped']}  anomalous {snap['anomalous']}  "
+                f"errors {snap['errors']}  p50/p95 {p50}/{p95} ms  {snap['fps']:.2f} fps")
+        return line + (f"  down: {', '.join(down)}" if down else "")
