@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from winclip.runtime.command import CONTEXT, Command, Whole
 from winclip.runtime.defaults import OPSET
 
 
@@ -189,7 +190,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", "precisions", default="fp32", callback=_csv(str, ("fp32", "int8", "fp16")),
               help="Engines to time, comma separated.")
@@ -197,9 +198,9 @@ def markdown(result: dict) -> str:
               help="ONNX Runtime providers, comma separated.")
 @click.option("--batch", "batches", default="1", callback=_csv(int), help="Frames per session call, comma separated.")
 @click.option("--shots", "shots", default="0,4", callback=_csv(int), help="0 = zero-shot; K = WinCLIP+ with K normals.")
-@click.option("--frames", type=click.IntRange(min=1), default=5, help="Timed batches per configuration.")
-@click.option("--warmup", type=click.IntRange(min=0), default=1, help="Untimed batches first.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (ORT and torch). [default: all cores]")
+@click.option("--frames", type=Whole(1, 10_000), default=5, help="Timed batches per configuration.")
+@click.option("--warmup", type=Whole(0, 1000), default=1, help="Untimed batches first.")
+@click.option("--threads", type=Whole(1, 1024), default=None, help="Intra-op threads (ORT and torch). [default: all cores]")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Folder of real frames to time. [default: images from the dev extra's datasets]")
 @click.option("--normal", "normal_dir", type=click.Path(path_type=Path), default=None,

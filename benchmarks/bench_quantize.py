@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from winclip.runtime.command import CONTEXT, Command, Whole
+
 from winclip.calibration.engines.int8 import Int8Settings
 
 VARIANTS = {
@@ -53,10 +55,10 @@ def _objects(bundle: Path) -> list[str]:
     return Bundle.load(bundle).objects
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Real frames for the guard and calibration.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, help="Timed frames per engine.")
+@click.option("--repeats", type=Whole(1, 1000), default=3, help="Timed frames per engine.")
 @click.option("--only", multiple=True, help="Run only the variants whose name contains this; repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the rows as JSON here.")
 def main(bundle, images, repeats, only, out):

@@ -24,6 +24,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from winclip.runtime.command import CONTEXT, Command, Whole
+
 
 def _frames(images: Path | None, count: int = 8) -> list[np.ndarray]:
     from winclip.runtime.images import list_images, read_image
@@ -82,14 +84,14 @@ def agreement(bundle: Path, provider: str, frames: list) -> dict:
             "map_max_abs_diff": float(np.abs(a.grid_map - b.grid_map).max()), "map_pearson_min": float(np.min(r))}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle to check. [default: export a random-weight ViT-B-16+]")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Real frames: for the fp16 engine's guard and the timings. [default: the dev datasets]")
 @click.option("--provider", type=click.Choice(("cuda", "cpu")), default="cuda", help="Where to run.")
 @click.option("--batches", default="1,8,32", help="Batch sizes, comma separated.")
-@click.option("--repeats", type=click.IntRange(min=1), default=5, help="Timed calls per configuration.")
+@click.option("--repeats", type=Whole(1, 1000), default=5, help="Timed calls per configuration.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write gpu-check.json here.")
 def main(bundle, images, provider, batches, repeats, out):
     """Time the fp32 and fp16 engines on CUDA and check that fp16 agrees with fp32."""

@@ -25,6 +25,8 @@ import click
 import cv2
 import numpy as np
 
+from winclip.runtime.command import CONTEXT, Command, Finite, Whole
+
 SAMPLE_EVERY = 100  # frames
 WARMUP_FRAMES = 200  # allocator pools, ONNX Runtime arenas and caches fill up before this
 
@@ -154,11 +156,11 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
                         "growth_after_warmup": round(samples[-1]["rss_mib"] - after_warmup["rss_mib"], 1)}}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.option("--frames", type=click.IntRange(min=SAMPLE_EVERY), default=2000, help="Frames to score.")
-@click.option("--fps", type=click.FloatRange(min=1), default=60.0, help="Frame rate of the served stream.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--frames", type=Whole(SAMPLE_EVERY, 10**7), default=2000, help="Frames to score.")
+@click.option("--fps", type=Finite(1.0, 1000.0), default=60.0, help="Frame rate of the served stream.")
+@click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--object", "object_name", default=None, help="Object whose text embeddings to use.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the results here.")
 def main(bundle, frames, fps, threads, object_name, json_out):

@@ -8,14 +8,14 @@ from pathlib import Path
 import click
 
 from winclip.export.options import ExportOptions
-from winclip.runtime.command import setup_logging
+from winclip.runtime.command import CONTEXT, Command, Finite, Whole, setup_logging
 from winclip.runtime.defaults import EXPORTERS, OPSET_RANGE, TEXT_ENSEMBLES
 from winclip.runtime.errors import WinclipError
 
 DEFAULTS = ExportOptions()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--backbone", default=DEFAULTS.backbone,
               help="Registry alias (ViT-B-16+) or any open_clip ViT model name.")
 @click.option("--pretrained", default=None, metavar="TAG|PATH|none",
@@ -26,17 +26,17 @@ DEFAULTS = ExportOptions()
               help="Object name for the text prompts; repeat for several ('metal_nut' -> 'metal nut').")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULTS.out,
               help="Bundle directory to write.")
-@click.option("--opset", type=int, default=DEFAULTS.opset, help=f"ONNX opset ({OPSET_RANGE[0]}..{OPSET_RANGE[1]}).")
+@click.option("--opset", type=Whole(*OPSET_RANGE), default=DEFAULTS.opset, help="ONNX opset.")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default=DEFAULTS.exporter,
               help="torch ONNX exporter: auto = TorchScript-based while torch has it, else dynamo.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--scales", default=",".join(map(str, DEFAULTS.scales)), help="Window scales, comma separated.")
-@click.option("--stride", type=click.IntRange(min=1), default=DEFAULTS.stride, help="Window stride in patches.")
-@click.option("--temperature", type=float, default=DEFAULTS.temperature,
+@click.option("--stride", type=Whole(1, 64), default=DEFAULTS.stride, help="Window stride in patches.")
+@click.option("--temperature", type=Finite(0.0, 100.0, min_open=True), default=DEFAULTS.temperature,
               help="Softmax temperature recorded as the scoring default.")
 @click.option("--text-ensemble", type=click.Choice(TEXT_ENSEMBLES), default=DEFAULTS.text_ensemble,
               help="How prompt embeddings are averaged into a prototype.")
-@click.option("--patch-layer", type=int, default=None,
+@click.option("--patch-layer", type=Whole(1, 1024), default=None,
               help="Block whose patch tokens form the few-shot patch features. [default: last]")
 @click.option("--patch-ln-post", is_flag=True, help="Apply ln_post to the patch features.")
 @click.option("--precision", "precisions", default="fp32",

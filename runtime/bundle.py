@@ -19,11 +19,10 @@ import numpy as np
 
 from winclip.runtime.atomic import write_atomic
 from winclip.runtime.contract import MANIFEST_NAME, Engine, Manifest, normalize_object_name
+from winclip.runtime.defaults import MAX_ENGINE_BYTES, MAX_TEXT_BYTES
 from winclip.runtime.errors import BundleError
+from winclip.runtime.files import FileRefused, read_regular
 from winclip.runtime.validation import SchemaError, plain_file_name, read_json
-
-MAX_TEXT_DIM = 1 << 16
-
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -33,32 +32,36 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def resolve_inside(root: Path, name: str) -> Path:
-    """Resolve a manifest file name, refusing anything that leaves the bundle."""
+def resolve_inside(root: Path, name: str, what: str = "bundle", error=BundleError) -> Path:
+    """Resolve a file name of a bundle (or a profile), refusing anything that leaves its folder."""
     try:
-        plain_file_name(name, "bundle file name")
+        plain_file_name(name, f"{what} file name")
     except SchemaError as exc:
-        raise BundleError(str(exc)) from None
+        raise error(str(exc)) from None
     root_real = root.resolve()
     target = (root / name).resolve()
     if root_real != target and root_real not in target.parents:
-        raise BundleError(f"bundle file {name!r} resolves outside the bundle directory")
+        raise error(f"{what} file {name!r} resolves outside the {what} directory")
     return target
 
 
-def read_checked(root: Path, name: str, sha256: str, verify: bool = True, max_bytes: int | None = None) -> bytes:
-    """A bundle file's bytes, refused unless they hash to `sha256`."""
-    path = resolve_inside(root, name)
+def read_checked(root: Path, name: str, sha256: str, verify: bool = True, max_bytes: int = MAX_ENGINE_BYTES,
+                 what: str = "bundle", error=BundleError) -> bytes:
+    """A file's bytes (a regular file of at most max_bytes, inside root), refused unless they hash to `sha256`.
+
+    `what` names the folder in messages ("bundle", "line profile") and `error` is the class raised.
+    """
+    path = resolve_inside(root, name, what, error)
     try:
-        if max_bytes is not None and path.stat().st_size > max_bytes:
-            raise BundleError(f"bundle file {name} is larger than the {max_bytes} bytes such a file can have")
-        data = path.read_bytes()
+        data = read_regular(path, max_bytes, f"{what} file")
     except FileNotFoundError:
-        raise BundleError(f"bundle file missing: {name}") from None
+        raise error(f"{what} file missing: {name}") from None
+    except FileRefused as exc:
+        raise error(str(exc)) from None
     except OSError as exc:
-        raise BundleError(f"cannot read bundle file {name}: {exc.strerror or exc}") from None
+        raise error(f"cannot read {what} file {name}: {exc.strerror or exc}") from None
     if verify and hashlib.sha256(data).hexdigest() != sha256:
-        raise BundleError(f"checksum mismatch for bundle file {name}: the bundle is corrupt or was edited")
+        raise error(f"checksum mismatch for {what} file {name}: the {what} is corrupt or was edited")
     return data
 
 
@@ -100,7 +103,13 @@ class Bundle:
     @classmethod
     def load(cls, root: str | Path, verify_checksums: bool = True) -> "Bundle":
         """Read and check a bundle directory; BundleError with a one-line reason otherwise."""
-        root = Path(root)
+        try:
+            return cls._load(Path(root), verify_checksums)
+        except OSError as exc:  # an unreadable folder, a file that vanished: still one line, still ours
+            raise BundleError(f"cannot read the bundle {root}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def _load(cls, root: Path, verify_checksums: bool) -> "Bundle":
         if not root.is_dir():
             raise BundleError(f"bundle directory not found: {root}")
         manifest_path = root / MANIFEST_NAME
@@ -118,7 +127,7 @@ class Bundle:
         text = {}
         dim = manifest.embed_dim
         for name, ref in manifest.objects.items():
-            data = read_checked(root, ref.file, ref.sha256, verify_checksums, max_bytes=1 << 22)
+            data = read_checked(root, ref.file, ref.sha256, verify_checksums, max_bytes=MAX_TEXT_BYTES)
             text[name] = parse_npy(data, f"text embeddings {ref.file}",
                                    lambda s: None if s == (2, dim) else f"expected (2, {dim})")
             if not np.isfinite(text[name]).all() or not (np.linalg.norm(text[name], axis=1) > 0).all():

@@ -1,15 +1,19 @@
-"""What every winclip command shares: how messages reach people, and errors as one line.
+"""What every winclip command shares: how messages reach people, errors as one line, checked numbers.
 
 Messages (progress notes, warnings) go through the standard `logging` module,
 under the "winclip" logger: library code logs, and a command installs one
 handler that writes them to stderr ("warning: ..." for warnings, in colour only
-on a terminal). Long work shows a tqdm bar besides. An error of the project's
-family (`WinclipError`) or of the OS ends a command with its one-line reason.
+on a terminal). Long work shows a tqdm bar besides. Every command is a
+`Command` (or `Group`): an error of the project's family (`WinclipError`) or of
+the OS ends it with its one-line reason, never a traceback. Numeric options use
+`Finite` / `Whole`, so a NaN, an infinity or an absurd count is refused when the
+command line is read, with the range shown in --help.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from contextlib import contextmanager
 from typing import Callable
@@ -19,6 +23,51 @@ import click
 from winclip.runtime.errors import WinclipError, first_line
 
 LOGGER = "winclip"
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}  # every command's click settings
+SHOWN_SKIPPED = 5  # skipped items listed one by one before the rest are summarised in one line
+
+
+class Command(click.Command):
+    """A click command whose run ends with one line for any error of ours or of the OS."""
+
+    def invoke(self, ctx):
+        with one_line_errors():
+            return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """A click group whose commands end with one line for any error of ours or of the OS."""
+
+    command_class = Command
+
+    def invoke(self, ctx):
+        with one_line_errors():
+            return super().invoke(ctx)
+
+
+class Finite(click.FloatRange):
+    """A float option in a range, refusing NaN and infinities (FloatRange alone lets NaN through)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def Whole(lo: int, hi: int) -> click.IntRange:  # noqa: N802  (reads as a type, like click.IntRange)
+    """A whole-number option from lo to hi: an upper bound on every count keeps absurd values out."""
+    return click.IntRange(lo, hi)
+
+
+def log_skipped(logger: logging.Logger, what: str, lines: list[str], shown: int = SHOWN_SKIPPED) -> None:
+    """One warning per skipped item for the first few, then one line for the rest (never thousands of lines)."""
+    for line in lines[:shown]:
+        logger.warning("skipped (%s): %s", what, line)
+    if len(lines) > shown:
+        logger.warning("skipped (%s): %d more like these", what, len(lines) - shown)
 
 
 class CliFormatter(logging.Formatter):
@@ -86,7 +135,7 @@ def one_line_errors(what: str | None = None):
     """Turn the project's errors and OS errors into click's one-line, non-zero exit."""
     try:
         yield
-    except click.ClickException:
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
     except (WinclipError, OSError) as exc:
         raise click.ClickException(f"{what}: {first_line(exc)}" if what else first_line(exc)) from None

@@ -7,6 +7,8 @@ limits every reader enforces. Torch-free, so both sides import it.
 
 from __future__ import annotations
 
+from winclip.runtime.errors import SettingError
+
 # --- WinCLIP algorithm defaults (docs/algorithm.md)
 WINDOW_SCALES = (2, 3)
 WINDOW_STRIDE = 1
@@ -28,27 +30,46 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 PROVIDERS = ("auto", "cuda", "cpu")
 PRECISIONS = ("fp32", "fp16", "int8")
 
+# --- the accuracy guard: what a reduced-precision engine must keep of fp32 to be admitted
+# (calibration/engines/guard.py applies them when an engine is made; `--precision auto` picks
+# only engines whose recorded guard passed limits at least this strict)
+GUARD_LIMITS = {"map_pearson_median": 0.99, "map_pearson_min": 0.97, "score_spearman": 0.98}
+GUARD_CLOSE_ENOUGH = 1e-3  # maps/scores within this of fp32 everywhere pass whatever their correlation
+
 # --- limits every reader enforces
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS overrides
-MAX_JSON_BYTES = 4 << 20  # manifest.json / profile.json
+MAX_IMAGE_BYTES = 256 << 20  # encoded bytes of one image file, read before any decoding; WINCLIP_MAX_IMAGE_MB overrides
+MAX_JSON_BYTES = 4 << 20  # manifest.json / profile.json / a data set's CSV
+MAX_TEXT_BYTES = 4 << 20  # one object's text prototypes
+MAX_ENGINE_BYTES = 8 << 30  # one engine graph
+MAX_MEMORY_ARRAY_BYTES = 1 << 30  # one few-shot memory array of a line profile
 MAX_NAME_CHARS = 255  # one file-name component, as most file systems allow
 
 
 def check_temperature(value) -> float:
-    """The softmax temperature as a float, or ValueError: it must be finite and > 0."""
+    """The softmax temperature as a float, or SettingError (a ValueError): it must be finite and > 0."""
     try:
         tau = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise SettingError(f"temperature must be a finite number > 0, got {_short(value)}") from None
     if not 0.0 < tau < float("inf"):
-        raise ValueError(f"temperature must be finite and > 0, got {value!r}")
+        raise SettingError(f"temperature must be finite and > 0, got {_short(value)}")
     return tau
 
 
 def check_threshold(value, name: str = "threshold") -> float | None:
-    """None, or a finite number in [0, 1] (scores are probabilities), or ValueError."""
+    """None, or a finite number in [0, 1] (scores are probabilities), or SettingError (a ValueError)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:  # an integer too large for a float
+        number = None
+    if number is None or not 0.0 <= number <= 1.0:
+        raise SettingError(f"{name} must be a number in [0, 1], got {_short(value)}")
+    return number
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "..."

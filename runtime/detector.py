@@ -14,7 +14,7 @@ import numpy as np
 from winclip.runtime.backends import DEFAULT_BACKEND, Backend, BackendOptions, open_backend
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.cache import cache_path
-from winclip.runtime.contract import normalize_object_name
+from winclip.runtime.contract import Engine, normalize_object_name
 from winclip.runtime.defaults import check_threshold
 from winclip.runtime.errors import BundleError, WinclipError, first_line
 from winclip.runtime.memory import FewShotMemory, MemoryKey
@@ -104,22 +104,28 @@ class Detector:
         """
         if profile is None:
             return cls(Bundle.load(path), object_name=object, provider=provider, precision=precision, **kwargs)
+        name = profile if isinstance(profile, (str, Path)) else "the line profile"
         if not isinstance(profile, LineProfile):
             profile = LineProfile.load(profile)
         if object is not None and normalize_object_name(object) != profile.object_name:
-            raise ProfileError(f"the line profile is for object {profile.object_name!r}, not {object!r}")
-        if precision == "auto":
-            precision = profile.precision
+            raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
+        bundle = Bundle.load(path)
+        engine = _profile_engine(bundle, profile, name)
+        if precision not in ("auto", engine.precision):
+            raise ProfileError(f"the line profile {name} was made with the {engine.precision} engine "
+                               f"{engine.file}, and runs only with it: drop --precision {precision}")
         if kwargs.get("threshold") is None:
             kwargs["threshold"] = profile.image_threshold
         if kwargs.get("pixel_threshold") is None:
             kwargs["pixel_threshold"] = profile.pixel_threshold
-        detector = cls(Bundle.load(path), object_name=profile.object_name, provider=provider, precision=precision,
+        detector = cls(bundle, object_name=profile.object_name, provider=provider, precision=engine.precision,
                        **kwargs)
+        if precision == "auto":
+            detector.backend.reason = "chosen by the line profile"
         try:
             detector.set_memory(profile.memory)
         except BundleError as exc:
-            raise ProfileError(str(exc).replace("few-shot memory", "line profile")) from None
+            raise ProfileError(str(exc).replace("few-shot memory", f"line profile {name}")) from None
         return detector
 
     @property
@@ -227,3 +233,16 @@ class Detector:
                 regions = find_regions(amap, self.pixel_threshold)
             results.append(FrameResult(score, amap, decision, dict(share), regions))
         return results
+
+
+def _profile_engine(bundle: Bundle, profile: LineProfile, name) -> Engine:
+    """The engine of `bundle` the profile was made with; ProfileError naming the engine and the fix otherwise."""
+    wanted = profile.memory.key.graph_sha256
+    for engine in bundle.manifest.engines:
+        if engine.sha256 == wanted:
+            return engine
+    made = profile.record.get("bundle") if isinstance(profile.record.get("bundle"), dict) else {}
+    file = made.get("engine_file") or "an engine"
+    raise ProfileError(f"the line profile {name} was made with the {profile.precision} engine {str(file)[:80]} "
+                       f"(sha256 {wanted[:12]}...), which this bundle does not have: re-run winclip-calibrate "
+                       "with this bundle to make a profile for it")

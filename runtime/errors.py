@@ -16,6 +16,10 @@ class BundleError(WinclipError):
     """A bundle (or a file it names) that cannot be used, with a one-line reason."""
 
 
+class SettingError(WinclipError, ValueError):
+    """A setting given through the API or a file (a threshold, a temperature) that is out of its range."""
+
+
 class MissingExtra(WinclipError, ImportError):
     """An optional dependency that is not installed; the message names the extra that brings it."""
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from winclip.runtime.defaults import MAX_IMAGE_PIXELS
+from winclip.runtime.defaults import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from winclip.runtime.errors import WinclipError, first_line
+from winclip.runtime.files import FileRefused, not_regular, read_regular
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 
@@ -25,6 +26,12 @@ def max_pixels() -> int:
     """The decoded-pixel cap: WINCLIP_MAX_PIXELS if set, else the default."""
     value = os.environ.get("WINCLIP_MAX_PIXELS", "")
     return int(value) if value.isdigit() and int(value) > 0 else MAX_IMAGE_PIXELS
+
+
+def max_image_bytes() -> int:
+    """The encoded-size cap of one image file: WINCLIP_MAX_IMAGE_MB (megabytes) if set, else the default."""
+    value = os.environ.get("WINCLIP_MAX_IMAGE_MB", "")
+    return int(value) << 20 if value.isdigit() and int(value) > 0 else MAX_IMAGE_BYTES
 
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels()))
@@ -53,7 +60,18 @@ def list_images(folder: str | Path) -> tuple[list[Path], list[str]]:
     found = []
     for top, dirs, files in os.walk(folder, onerror=report):
         dirs.sort()
-        found += [Path(top) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        for name in files:
+            path = Path(top) / name
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:  # a FIFO or a device named like an image would hang or never end: reported, never read
+                problem = not_regular(path)
+            except OSError as exc:  # a dangling symlink, a file gone meanwhile
+                problem = exc.strerror or str(exc)
+            if problem:
+                problems.append(f"cannot read {display_path(path)}: {problem}")
+            else:
+                found.append(path)
     return sorted(found), problems
 
 
@@ -150,13 +168,20 @@ def decode_image(data: bytes, name: str = "image", limit: int | None = None) -> 
     return image
 
 
-def read_image(path: str | Path, limit: int | None = None) -> np.ndarray:
-    """The image as stored (8/16-bit, gray/BGR/BGRA), or ImageReadError with a one-line reason."""
+def read_image_bytes(path: str | Path) -> bytes:
+    """The encoded bytes of an image file: a regular file under the size cap, or ImageReadError."""
     try:
-        data = Path(path).read_bytes()
+        return read_regular(path, max_image_bytes(), "image")
+    except FileRefused as exc:
+        raise ImageReadError(f"{exc} (WINCLIP_MAX_IMAGE_MB raises the size cap)" if "allowed" in str(exc)
+                             else str(exc)) from None
     except OSError as exc:
         raise ImageReadError(f"cannot read {display_path(path)}: {exc.strerror or exc}") from None
-    return decode_image(data, display_path(path), limit)
+
+
+def read_image(path: str | Path, limit: int | None = None) -> np.ndarray:
+    """The image as stored (8/16-bit, gray/BGR/BGRA), or ImageReadError with a one-line reason."""
+    return decode_image(read_image_bytes(path), display_path(path), limit)
 
 
 def read_image_folder(folder: str | Path, count: int | None = None) -> list[np.ndarray]:

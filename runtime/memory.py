@@ -16,6 +16,7 @@ import numpy as np
 
 from winclip.runtime.bundle import parse_npy, read_checked
 from winclip.runtime.contract import IMAGE_EMBEDDING, PATCH_FEATURES, window_output_name
+from winclip.runtime.defaults import MAX_MEMORY_ARRAY_BYTES
 from winclip.runtime.errors import BundleError
 from winclip.runtime.validation import Node, SchemaError
 
@@ -108,7 +109,13 @@ class FewShotMemory:
             for part in [*(f"windows_{k}" for k in key.scales), "patches"]:
                 entry = parts.node(part)
                 shape = tuple(entry.ints("shape", 2, 2, 1, 1 << 24))
-                data = read_checked(folder, entry.file("file"), entry.sha256("sha256"), max_bytes=1 << 31)
+                size = shape[0] * shape[1] * 4  # float32, before a byte is read
+                if size > MAX_MEMORY_ARRAY_BYTES:
+                    raise SchemaError(f"{where} array {part} of shape {list(shape)} would take {size:,} bytes, "
+                                      f"more than the {MAX_MEMORY_ARRAY_BYTES:,} a memory array may have")
+                data = read_checked(folder, entry.file("file"), entry.sha256("sha256"),
+                                    max_bytes=MAX_MEMORY_ARRAY_BYTES + 4096, what="line profile",
+                                    error=FewShotMemoryError)
                 arrays[part] = parse_npy(data, f"{where} array {entry.raw('file')}",
                                          lambda s, want=shape: None if s == want else f"the record says {list(want)}",
                                          dtypes=("float32",))

@@ -12,14 +12,18 @@ runtime refuses it for any other, saying which. Written by `winclip-calibrate`
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from winclip.runtime.atomic import staged_folder
+from winclip.runtime.bundle import resolve_inside
 from winclip.runtime.errors import BundleError
 from winclip.runtime.memory import FewShotMemory, FewShotMemoryError
 from winclip.runtime.validation import Node, SchemaError, check_float, read_json
+
+log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "winclip-edge-line-profile"
 PROFILE_VERSION = 1
@@ -49,10 +53,24 @@ class LineProfile:
 
     @classmethod
     def load(cls, root: str | Path) -> "LineProfile":
+        """Read and check a profile folder; ProfileError with a one-line reason otherwise."""
         root = Path(root)
+        try:
+            profile = cls._load(root)
+        except OSError as exc:  # an unreadable folder: still one line, still ours
+            raise ProfileError(f"cannot read the line profile {root}: {exc.strerror or exc}") from None
+        for kind, value in (("image", profile.image_threshold), ("pixel", profile.pixel_threshold)):
+            if value is None:  # a hand edit to null: say so at every load, for it changes what the line does
+                log.warning("the line profile %s has no %s threshold (thresholds.%s.value is null): %s", root, kind,
+                            kind, "no frame is ever judged anomalous" if kind == "image" else "no defect regions")
+        return profile
+
+    @classmethod
+    def _load(cls, root: Path) -> "LineProfile":
         path = root / PROFILE_NAME
         if not root.is_dir() or not path.is_file():
             raise ProfileError(f"{root} is not a line profile: {PROFILE_NAME} is missing")
+        resolve_inside(root, PROFILE_NAME, "line profile", ProfileError)  # no symlink out, as for bundles
         try:
             data = read_json(path, "line profile")
             node = Node(data, "")

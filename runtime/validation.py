@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from winclip.runtime.defaults import MAX_JSON_BYTES, MAX_NAME_CHARS
 from winclip.runtime.errors import WinclipError, first_line
+from winclip.runtime.files import FileRefused, read_regular
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -23,25 +24,41 @@ class SchemaError(WinclipError, ValueError):
 
 
 def read_json(path: Path, what: str) -> object:
-    """Parse a small JSON file; any failure is a SchemaError naming the file."""
+    """Parse a small JSON file; any failure is a SchemaError that says what is wrong (the caller names the file).
+
+    NaN and Infinity are not JSON numbers: they are refused with the field that holds one.
+    """
     try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise SchemaError(f"{what} {path} is {size} bytes, more than the {MAX_JSON_BYTES} allowed")
-        text = path.read_bytes().decode("utf-8")
-        return json.loads(text, parse_constant=_no_constant)
-    except SchemaError:
-        raise
+        text = read_regular(path, MAX_JSON_BYTES, what).decode("utf-8")
+        data = json.loads(text)
+    except FileRefused as exc:
+        raise SchemaError(f"the {what} is {exc.reason}") from None
     except RecursionError:
-        raise SchemaError(f"{what} {path} is nested too deeply") from None
+        raise SchemaError(f"the {what} is nested too deeply") from None
     except OSError as exc:
-        raise SchemaError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SchemaError(f"{what} {path} is not valid JSON: {first_line(exc)}") from None
+        raise SchemaError(f"cannot read the {what}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"the {what} is not UTF-8 text: {first_line(exc)}") from None
+    except ValueError as exc:  # json's own message says where
+        raise SchemaError(f"the {what} is not valid JSON: {first_line(exc)}") from None
+    where = _non_finite(data, "")
+    if where is not None:
+        raise SchemaError(f"field {where[0] or 'document'} is {where[1]}, which is not a JSON number")
+    return data
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
+def _non_finite(value: object, path: str):
+    """(dotted path, token) of the first NaN or infinity in a parsed document, or None."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where, repr(item).replace("inf", "Infinity").replace("nan", "NaN")
+        if isinstance(item, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k)) for k, v in item.items()]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+    return None
 
 
 def plain_file_name(name: object, field: str) -> str:
@@ -156,7 +173,10 @@ def check_int(value: object, name: str, lo: int, hi: int) -> int:
 def check_float(value: object, name: str, lo: float, hi: float, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SchemaError(f"field {name} must be a number, got {_kind(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise SchemaError(f"field {name} is {_short(value)}, outside [{lo}, {hi}]") from None
     if not math.isfinite(value) or value > hi or value < lo or (lo_open and value == lo):
         bracket = "(" if lo_open else "["
         raise SchemaError(f"field {name} is {_short(value)}, outside {bracket}{lo}, {hi}]")

@@ -208,7 +208,7 @@ def test_quantize_cli(tiny_bundle_copy, line_images):
     assert proc.returncode != 0 and "already has an int8 engine" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
                    "--min-map-pearson", "2")
-    assert proc.returncode == 2 and "must be in [0, 1]" in proc.stderr
+    assert proc.returncode == 2 and "not in the range 0.0<=x<=1.0" in proc.stderr
 
 
 def test_engine_choice_errors(tiny_bundle):

@@ -12,7 +12,6 @@ from conftest import read, run_cli, textile_images
 from winclip.calibration.profiles.setup import CalibrationError, calibrate, needed_for_rate
 from winclip.calibration.evaluation.metrics import threshold_for_false_alarm_rate
 from winclip.runtime import Detector
-from winclip.runtime.errors import BundleError
 from winclip.runtime.postprocess import find_regions
 from winclip.runtime.profile import LineProfile, ProfileError
 
@@ -167,7 +166,7 @@ def test_profile_refusals(tiny_bundle, profile, tmp_path, tiny_checkpoint):
         (edit(lambda r: r["memory"]["arrays"]["patches"].update(shape=[3, 3])), "the record says"),
         (edit(lambda r: r.update(schema_version=7)), "profile schema version 7 is not supported"),
         (lambda f: (f / "memory-patches.npy").write_bytes((f / "memory-patches.npy").read_bytes()[:-8] + b"\0" * 8),
-         "checksum mismatch for bundle file memory-patches.npy"),
+         "checksum mismatch for line profile file memory-patches.npy: the line profile is corrupt"),
     ]
     for i, (change, message) in enumerate(cases):
         broken = _broken(profile, tmp_path / str(i), change)
@@ -183,7 +182,8 @@ def test_profile_refusals(tiny_bundle, profile, tmp_path, tiny_checkpoint):
     from conftest import TINY, export
 
     other = export(tmp_path / "other-bundle", tiny_checkpoint, TINY, objects=("bottle",), scales=(2,))
-    with pytest.raises(BundleError, match="line profile does not fit this detector: it was made with engine graph"):
+    with pytest.raises(ProfileError, match=r"was made with the fp32 engine visual.onnx \(sha256 [0-9a-f]{12}...\), "
+                                           "which this bundle does not have: re-run winclip-calibrate with this bundle"):
         Detector.from_bundle(other, profile=profile, provider="cpu")
 
 

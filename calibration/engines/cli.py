@@ -11,7 +11,7 @@ import click
 from winclip.calibration.engines import BUILDERS
 from winclip.calibration.engines.guard import GuardLimits
 from winclip.calibration.engines.int8 import QUANT_FORMATS, QUANT_METHODS, Int8Settings
-from winclip.runtime.command import one_line_errors, setup_logging
+from winclip.runtime.command import CONTEXT, Command, Finite, Whole, one_line_errors, setup_logging
 
 log = logging.getLogger("winclip.quantize")  # not __name__: run as a script, that is "__main__"
 DEFAULT = Int8Settings()
@@ -39,13 +39,7 @@ def guard_table(report: dict) -> str:
     return "\n".join(rows) + f"\nembedding cosine (min): {cos}"
 
 
-def probability(ctx, param, value):
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise click.BadParameter("must be in [0, 1]")
-    return value
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(tuple(BUILDERS)), required=True,
               help="int8: for the CPU provider; fp16: for CUDA.")
@@ -61,16 +55,16 @@ def probability(ctx, param, value):
               help="Static int8 graph format.")
 @click.option("--quantize-attention", is_flag=True, help="Also quantise attention's activation x activation products.")
 @click.option("--fp32-blocks", default="", callback=_blocks, help="Transformer blocks (1-based) to keep in fp32, e.g. 1,12.")
-@click.option("--calibration-frames", type=click.IntRange(min=1), default=DEFAULT.calibration_frames,
+@click.option("--calibration-frames", type=Whole(1, 10_000), default=DEFAULT.calibration_frames,
               help="Static int8: frames the activation ranges come from.")
-@click.option("--holdout", type=click.IntRange(min=2), default=6, help="Frames held out for the accuracy guard.")
-@click.option("--seed", type=int, default=0, help="Seed of the split into held-out and calibration frames.")
+@click.option("--holdout", type=Whole(2, 10_000), default=6, help="Frames held out for the accuracy guard.")
+@click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the split into held-out and calibration frames.")
 @click.option("--object", "object_name", default=None, help="Object whose text prototypes the guard scores with. [default: the first]")
-@click.option("--min-map-pearson-median", type=float, default=LIMITS.map_pearson_median, callback=probability,
+@click.option("--min-map-pearson-median", type=Finite(0.0, 1.0), default=LIMITS.map_pearson_median,
               help="Guard: median per-frame map correlation with fp32.")
-@click.option("--min-map-pearson", type=float, default=LIMITS.map_pearson_min, callback=probability,
+@click.option("--min-map-pearson", type=Finite(0.0, 1.0), default=LIMITS.map_pearson_min,
               help="Guard: lowest per-frame map correlation with fp32.")
-@click.option("--min-score-spearman", type=float, default=LIMITS.score_spearman, callback=probability,
+@click.option("--min-score-spearman", type=Finite(0.0, 1.0), default=LIMITS.score_spearman,
               help="Guard: rank correlation of image scores with fp32.")
 @click.option("--accept-degraded", is_flag=True,
               help="Add the engine even if it fails the guard (recorded in the manifest, warned about at every load).")

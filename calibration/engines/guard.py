@@ -18,17 +18,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from winclip.runtime.contract import output_names
+from winclip.runtime.defaults import GUARD_CLOSE_ENOUGH, GUARD_LIMITS
 from winclip.runtime.memory import FewShotMemory, MemoryKey
 
 
 @dataclass(frozen=True)
 class GuardLimits:
-    """What an engine must keep of fp32 to be admitted (the defaults are the project's, stated here only)."""
+    """What an engine must keep of fp32 to be admitted (defaults: runtime/defaults.py GUARD_LIMITS)."""
 
-    map_pearson_median: float = 0.99
-    map_pearson_min: float = 0.97
-    score_spearman: float = 0.98
-    close_enough: float = 1e-3
+    map_pearson_median: float = GUARD_LIMITS["map_pearson_median"]
+    map_pearson_min: float = GUARD_LIMITS["map_pearson_min"]
+    score_spearman: float = GUARD_LIMITS["score_spearman"]
+    close_enough: float = GUARD_CLOSE_ENOUGH
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

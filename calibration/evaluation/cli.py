@@ -10,15 +10,15 @@ from pathlib import Path
 import click
 
 from winclip.calibration.evaluation.layouts import LAYOUTS
+from winclip.runtime.command import CONTEXT, Group, Whole
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS
 from winclip.runtime.errors import first_line
 
 EVALUATE = "run"
 OUTPUT_MARKER = "results.json"  # what makes a folder one of ours, for --force
-SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-class EvalGroup(click.Group):
+class EvalGroup(Group):
     """`winclip-eval BUNDLE ...` is `winclip-eval run BUNDLE ...`; `prepare` and `synthesize` make data sets."""
 
     def parse_args(self, ctx, args):
@@ -59,7 +59,7 @@ def _objects(ctx, param, values) -> dict[str, str]:
     return out
 
 
-@click.group(cls=EvalGroup, context_settings=SETTINGS)
+@click.group(cls=EvalGroup, context_settings=CONTEXT)
 def main():
     """Measure an engine bundle on labelled images: image AUROC, AUPR, F1-max and pixel AUROC, PRO, F1-max.
 
@@ -69,7 +69,7 @@ def main():
     """
 
 
-@main.command(EVALUATE, context_settings=SETTINGS)
+@main.command(EVALUATE, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--dataset", type=click.Path(path_type=Path), required=True,
               help="Data set root: MVTec-AD, VisA (split_csv/1cls.csv) or the folder layout.")
@@ -81,9 +81,9 @@ def main():
               help="Object name for a category's text prompts. [default: the category name, '_' as space]")
 @click.option("--shots", default="0,1,2,4", callback=_shots,
               help="Shot counts, comma separated: 0 = zero-shot WinCLIP, K > 0 = WinCLIP+ with K normal references.")
-@click.option("--seeds", type=click.IntRange(min=1), default=3,
+@click.option("--seeds", type=Whole(1, 100), default=3,
               help="Reference draws per K > 0 (results give mean and std over them).")
-@click.option("--seed", type=int, default=0, help="Seed of the first reference draw; draw i uses SEED + i.")
+@click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the first reference draw; draw i uses SEED + i.")
 @click.option("--profile", type=click.Path(path_type=Path), default=None,
               help="Evaluate a line profile (winclip-calibrate): its memory, and what its thresholds do here.")
 @click.option("--pixel-size", callback=_pixel_size, default=None, metavar="S|HxW",
@@ -91,8 +91,8 @@ def main():
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine to evaluate (auto: as winclip-inspect chooses).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, help="Images per session call.")
+@click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--batch-size", type=Whole(1, 1024), default=4, help="Images per session call.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for results.md/.csv/.json and report.html. [default: the table on stdout only]")
 @click.option("--save-scores", is_flag=True,
@@ -179,15 +179,15 @@ def _require_matplotlib() -> None:
         raise click.ClickException("the HTML report needs matplotlib: pip install 'winclip-edge[eval]'") from None
 
 
-@main.command(context_settings=SETTINGS)
+@main.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--source", "sources", multiple=True, type=click.Choice(("elpv", "textile")),
               default=("elpv", "textile"), help="Which packaged images to lay out; repeat for both.")
-@click.option("--per-class", type=click.IntRange(min=1), default=None,
+@click.option("--per-class", type=Whole(1, 10**6), default=None,
               help="At most this many images per class (good and each defect kind). [default: all]")
-@click.option("--references", type=click.IntRange(min=0), default=16,
+@click.option("--references", type=Whole(0, 10**6), default=16,
               help="Good images set aside in reference/ for the few-shot memory.")
-@click.option("--seed", type=int, default=0, help="Seed of the choice of images.")
+@click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the choice of images.")
 @click.option("--force", is_flag=True, help="Replace an existing folder written by this command.")
 def prepare(out, sources, per_class, references, seed, force):
     """Lay out the ELPV solar cells and the textiles in the folder layout (image labels only, no masks).
@@ -200,15 +200,15 @@ def prepare(out, sources, per_class, references, seed, force):
     _write_set(out, lambda: lay_out(out, sources, per_class, references, seed, force))
 
 
-@main.command(context_settings=SETTINGS)
+@main.command(context_settings=CONTEXT)
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--category", "categories", multiple=True, type=click.Choice(("textile", "solar_cell")),
               default=("textile", "solar_cell"), help="Real images to paint on; repeat for both.")
-@click.option("--train", type=click.IntRange(min=1), default=4, help="Normal images in <category>/train/good.")
-@click.option("--test-good", type=click.IntRange(min=1), default=4, help="Normal images in <category>/test/good.")
-@click.option("--per-defect", type=click.IntRange(min=1), default=2,
+@click.option("--train", type=Whole(1, 10_000), default=4, help="Normal images in <category>/train/good.")
+@click.option("--test-good", type=Whole(1, 10_000), default=4, help="Normal images in <category>/test/good.")
+@click.option("--per-defect", type=Whole(1, 10_000), default=2,
               help="Images per defect kind (scratch, blob, spot), each with its mask.")
-@click.option("--seed", type=int, default=0, help="Seed of the images chosen and the defects painted.")
+@click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the images chosen and the defects painted.")
 @click.option("--force", is_flag=True, help="Replace an existing folder written by this command.")
 def synthesize(out, categories, train, test_good, per_defect, seed, force):
     """Write a small MVTec-AD-layout set with pixel masks: synthetic defects painted on real images."""

@@ -7,25 +7,20 @@ from pathlib import Path
 
 import click
 
+from winclip.runtime.command import CONTEXT, Command, Finite, Whole
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS
 from winclip.runtime.errors import first_line
 
 
-def _rate(ctx, param, value):
-    if not 0.0 < value < 1.0:
-        raise click.BadParameter(f"must be in (0, 1), got {value}")
-    return value
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--normal", "normal_dir", type=click.Path(path_type=Path), required=True,
               help="Folder of normal (good) parts: K become the memory, the rest set the thresholds.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Line profile directory to write.")
 @click.option("--object", "object_name", default=None, help="Object name. [default: the bundle's only object]")
-@click.option("--shots", type=click.IntRange(min=1), default=4, help="Normal images in the WinCLIP+ memory (K).")
-@click.option("--seed", type=int, default=0, help="Seed of the reproducible choice of the K memory images.")
-@click.option("--false-alarm-rate", type=float, default=0.01, callback=_rate,
+@click.option("--shots", type=Whole(1, 1024), default=4, help="Normal images in the WinCLIP+ memory (K).")
+@click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the reproducible choice of the K memory images.")
+@click.option("--false-alarm-rate", type=Finite(0.0, 1.0, min_open=True, max_open=True), default=0.01,
               help="Target fraction of good parts flagged (image threshold) or shown with a region (pixel threshold).")
 @click.option("--labelled", "labelled_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with good/ and one folder per defect kind: adds AUROC and the F1-max threshold.")
@@ -34,7 +29,7 @@ def _rate(ctx, param, value):
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine the profile is made with (and bound to).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--force", is_flag=True, help="Replace an existing profile at --out.")
 def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, labelled_dir, threshold_from,
          precision, provider, threads, force):

@@ -83,12 +83,7 @@ class OnnxRuntimeBackend(Backend):
         if options.device == "auto" and providers == [CPU]:
             reason += "; provider auto: this onnxruntime has no CUDA, so the CPU"
         graph, sha256 = bundle.read_engine(engine)
-        backend = cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason, sha256)
-        if engine.accepted_degraded:
-            failures = "; ".join((engine.guard or {}).get("failures") or []) or "no guard record"
-            log.warning("the %s engine of this bundle FAILED its accuracy guard and was added with "
-                        "--accept-degraded: %s", engine.precision, failures)
-        return backend
+        return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason, sha256)
 
     @classmethod
     def from_bytes(cls, graph: bytes, engine: Engine, manifest: Manifest, options: BackendOptions = BackendOptions(),

@@ -1,27 +1,55 @@
-"""Which engine of a bundle runs where: the `--precision auto` policy, as a table.
+"""Which engine of a bundle runs where: the `--precision auto` policy, as a table, and whom it trusts.
 
-A precision asked for by name runs if the bundle has it. `auto` walks the row
-of the device the backend runs on and takes the first precision the bundle has
-an admitted engine for (one added without --accept-degraded), falling back to
-fp32 and then to whatever single engine the bundle holds.
+A precision asked for by name runs if the bundle has it (with a warning when
+its record does not vouch for it). `auto` walks the row of the device the
+backend runs on and takes the first precision whose engine is *vouched for*:
+made by this project's tools, and whose recorded accuracy guard passed limits
+at least as strict as today's defaults. Otherwise fp32, the engine the export
+verified against torch, and failing that the bundle's only engine.
 """
 
 from __future__ import annotations
 
+import logging
+
 from winclip.runtime.contract import Engine, Manifest
-from winclip.runtime.defaults import PRECISIONS
+from winclip.runtime.defaults import GUARD_LIMITS, PRECISIONS
 from winclip.runtime.errors import BundleError
+
+log = logging.getLogger(__name__)
 
 # device kind -> precisions `auto` tries, in order, and the words that say why
 AUTO_PRECISIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "cuda": (("fp16", "fp16 on CUDA"),),
     "cpu": (("int8", "guarded int8 on CPU"),),
 }
+TRUSTED_TOOLS = ("winclip-export", "winclip-quantize")  # made_by.tool of the engines this project makes
+
+
+def distrust(engine: Engine) -> str | None:
+    """Why the engine's own record does not vouch for it, in words; None when it does."""
+    tool = (engine.made_by or {}).get("tool")
+    if tool not in TRUSTED_TOOLS:
+        return f"it was made by {str(tool)[:40]!r}, not by winclip-edge" if tool else "its record names no maker"
+    if tool == "winclip-export" and engine.verification is not None:
+        return None  # the graph the export checked against torch
+    guard = engine.guard
+    if not isinstance(guard, dict):
+        return "it has no accuracy-guard record"
+    if engine.accepted_degraded or guard.get("passed") is not True:
+        failures = "; ".join(str(f) for f in guard.get("failures") or [])[:300]
+        return "it FAILED its accuracy guard" + (f" ({failures})" if failures else "")
+    limits = guard.get("limits") if isinstance(guard.get("limits"), dict) else {}
+    for name, floor in GUARD_LIMITS.items():
+        value = limits.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= floor:
+            return f"its guard was run with {name} {value!r}, looser than today's {floor}"
+    return None
 
 
 def admitted(engine: Engine | None) -> bool:
-    """An engine auto may pick: present, and not added despite a failed accuracy guard."""
-    return engine is not None and not engine.accepted_degraded
+    """An engine auto may pick: present and vouched for by its own record."""
+    return engine is not None and distrust(engine) is None
 
 
 def choose_engine(manifest: Manifest, precision: str, device_kind: str) -> tuple[Engine, str]:
@@ -30,10 +58,15 @@ def choose_engine(manifest: Manifest, precision: str, device_kind: str) -> tuple
         if precision not in PRECISIONS:
             raise BundleError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS)}")
         try:
-            return manifest.engine(precision), "asked for"
+            engine = manifest.engine(precision)
         except KeyError:
             raise BundleError(f"this bundle has no {precision} engine (it has: {', '.join(manifest.precisions)}); "
                               f"add one with winclip-quantize BUNDLE --precision {precision}") from None
+        problem = distrust(engine)
+        if problem:
+            log.warning("the %s engine of this bundle is not vouched for: %s; it runs because it was asked for "
+                        "by name", precision, problem)
+        return engine, "asked for"
     by_precision = {e.precision: e for e in manifest.engines}
     for wanted, why in AUTO_PRECISIONS.get(device_kind, ()):
         if admitted(by_precision.get(wanted)):

@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from winclip.runtime.backends import BACKENDS, DEFAULT_BACKEND
-from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+from winclip.runtime.command import (CONTEXT, Command, Finite, Whole, one_line_errors, require_onnxruntime,
+                                     setup_logging)
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS, check_threshold
 from winclip.runtime.errors import first_line
 from winclip.runtime.line import defaults
@@ -52,7 +53,7 @@ def _sink_options(command):
     return command
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--source", "sources", required=True, multiple=True, metavar="SOURCE",
               help="What to score. A folder or glob of images ('parts/*.png'): batch mode, each image once. "
@@ -68,7 +69,7 @@ def _sink_options(command):
               help="Line profile from winclip-calibrate: its few-shot memory and thresholds (--threshold overrides).")
 @click.option("--normal", "--reference", "normal_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of normal images: builds the WinCLIP+ few-shot memory.")
-@click.option("--shots", type=click.IntRange(min=1), default=None,
+@click.option("--shots", type=Whole(1, 1024), default=None,
               help="Normal images to use (the first K, sorted). [default: all]")
 @click.option("--save-maps", is_flag=True,
               help="Folder mode: write OUT/maps/<name>.npy, float32 at the image's resolution.")
@@ -82,12 +83,13 @@ def _sink_options(command):
 @click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, help="Inference backend.")
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine to run: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=Whole(1, 1024), default=None,
               help="ONNX Runtime intra-op threads. [default: all cores]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1,
+@click.option("--batch-size", type=Whole(1, 1024), default=1,
               help="Folder mode: frames per session call (live runs batch one frame per source).")
-@click.option("--temperature", type=float, default=None, help="Override the manifest's softmax temperature.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+@click.option("--temperature", type=Finite(0.0, 100.0, min_open=True), default=None,
+              help="Override the manifest's softmax temperature.")
+@click.option("--max-pixels", type=Whole(1, 1 << 40), default=None,
               help="Refuse images with more decoded pixels than this. [default: WINCLIP_MAX_PIXELS or 50000000]")
 @click.option("--force", is_flag=True, help="Folder mode: replace an existing OUT/events.jsonl.")
 @click.option("--no-cache", is_flag=True,
@@ -95,15 +97,15 @@ def _sink_options(command):
 @click.option("--roi", "rois", multiple=True, metavar="X,Y,W,H",
               help="Live: crop before scoring, in the source's pixels. The Nth --roi crops the Nth --source; "
                    "'full' leaves a source uncropped; sources past the last --roi are not cropped.")
-@click.option("--every", type=click.IntRange(min=1), default=1,
+@click.option("--every", type=Whole(1, 1_000_000), default=1,
               help="Live: score every Nth frame of each source (the others are never decoded).")
-@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+@click.option("--max-frames", type=Whole(1, 10**12), default=None,
               help="Live: stop after this many frames, all sources together. [default: no limit]")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--duration", type=Finite(0.0, 1e9, min_open=True), default=None,
               help="Live: stop after this many seconds of scoring. [default: no limit]")
 @click.option("--wait-for-source", is_flag=True,
               help="Live: keep trying a source that cannot be opened at start (default: a few tries, then exit).")
-@click.option("--stall-timeout", type=click.FloatRange(min=0.1), default=defaults.STALL_TIMEOUT_S,
+@click.option("--stall-timeout", type=Finite(0.1, 86400.0), default=defaults.STALL_TIMEOUT_S,
               help="Live: seconds without a frame after which a source counts as lost and is reopened "
                    "(raise it for cameras slower than one frame in that time).")
 @click.option("--overlays", type=click.Choice(defaults.OVERLAY_CHOICES), default=None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from winclip.runtime.command import Finite, Whole
 from winclip.runtime.line import defaults
 from winclip.runtime.line.events import to_json_line
 from winclip.runtime.line.sinks.base import SinkKind
@@ -93,9 +94,9 @@ class EventFiles(SinkKind):
         click.option("--events", "events", multiple=True, metavar="PATH|-",
                      help="Live: where event lines go: a file (appended, rotated by size) or '-' for stdout; "
                           "repeat for both. [default: OUT/events.jsonl]"),
-        click.option("--rotate-mb", type=click.FloatRange(min=0.001), default=defaults.ROTATE_MB,
+        click.option("--rotate-mb", type=Finite(0.001, 1e6), default=defaults.ROTATE_MB,
                      help="Live: an event file that would pass this size becomes FILE.1 (older ones FILE.2, ...)."),
-        click.option("--rotate-keep", type=click.IntRange(min=1), default=defaults.ROTATE_KEEP,
+        click.option("--rotate-keep", type=Whole(1, 1000), default=defaults.ROTATE_KEEP,
                      help="Live: rotated event files kept."),
     )
 
