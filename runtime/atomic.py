@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+from winclip.runtime.locks import writer_lock
+
+log = logging.getLogger(__name__)
 
 
 def write_atomic(target: Path, data: bytes, sync: bool = False) -> None:
@@ -57,11 +62,29 @@ def staged_folder(target: Path, force: bool = False, ours: Callable[[Path], bool
         if not target.is_dir() or (ours is not None and not ours(target)):
             raise FileExistsError(f"{target} exists and is not one of this command's outputs; it is left alone")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writer_lock(target.parent / f".{target.name}.lock", str(target)):
+        remove_leftovers(target.parent, [f".{target.name}.partial-*", f".{target.name}.old-*"], str(target))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def remove_leftovers(folder: Path, patterns: list[str], what: str) -> list[str]:
+    """Remove what an interrupted write (kill -9, power loss) left in `folder`, and say so; call under the lock."""
+    removed = []
+    for pattern in patterns:
+        for path in sorted(Path(folder).glob(pattern)):
+            try:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                removed.append(path.name)
+            except OSError:
+                pass
+    if removed:
+        log.warning("removed %d leftover(s) of an interrupted write of %s: %s", len(removed), what,
+                    ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
+    return removed

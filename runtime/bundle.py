@@ -113,7 +113,7 @@ class Bundle:
         if not root.is_dir():
             raise BundleError(f"bundle directory not found: {root}")
         manifest_path = root / MANIFEST_NAME
-        if not manifest_path.is_file():
+        if not manifest_path.exists():
             raise BundleError(f"{root} is not a bundle: {MANIFEST_NAME} is missing")
         resolve_inside(root, MANIFEST_NAME)  # no symlink out, for the manifest too
         try:

@@ -68,7 +68,7 @@ class LineProfile:
     @classmethod
     def _load(cls, root: Path) -> "LineProfile":
         path = root / PROFILE_NAME
-        if not root.is_dir() or not path.is_file():
+        if not root.is_dir() or not path.exists():
             raise ProfileError(f"{root} is not a line profile: {PROFILE_NAME} is missing")
         resolve_inside(root, PROFILE_NAME, "line profile", ProfileError)  # no symlink out, as for bundles
         try:

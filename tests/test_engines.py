@@ -89,7 +89,7 @@ def test_frame_flops_before_and_after(tiny_bundle):
 
 # ---- int8 and fp16 engines
 def test_int8_engine_is_added_guarded_and_chosen_on_cpu(tiny_bundle_copy, line_images):
-    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED)
+    engine = add_engine(tiny_bundle_copy, "int8", line_images)  # the default limits: auto trusts only those
     m = json.loads((tiny_bundle_copy / "manifest.json").read_text())
     assert [e["precision"] for e in m["engines"]] == ["fp32", "int8"]
     entry = m["engines"][1]

@@ -75,7 +75,7 @@ def test_calibrate_writes_a_profile_people_can_read(profile, normals):
         image_t["flagged_held_out"] > 0
     for part in record["memory"]["arrays"].values():
         assert (profile / part["file"]).is_file()
-    assert cv2.imread(str(profile / "histogram.png")).shape == (420, 800, 3)
+    assert cv2.imread(str(profile / "histogram.png")).shape == (600, 800, 3)  # two panels: image and pixel scores
 
 
 def test_inspect_with_the_profile_equals_inspect_with_its_normal_images(tiny_bundle, profile, normals, tmp_path):

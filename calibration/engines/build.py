@@ -21,12 +21,13 @@ from winclip.calibration.engines import BUILDERS
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import load_frame_sets
 from winclip.calibration.engines.guard import GuardLimits, guard
-from winclip.runtime.atomic import write_atomic
+from winclip.runtime.atomic import remove_leftovers, write_atomic
 from winclip.runtime.backends import BackendOptions
 from winclip.runtime.bundle import Bundle, write_manifest
 from winclip.runtime.contract import Engine, engine_file_name
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import display_path
+from winclip.runtime.locks import writer_lock
 from winclip.runtime.memory import MemoryKey
 from winclip.runtime.preprocess import Preprocessor
 from winclip.runtime.scoring import WinClipScorer
@@ -34,6 +35,8 @@ from winclip.runtime.scoring import WinClipScorer
 log = logging.getLogger(__name__)
 
 __all__ = ["QuantizeError", "add_engine", "install_engine"]
+LOCK_NAME = ".winclip-write.lock"  # inside the bundle: quantize changes files in it, never the folder itself
+ENGINE_GLOB = "visual-*.onnx"  # how derived engines are named (contract.engine_file_name + a digest)
 
 
 def _need_tools():
@@ -75,16 +78,29 @@ def add_engine(bundle_root: str | Path, precision: str, images: Path, *, object_
     _need_tools()
     if precision not in BUILDERS:
         raise QuantizeError(f"precision must be one of {', '.join(BUILDERS)}, got {precision!r}")
-    builder = BUILDERS[precision]
+    root = Path(bundle_root)
+    if not root.is_dir():
+        Bundle.load(root)  # its one-line refusal
+    if not os.access(root, os.W_OK):
+        raise QuantizeError(f"the bundle {root} is read-only; nothing was changed")
+    with writer_lock(root / LOCK_NAME, f"the bundle {root}"):
+        try:
+            return _add_engine(root, BUILDERS[precision], precision, images, object_name, settings, holdout, seed,
+                               limits, accept_degraded, force)
+        except OSError as exc:  # a full disk in the work folder, an unreadable frame folder: ours, in one line
+            raise QuantizeError(f"making the {precision} engine failed: {exc.strerror or exc}; nothing was changed "
+                                f"in {root}") from None
+
+
+def _add_engine(root: Path, builder, precision: str, images: Path, object_name, settings, holdout: int, seed: int,
+                limits: GuardLimits, accept_degraded: bool, force: bool) -> Engine:
     settings = settings or builder.settings_type()
-    bundle = Bundle.load(bundle_root)
+    bundle = Bundle.load(root)
     root = bundle.root
     m = bundle.manifest
     settings.check(m.layers)
     if precision in m.precisions and not force:
         raise QuantizeError(f"the bundle already has an {precision} engine; pass --force to replace it")
-    if not os.access(root, os.W_OK):
-        raise QuantizeError(f"the bundle {root} is read-only; nothing was changed")
     if holdout < 2:
         raise QuantizeError("the guard needs at least 2 held-out frames")
     fp32 = bundle.engine("fp32")
@@ -134,8 +150,15 @@ def add_engine(bundle_root: str | Path, precision: str, images: Path, *, object_
 
 
 def install_engine(bundle: Bundle, engine: Engine, data: bytes) -> None:
-    """Write the engine file, then the manifest that names it; drop the engine it replaces."""
+    """Write the engine file, then the manifest that names it; drop the engine it replaces.
+
+    Call under the bundle's writer lock. Engine files the manifest does not name are what a write killed
+    between its two steps left behind: they are removed first, and said so.
+    """
     root = bundle.root
+    named = {ref.file for ref in bundle.manifest.files()}
+    orphans = [p.name for p in root.glob(ENGINE_GLOB) if p.name not in named]
+    remove_leftovers(root, [*orphans, ".tmp-*.part"], f"the bundle {root}")
     old = next((e for e in bundle.manifest.engines if e.precision == engine.precision), None)
     target = root / engine.file
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -10,12 +11,14 @@ from pathlib import Path
 import click
 
 from winclip.calibration.evaluation.layouts import LAYOUTS
-from winclip.runtime.command import CONTEXT, Group, Whole
+from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS
 from winclip.runtime.errors import first_line
 
 EVALUATE = "run"
-OUTPUT_MARKER = "results.json"  # what makes a folder one of ours, for --force
+INCOMPLETE_EXIT = 3  # --strict: the run finished but did not cover the whole data set
+OUTPUT_MARKER = "results.json"
+log = logging.getLogger("winclip.eval")  # not __name__: run as a script, that is "__main__"  # what makes a folder one of ours, for --force
 
 
 class EvalGroup(Group):
@@ -98,17 +101,21 @@ def main():
 @click.option("--save-scores", is_flag=True,
               help="Also write OUT/scores/: every image score (CSV) and pixel map (.npy, float16) and the masks used.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder of winclip-eval.")
+@click.option("--strict", is_flag=True,
+              help="Exit non-zero (3) when the run is INCOMPLETE: images, settings or categories were skipped.")
 @click.pass_context
 def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, profile, pixel_size, precision,
-        provider, threads, batch_size, out, save_scores, force):
+        provider, threads, batch_size, out, save_scores, force, strict):
     """Evaluate BUNDLE on a labelled data set: per category, each shot count, and the mean.
 
     Prints a markdown table; with --out also writes CSV, JSON and an HTML report
     (curves and heat-map overlays), all at once when the run completes.
     """
+    from winclip.calibration.evaluation.metrics import require_sklearn
     from winclip.runtime.command import require_onnxruntime, setup_logging
 
     require_onnxruntime()
+    require_sklearn()  # before minutes of scoring, not after
     setup_logging()
     from tqdm import tqdm
 
@@ -158,9 +165,18 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
         raise click.ClickException(f"cannot write {out}: {first_line(exc)}" if out else first_line(exc)) from None
     click.echo(table)
     if result.incomplete:
-        click.echo(f"note: not the whole data set ({len(result.incomplete)} reasons above)", err=True)
+        skipped = [f"{c.name}: {line}" for c in result.categories for line in c.skipped]
+        for line in skipped[:SHOWN_SKIPPED]:
+            log.warning("skipped %s", line)
+        if len(skipped) > SHOWN_SKIPPED:
+            log.warning("skipped %d more images (every one, with its reason, in results.md / results.json)",
+                        len(skipped) - SHOWN_SKIPPED)
+        log.warning("INCOMPLETE: not the whole data set (%d reasons in the report)%s", len(result.incomplete),
+                    "" if strict else "; --strict makes this a failure")
     if out is not None:
         click.echo(f"results written to {out} (report: {out / 'report.html'})", err=True)
+    if strict and result.incomplete:
+        ctx.exit(INCOMPLETE_EXIT)
 
 
 SCORES_README = """Every number of results.csv can be recomputed from these files.

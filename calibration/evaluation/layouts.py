@@ -16,18 +16,21 @@ categories are still evaluated.
 from __future__ import annotations
 
 import csv
+import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from winclip.runtime.defaults import MAX_JSON_BYTES as MAX_CSV_BYTES
 from winclip.runtime.errors import WinclipError
+from winclip.runtime.files import FileRefused, read_regular
 from winclip.runtime.images import IMAGE_SUFFIXES, ImageReadError, display_path, list_images
 
 LAYOUTS = ("mvtec", "visa", "folder")
-GOOD = "good"
+GOOD, MASKS, REFERENCE = "good", "masks", "reference"
 VISA_CSV = Path("split_csv") / "1cls.csv"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
-FOLDER_RESERVED = (GOOD, "masks", "reference")
+FOLDER_RESERVED = (GOOD, MASKS, REFERENCE)  # every other sub-folder of a folder-layout category is a defect kind
 # A folder-layout category without reference/ lends this many normal images per shot of the
 # largest shot count to the reference pool (at most half of good/), so seeds draw different sets.
 POOL_PER_SHOT = 2
@@ -102,8 +105,34 @@ def _subdirs(root: Path) -> list[Path]:
         raise LayoutError(f"cannot read {display_path(root)}: {exc.strerror or exc}") from None
 
 
-def _images(folder: Path, skipped: list[str]) -> list[Path]:
-    """Image files under a folder (none when it is missing); unreadable sub-folders are noted."""
+@dataclass
+class FolderRoles:
+    """What the sub-folders of a folder-layout category (or a --labelled folder) are: one rule for every reader."""
+
+    good: Path
+    reference: Path | None  # normal images for the few-shot memory, never tested
+    masks: Path | None  # masks/<defect>/<name>.png
+    defects: list[Path]  # every other sub-folder: one kind of defect each
+
+
+def folder_roles(folder: Path) -> FolderRoles:
+    """The roles of `folder`'s sub-folders (hidden ones are ignored)."""
+    kinds = [d for d in _subdirs(folder) if d.name not in FOLDER_RESERVED]
+    return FolderRoles(folder / GOOD, folder / REFERENCE if (folder / REFERENCE).is_dir() else None,
+                       folder / MASKS if (folder / MASKS).is_dir() else None, kinds)
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path` (after symlinks) lies inside the data set's root: nothing outside it is ever read."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _images(folder: Path, skipped: list[str], root: Path | None = None) -> list[Path]:
+    """Image files under a folder (none when it is missing); unreadable sub-folders are noted, and so are
+    files that lead outside the data set's root (a symlink out)."""
     if not folder.is_dir():
         return []
     try:
@@ -112,23 +141,28 @@ def _images(folder: Path, skipped: list[str]) -> list[Path]:
         skipped.append(str(exc))
         return []
     skipped += problems
-    return paths
+    if root is None:
+        return paths
+    kept = [p for p in paths if inside(root, p)]
+    skipped += [f"{display_path(p)}: leads outside the data set" for p in paths if not inside(root, p)]
+    return kept
 
 
-def _mask_for(folder: Path, stem: str) -> Path | None:
-    """The first existing <stem>_mask.<suffix> or <stem>.<suffix> in the folder."""
+def _mask_for(folder: Path, stem: str, root: Path) -> Path | None:
+    """The first existing <stem>_mask.<suffix> or <stem>.<suffix> in the folder, inside the data set."""
     for name in (f"{stem}_mask", stem):
         for suffix in IMAGE_SUFFIXES:
-            if (folder / f"{name}{suffix}").is_file():
-                return folder / f"{name}{suffix}"
+            path = folder / f"{name}{suffix}"
+            if path.is_file() and inside(root, path):
+                return path
     return None
 
 
-def _with_masks(kind: Path, mask_dir: Path, skipped: list[str]) -> list[Sample]:
+def _with_masks(kind: Path, mask_dir: Path, skipped: list[str], root: Path) -> list[Sample]:
     """The defect images under `kind`, each with its mask at the same relative place under `mask_dir`."""
     samples = []
-    for path in _images(kind, skipped):
-        mask = _mask_for(mask_dir / path.relative_to(kind).parent, path.stem)
+    for path in _images(kind, skipped, root):
+        mask = _mask_for(mask_dir / path.relative_to(kind).parent, path.stem, root)
         if mask is None:
             skipped.append(f"{display_path(path)}: no mask in {display_path(mask_dir)}")
         else:
@@ -140,11 +174,11 @@ def _mvtec(root: Path, max_shots: int) -> list[Category]:
     categories = []
     for cat in _subdirs(root):
         skipped: list[str] = []
-        references = _images(cat / "train" / GOOD, skipped)
-        test = [Sample(p, 0, GOOD) for p in _images(cat / "test" / GOOD, skipped)]
+        references = _images(cat / "train" / GOOD, skipped, root)
+        test = [Sample(p, 0, GOOD) for p in _images(cat / "test" / GOOD, skipped, root)]
         for kind in (_subdirs(cat / "test") if (cat / "test").is_dir() else []):
             if kind.name != GOOD:
-                test += _with_masks(kind, cat / "ground_truth" / kind.name, skipped)
+                test += _with_masks(kind, cat / "ground_truth" / kind.name, skipped, root)
         categories.append(Category(cat.name, references, test, has_masks=True, skipped=skipped))
     return categories
 
@@ -152,13 +186,15 @@ def _mvtec(root: Path, max_shots: int) -> list[Category]:
 def _visa(root: Path, max_shots: int) -> list[Category]:
     path = root / VISA_CSV
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in VISA_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise LayoutError(f"{display_path(path)} lacks the column(s) {', '.join(missing)} "
-                                  f"(expected {', '.join(VISA_COLUMNS)})")
-            rows = list(reader)
+        text = read_regular(path, MAX_CSV_BYTES, "split file").decode("utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in VISA_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise LayoutError(f"{display_path(path)} lacks the column(s) {', '.join(missing)} "
+                              f"(expected {', '.join(VISA_COLUMNS)})")
+        rows = list(reader)
+    except FileRefused as exc:
+        raise LayoutError(str(exc)) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LayoutError(f"cannot read {display_path(path)}: {getattr(exc, 'strerror', None) or exc}") from None
     by_object: dict[str, Category] = {}
@@ -172,6 +208,8 @@ def _visa(root: Path, max_shots: int) -> list[Category]:
         label, split = (row["label"] or "").strip(), (row["split"] or "").strip()
         if label not in ("normal", "anomaly") or split not in ("train", "test"):
             cat.skipped.append(f"{where}: split {split!r} / label {label!r} not understood")
+        elif not inside(root, image):  # an absolute path, '..', a symlink out: never opened, never shown
+            cat.skipped.append(f"{where}: image path {(row['image'] or '').strip()[:80]!r} leads outside the data set")
         elif not (row["image"] or "").strip() or not image.is_file():
             cat.skipped.append(f"{where}: image {display_path(image)} not found")
         elif split == "train":
@@ -183,7 +221,9 @@ def _visa(root: Path, max_shots: int) -> list[Category]:
             cat.test.append(Sample(image, 0, GOOD))
         else:
             mask = root / (row["mask"] or "").strip()
-            if not (row["mask"] or "").strip() or not mask.is_file():
+            if not inside(root, mask):
+                cat.skipped.append(f"{where}: mask path {(row['mask'] or '').strip()[:80]!r} leads outside the data set")
+            elif not (row["mask"] or "").strip() or not mask.is_file():
                 cat.skipped.append(f"{where}: no mask for {display_path(image)} ({display_path(mask)} not found)")
             else:
                 cat.test.append(Sample(image, 1, "anomaly", mask))
@@ -197,17 +237,16 @@ def _folder(root: Path, max_shots: int) -> list[Category]:
     categories = []
     for cat in roots:
         skipped: list[str] = []
-        goods = _images(cat / GOOD, skipped)
-        has_masks = (cat / "masks").is_dir()
+        roles = folder_roles(cat)
+        goods = _images(roles.good, skipped, root)
+        has_masks = roles.masks is not None
         test: list[Sample] = []
-        for kind in _subdirs(cat):
-            if kind.name in FOLDER_RESERVED:
-                continue
-            test += (_with_masks(kind, cat / "masks" / kind.name, skipped) if has_masks
-                     else [Sample(p, 1, kind.name) for p in _images(kind, skipped)])
+        for kind in roles.defects:
+            test += (_with_masks(kind, roles.masks / kind.name, skipped, root) if has_masks
+                     else [Sample(p, 1, kind.name) for p in _images(kind, skipped, root)])
         note = ""
-        if (cat / "reference").is_dir():
-            references = _images(cat / "reference", skipped)
+        if roles.reference is not None:
+            references = _images(roles.reference, skipped, root)
         else:
             references, goods = _split_pool(goods, max_shots)
             if references:

@@ -16,15 +16,21 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from winclip.runtime.errors import MissingExtra
+
 PRO_MAX_FPR = 0.3  # PRO integrates up to this false-positive rate (the paper's and MVTec's convention)
 
 
-def _sklearn():
+def require_sklearn():
+    """scikit-learn's metrics module, or MissingExtra naming the extra (call it before long work)."""
     try:
         import sklearn.metrics as metrics
     except ImportError:
-        raise ImportError("metrics need scikit-learn: pip install 'winclip-edge[eval]'") from None
+        raise MissingExtra("metrics need scikit-learn: pip install 'winclip-edge[eval]'") from None
     return metrics
+
+
+_sklearn = require_sklearn
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray, sample_weight: np.ndarray | None = None) -> float:

@@ -142,6 +142,10 @@ def markdown(ev: Evaluation) -> str:
                 out.append(f"profile thresholds on {c.name}: " + _threshold_text(run.thresholds))
     out += [f"- {line}" for line in _facts(ev)]
     out += [f"- INCOMPLETE: {reason}" for reason in ev.incomplete]
+    skipped = [(c.name, line) for c in ev.categories for line in c.skipped]
+    if skipped:
+        out += ["", "Skipped images (each with its reason):", ""]
+        out += [f"- {name}: {line}" for name, line in skipped]
     return "\n".join(out) + "\n"
 
 

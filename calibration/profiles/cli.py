@@ -46,7 +46,7 @@ def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, la
     setup_logging()
     from tqdm import tqdm
 
-    from winclip.calibration.profiles.histogram import score_histogram
+    from winclip.calibration.profiles.histogram import histogram_picture
     from winclip.calibration.profiles.setup import calibrate
     from winclip.runtime.atomic import write_atomic
     from winclip.runtime.detector import Detector
@@ -65,10 +65,7 @@ def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, la
             profile = detector.to_profile(result.record)
             root = profile.save(out, force=force)
             thresholds = {"image": detector.threshold, "pixel": detector.pixel_threshold}
-            picture = score_histogram(result.normal_scores, result.defect_scores, {"image": detector.threshold},
-                                      f"{detector.object_name}: image scores of held-out normals"
-                                      + (" and labelled defects" if result.defect_scores is not None else ""))
-            write_atomic(root / "histogram.png", png_bytes(picture))
+            write_atomic(root / "histogram.png", png_bytes(histogram_picture(_panels(detector, result))))
         except (ValueError, ImportError) as exc:
             raise click.ClickException(first_line(exc)) from None
         except (OSError, FileExistsError) as exc:
@@ -79,14 +76,33 @@ def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, la
                f"{stats['count']} held-out normals scored")
     click.echo(f"normal image scores: min {stats['min']:.4f}  median {stats['p50']:.4f}  p95 {stats['p95']:.4f}  "
                f"max {stats['max']:.4f}")
+    held = stats["count"]
+    expected = (f"{rec['expected_false_alarms_per_1000']:.1f} per 1,000 good parts"
+                if rec["false_alarm_rate_resolved"] else
+                f"below about {1000 / held:.0f} per 1,000 good parts ({held} held-out normals cannot say more)")
     click.echo(f"image threshold {thresholds['image']:.4f} ({rec['thresholds']['image']['method']}), "
-               f"pixel threshold {thresholds['pixel']:.4f}; expected false alarms: "
-               f"{rec['expected_false_alarms_per_1000']:.1f} per 1,000 good parts")
+               f"pixel threshold {thresholds['pixel']:.4f}; expected false alarms: {expected}")
     if "labelled" in rec:
         lab = rec["labelled"]
         click.echo(f"labelled: {lab['good']} good, {lab['defect']} defect; image AUROC {lab['image_auroc']:.4f}, "
                    f"F1-max {lab['f1_max']:.4f} at threshold {lab['f1_max_threshold']:.4f}")
     click.echo(f"profile written to {root} (histogram: {root / 'histogram.png'})")
+
+
+def _panels(detector, result) -> list:
+    """The calibration picture's panels: image scores with their thresholds, pixel-map maxima with the pixel one."""
+    from winclip.calibration.profiles.histogram import Panel
+
+    thresholds = result.record["thresholds"]
+    labelled = result.defect_scores is not None
+    image_lines = {"image threshold": detector.threshold}
+    if "image_f1_max" in thresholds and thresholds["image_f1_max"]["value"] != detector.threshold:
+        image_lines["F1-max"] = thresholds["image_f1_max"]["value"]
+    parts = "held-out normal parts" + (" and labelled defects" if labelled else "")
+    return [Panel(f"{detector.object_name}: image scores of {parts}", "image score", result.normal_scores,
+                  result.defect_scores, image_lines),
+            Panel(f"{detector.object_name}: the highest pixel-map value of each part", "pixel-map maximum",
+                  result.normal_map_max, result.defect_map_max, {"pixel threshold": detector.pixel_threshold})]
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from winclip.calibration.evaluation.metrics import auroc, f1_max, threshold_for_false_alarm_rate
+from winclip.calibration.evaluation.layouts import folder_roles
+from winclip.calibration.evaluation.metrics import auroc, f1_max, require_sklearn, threshold_for_false_alarm_rate
 from winclip.runtime.errors import WinclipError
-from winclip.runtime.images import ImageReadError, display_path, list_images, read_image
+from winclip.runtime.command import SHOWN_SKIPPED
+from winclip.runtime.images import ImageReadError, decode_image, display_path, list_images, read_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,14 @@ def read_folder(folder: Path, what: str, warn=log.warning) -> tuple[list[LoadedI
     loaded, skipped = [], list(problems)
     for path in paths:
         try:
-            data = path.read_bytes()
-            loaded.append(LoadedImage(path, read_image(path), hashlib.sha256(data).hexdigest()))
-        except (OSError, ImageReadError) as exc:
-            skipped.append(str(exc) if isinstance(exc, ImageReadError) else f"cannot read {display_path(path)}")
-    for line in skipped:
+            data = read_image_bytes(path)  # read once: the bytes that are hashed are the bytes decoded
+            loaded.append(LoadedImage(path, decode_image(data, display_path(path)), hashlib.sha256(data).hexdigest()))
+        except ImageReadError as exc:
+            skipped.append(str(exc))
+    for line in skipped[:SHOWN_SKIPPED]:
         warn(f"skipped ({what}): {line}")
+    if len(skipped) > SHOWN_SKIPPED:
+        warn(f"skipped ({what}): {len(skipped) - SHOWN_SKIPPED} more like these")
     return loaded, skipped
 
 
@@ -84,6 +88,7 @@ class Calibration:
     normal_scores: np.ndarray
     normal_map_max: np.ndarray
     defect_scores: np.ndarray | None = None
+    defect_map_max: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -107,6 +112,8 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
         raise CalibrationError(f"the false-alarm rate must be in (0, 1), got {false_alarm_rate}")
     if shots < 1:
         raise CalibrationError(f"shots must be >= 1, got {shots}")
+    if labelled_dir is not None:
+        require_sklearn()  # before minutes of scoring, not after
     warnings: list[str] = []
 
     def note(msg: str) -> None:  # warned now, and kept in the result
@@ -149,10 +156,12 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
         },
         "normal_scores": {"image": score_stats(normal_scores), "pixel_max": score_stats(normal_peaks)},
         "expected_false_alarms_per_1000": round(1000 * flagged, 1),
+        # with fewer held-out normals than the rate needs, the true rate is only known to be below ~1 / n
+        "false_alarm_rate_resolved": len(held_out) >= needed,
     }
-    defect_scores = None
+    defect_scores = defect_peaks = None
     if labelled_dir is not None:
-        labelled, summary, defect_scores = _labelled(detector, labelled_dir, note, progress)
+        labelled, summary, defect_scores, defect_peaks = _labelled(detector, labelled_dir, note, progress)
         record["labelled"] = summary
         thresholds["image_f1_max"] = {"value": summary["f1_max_threshold"], "method": "f1-max",
                                       "f1": summary["f1_max"], "folder": summary["folder"]}
@@ -163,16 +172,18 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
     record["thresholds"] = thresholds
     detector.threshold = float(min(max(thresholds["image"]["value"], 0.0), 1.0))
     detector.pixel_threshold = float(min(max(pixel_t, 0.0), 1.0))
-    return Calibration(record, normal_scores, normal_peaks, defect_scores, warnings)
+    return Calibration(record, normal_scores, normal_peaks, defect_scores, defect_peaks, warnings)
 
 
-def _labelled(detector, folder: Path, note, progress) -> tuple[list, dict, np.ndarray]:
-    """Score a labelled folder: good/ holds normal parts, every other folder a kind of defect (masks/ ignored)."""
+def _labelled(detector, folder: Path, note, progress) -> tuple[list, dict, np.ndarray, np.ndarray]:
+    """Score a labelled folder as winclip-eval reads one (layouts.folder_roles): good/ holds normal parts,
+    reference/ and masks/ are not test parts, every other folder is a kind of defect."""
     folder = Path(folder)
     if not (folder / "good").is_dir():
         raise CalibrationError(f"labelled folder {display_path(folder)} has no good/ sub-folder")
-    kinds = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in ("good", "masks"))
-    goods, _ = read_folder(folder / "good", "labelled good", note)
+    roles = folder_roles(folder)
+    kinds = roles.defects
+    goods, _ = read_folder(roles.good, "labelled good", note)
     defects = []
     for kind in kinds:
         defects += read_folder(kind, f"labelled {kind.name}", note)[0]
@@ -182,11 +193,11 @@ def _labelled(detector, folder: Path, note, progress) -> tuple[list, dict, np.nd
     if not goods:
         raise CalibrationError(f"labelled folder {display_path(folder)} has no readable good images")
     good_scores, _ = score_images(detector, goods, progress=progress)
-    defect_scores, _ = score_images(detector, defects, progress=progress)
+    defect_scores, defect_peaks = score_images(detector, defects, progress=progress)
     labels = np.r_[np.zeros(len(goods)), np.ones(len(defects))]
     scores = np.r_[good_scores, defect_scores]
     f1, threshold = f1_max(labels, scores)
     summary = {"folder": display_path(folder), "good": len(goods), "defect": len(defects),
                "defect_kinds": [k.name for k in kinds], "image_auroc": auroc(labels, scores),
                "f1_max": f1, "f1_max_threshold": threshold}
-    return goods + defects, summary, defect_scores
+    return goods + defects, summary, defect_scores, defect_peaks

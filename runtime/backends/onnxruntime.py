@@ -11,8 +11,12 @@ and the outputs straight back into host arrays.
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import ctypes
+import functools
+import io
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -21,13 +25,11 @@ import onnxruntime as ort
 
 from winclip.runtime.backends.base import Backend, BackendOptions
 from winclip.runtime.backends.policy import choose_engine
-from winclip.runtime.cache import cache_path
+from winclip.runtime.cache import cache_path, prune_cache, touch
 from winclip.runtime.contract import Engine, Manifest
 from winclip.runtime.defaults import PROVIDERS
 from winclip.runtime.errors import BundleError, first_line
 from winclip.runtime.graph_check import GraphFormatError, external_tensors
-
-log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -35,16 +37,51 @@ CPU = "CPUExecutionProvider"
 PROVIDER_LISTS = {"cuda": [CUDA, CPU], "cpu": [CPU]}
 
 
-def choose_providers(provider: str) -> list[str]:
-    """onnxruntime provider list for 'auto', 'cuda' or 'cpu'; BundleError when it cannot be had."""
-    available = ort.get_available_providers()
-    if provider == "auto":
-        return next(row for row in PROVIDER_LISTS.values() if row[0] in available)
-    if provider not in PROVIDER_LISTS:
+class CudaDidNotStart(BundleError):
+    """The session was offered CUDA and started on another provider."""
+
+
+def choose_providers(provider: str) -> tuple[list[str], str]:
+    """onnxruntime provider list for 'auto', 'cuda' or 'cpu', and a note on the choice ("" when plain).
+
+    CUDA counts only where its libraries load: onnxruntime-gpu lists the CUDA provider on any box and
+    then quietly runs on the CPU when the CUDA or cuDNN libraries are missing. 'cuda' then fails in one
+    line naming the library that did not load; 'auto' falls back to the CPU and says why.
+    """
+    if provider not in ("auto", *PROVIDER_LISTS):
         raise BundleError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
-    if PROVIDER_LISTS[provider][0] not in available:
-        raise BundleError("CUDA was asked for but this onnxruntime has no CUDA provider: install winclip-edge[gpu]")
-    return PROVIDER_LISTS[provider]
+    available = ort.get_available_providers()
+    if provider == "cpu":
+        return PROVIDER_LISTS["cpu"], ""
+    if CUDA not in available:
+        if provider == "cuda":
+            raise BundleError("CUDA was asked for but this onnxruntime has no CUDA provider: install winclip-edge[gpu]")
+        return PROVIDER_LISTS["cpu"], "provider auto: this onnxruntime has no CUDA, so the CPU"
+    problem = cuda_libraries_problem()
+    if problem is None:
+        return PROVIDER_LISTS["cuda"], ""
+    if provider == "cuda":
+        raise BundleError(f"CUDA was asked for, but onnxruntime cannot start it: {problem} (pip install "
+                          "'winclip-edge[gpu]' brings the CUDA and cuDNN libraries; the box needs the NVIDIA driver)")
+    return PROVIDER_LISTS["cpu"], f"provider auto: CUDA libraries do not load ({problem}), so the CPU"
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_libraries_problem() -> str | None:
+    """Load the CUDA and cuDNN libraries (from the nvidia-* wheels of the [gpu] extra, where installed) and
+    onnxruntime's CUDA provider; the first thing that did not load, in words, or None when all did."""
+    if hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per missing library; ours says it once
+            try:
+                ort.preload_dlls(msvc=False)
+            except Exception:  # a failed preload shows up below, where it matters
+                pass
+    name = "onnxruntime_providers_cuda.dll" if platform.system() == "Windows" else "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(Path(ort.__file__).parent / "capi" / name))
+    except OSError as exc:
+        return first_line(exc)
+    return None
 
 
 def session_options(threads: int | None, precision: str = "fp32", providers=(CPU,),
@@ -78,19 +115,27 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def open(cls, bundle, options: BackendOptions) -> "OnnxRuntimeBackend":
-        providers = choose_providers(options.device)
+        providers, note = choose_providers(options.device)
+        try:
+            return cls._open_on(bundle, options, providers, note)
+        except CudaDidNotStart:
+            if options.device == "cuda":
+                raise
+            return cls._open_on(bundle, options, PROVIDER_LISTS["cpu"], "provider auto: CUDA did not start, so the CPU")
+
+    @classmethod
+    def _open_on(cls, bundle, options: BackendOptions, providers: list[str], note: str) -> "OnnxRuntimeBackend":
         engine, reason = choose_engine(bundle.manifest, options.precision, "cuda" if providers[0] == CUDA else "cpu")
-        if options.device == "auto" and providers == [CPU]:
-            reason += "; provider auto: this onnxruntime has no CUDA, so the CPU"
         graph, sha256 = bundle.read_engine(engine)
-        return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason, sha256)
+        return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason + (f"; {note}" if note else ""),
+                              sha256)
 
     @classmethod
     def from_bytes(cls, graph: bytes, engine: Engine, manifest: Manifest, options: BackendOptions = BackendOptions(),
                    providers: list[str] | None = None, reason: str = "", sha256: str | None = None,
                    ) -> "OnnxRuntimeBackend":
         """A backend over graph bytes (an engine of a bundle, or one being made and guarded)."""
-        providers = providers or choose_providers(options.device)
+        providers = providers or choose_providers(options.device)[0]
         try:
             external = external_tensors(graph)
         except GraphFormatError as exc:
@@ -108,10 +153,12 @@ class OnnxRuntimeBackend(Backend):
             cached = cache_path(f"{sha256}-ort{ort.__version__}.onnx", options.cache_dir)
         if cached is not None and not cached.is_file():
             _write_cache(graph, cached)
+            prune_cache(cached.parent, keep=cached)
         session = None
         if cached is not None and cached.is_file():
             try:
                 session = ort.InferenceSession(str(cached), session_opts, providers=providers)
+                touch(cached)
             except Exception:
                 cached.unlink(missing_ok=True)  # broken: rebuilt on the next start
         if session is None:
@@ -120,6 +167,10 @@ class OnnxRuntimeBackend(Backend):
             except Exception as exc:
                 raise BundleError(f"onnxruntime cannot load {engine.file}: {first_line(exc)}") from None
         check_graph_io(manifest, session, engine.file)
+        if providers[0] == CUDA and session.get_providers()[0] != CUDA:  # what the session got, not what it was offered
+            raise CudaDidNotStart(f"CUDA was asked for, but onnxruntime started {engine.file} on "
+                                  f"{session.get_providers()[0].replace('ExecutionProvider', '')} instead (no usable "
+                                  "GPU, driver or CUDA library); use --provider cpu, or fix the CUDA install")
         return cls(session, engine, reason)
 
     @property

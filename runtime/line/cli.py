@@ -8,6 +8,7 @@ is the sink table's business (sinks/): each sink brings its own options.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -26,8 +27,10 @@ from winclip.runtime.line.sinks import SINKS
 log = logging.getLogger("winclip.inspect")  # not __name__: run as a script, that is "__main__"
 
 SINK_OPTIONS = tuple(option for kind in SINKS.values() for option in kind.options)
-LIVE_BASE = ("roi", "every", "max_frames", "duration", "wait_for_source", "stall_timeout", "overlays", "serve", "host")
+LIVE_BASE = ("roi", "every", "max_frames", "duration", "wait_for_source", "stall_timeout", "overlays", "keep_days",
+             "keep_gb", "flush_timeout", "rtsp_transport", "serve", "host")
 FOLDER_ONLY = ("save_maps", "save_overlays", "batch_size", "force")
+LOCK_NAME = ".winclip-inspect.lock"
 
 
 def _threshold(ctx, param, value):
@@ -111,6 +114,17 @@ def _sink_options(command):
 @click.option("--overlays", type=click.Choice(defaults.OVERLAY_CHOICES), default=None,
               help="Live: save OUT/overlays/<source>/<day>/<time>-<frame>.jpg for anomalous frames, all, or none. "
                    "[default: anomalous with --out, else none]")
+@click.option("--keep-days", type=Finite(0.001, 36500.0), default=None,
+              help="Live: delete saved overlays older than this many days (oldest first, checked as the run goes). "
+                   "[default: keep]")
+@click.option("--keep-gb", type=Finite(0.001, 1e6), default=None,
+              help="Live: keep the saved overlays under this many GB, deleting the oldest. [default: no limit]")
+@click.option("--flush-timeout", type=Finite(0.0, 600.0), default=defaults.SINK_CLOSE_TIMEOUT_S,
+              help="Live: at the end of a run, seconds each sink may take to deliver the events it still holds "
+                   "(a broker or webhook that is down is retried meanwhile); what is left is counted in the summary.")
+@click.option("--rtsp-transport", type=click.Choice(("tcp", "udp")), default=None,
+              help="Live: RTSP over TCP or UDP for every rtsp:// source, added to any OPENCV_FFMPEG_CAPTURE_OPTIONS "
+                   "you set. [default: OpenCV's choice: TCP when that variable is unset]")
 @_sink_options
 @click.option("--serve", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Live: serve a live page, /status.json and /metrics on this port (0: any free port).")
@@ -119,7 +133,8 @@ def _sink_options(command):
 @click.pass_context
 def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
          pixel_threshold, provider, backend, precision, threads, batch_size, temperature, max_pixels, force, no_cache,
-         rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, serve, host, **sink_values):
+         rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, keep_days, keep_gb,
+         flush_timeout, rtsp_transport, serve, host, **sink_values):
     """Score frames from --source with the WinCLIP bundle BUNDLE.
 
     \b
@@ -162,6 +177,11 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
         raise click.UsageError("--profile brings its own few-shot memory; leave out --normal")
     if live:
         plan = _plan_live(ctx, out, overlays, serve, sink_values)
+        plan.update(keep_days=keep_days, keep_gb=keep_gb)
+        if rtsp_transport is not None:
+            from winclip.runtime.line.sources.stream import set_rtsp_transport
+
+            set_rtsp_transport(rtsp_transport)
     elif out is None:
         raise click.UsageError("--out is required for a folder of images")
 
@@ -174,11 +194,27 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
     frames = None if live else _image_files(specs[0])
     detector = _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature,
                               threshold, pixel_threshold, no_cache, normal_dir, shots)
-    if live:
-        _run_live(detector, specs, out, plan, every=every, max_frames=max_frames, duration=duration,
-                  wait_for_source=wait_for_source, stall_timeout=stall_timeout, host=host)
-    else:
-        _run_folder(detector, frames, out, save_maps, save_overlays, batch_size, force)
+    with _output_lock(out):
+        if live:
+            _run_live(detector, specs, out, plan, every=every, max_frames=max_frames, duration=duration,
+                      wait_for_source=wait_for_source, stall_timeout=stall_timeout, host=host,
+                      flush_timeout=flush_timeout)
+        else:
+            _run_folder(detector, frames, out, save_maps, save_overlays, batch_size, force)
+
+
+@contextlib.contextmanager
+def _output_lock(out):
+    """One run at a time per --out: a second one is refused in one line that names the first."""
+    if out is None:
+        yield
+        return
+    from winclip.runtime.locks import writer_lock
+
+    with one_line_errors(f"cannot write to {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+    with one_line_errors(), writer_lock(out / LOCK_NAME, f"the output folder {out}"):
+        yield
 
 
 def _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature, threshold,
@@ -245,16 +281,24 @@ def _run_folder(detector, frames, out, save_maps, save_overlays, batch_size, for
     inspection = Inspection(detector, [events], artifacts, on_artifact_error=artifact_failed)
     from tqdm import tqdm
 
+    stopper = Stopper(lambda name: None, lambda name: f"the events so far are whole lines in {events.partial}")
+    done = 0
     try:
-        with tqdm(total=len(frames), unit="img", file=sys.stderr, disable=None) as bar:
+        with stopper, tqdm(total=len(frames), unit="img", file=sys.stderr, disable=None) as bar:
             for batch in batched(frames, batch_size):
+                if stopper.signalled:
+                    break
                 inspection.run_batch(batch)
+                done += len(batch)
                 bar.update(len(batch))
     except OSError as exc:  # the event log itself failed: stop, keep what was written
         events.close(complete=False)
         raise click.ClickException(f"{first_line(exc)}; events so far are in {events.partial}") from None
     events.close(complete=True)
     counts = inspection.counts
+    if stopper.signalled:
+        raise click.ClickException(f"stopped by {stopper.signalled} after {done} of {len(frames)} images: "
+                                   f"{counts.summary()}; events: {events.path}")
     click.echo(f"{counts.summary()}; events: {events.path}", err=True)
     if counts.scored == 0:
         raise click.ClickException(f"no image could be scored ({counts.errors} errors); see {events.path}")
@@ -268,6 +312,9 @@ def _plan_live(ctx, out, overlays, serve, sink_values: dict) -> dict:
         raise click.UsageError(f"a live run needs somewhere to put its results: --out, {flags} or --serve")
     if overlays not in (None, "none") and out is None:
         raise click.UsageError(f"--overlays {overlays} saves into OUT/overlays: give --out")
+    for name in ("keep_days", "keep_gb"):
+        if _given(ctx, name) and (out is None or overlays == "none"):
+            raise click.UsageError(f"{_flag(name)} prunes the overlays saved in OUT/overlays: give --out")
     for name, needs in [(n, k.requires[n]) for k in SINKS.values() for n in k.requires]:
         if _given(ctx, name) and sink_values.get(needs) is None:
             raise click.UsageError(f"{_flag(name)} needs {_flag(needs)}")
@@ -292,8 +339,9 @@ def _open_sinks(plan, status, host, opened: list):
         except OSError as exc:
             raise click.ClickException(first_line(exc)) from None
         for sink, sink_name in made:
-            opened.append(sink)
-            sinks.append(GuardedSink(sink, sink_name, status))
+            guarded = GuardedSink(sink, sink_name, status)
+            opened.append(guarded)
+            sinks.append(guarded)
     if plan["serve"] is not None:
         from winclip.runtime.line.server import LiveServer
 
@@ -309,36 +357,55 @@ def _open_sinks(plan, status, host, opened: list):
     return sinks
 
 
-def _stop_on_signals(loop):
-    """SIGINT/SIGTERM end the run after the frame in flight; a second one ends the process at once."""
-    import os
+class Stopper:
+    """SIGINT/SIGTERM while a run is on: the first asks it to finish the work in flight and close cleanly
+    (`first(name)`); a second exits at once, after one line that says what is left (`last_words(name)`).
+    Events are written a whole line per system call, so even then every file holds whole JSON lines.
+    The handlers stay until the run has closed everything: a second signal during the closing is caught too.
+    """
 
-    def handler(signum, frame):
+    def __init__(self, first, last_words):
+        self.first, self.last_words = first, last_words
+        self.signalled: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        import os
+
         name = signal.Signals(signum).name
-        if loop.stop.is_set():
-            sys.stderr.write(f"\n{name} again: exiting now\n")
+        if self.signalled is not None:
+            sys.stderr.write(f"\n{name} again: exiting now; {self.last_words(name)}\n")
+            sys.stderr.flush()
             os._exit(128 + signum)
-        loop.stop_reason = name
-        loop.stop.set()
+        self.signalled = name
+        self.first(name)
 
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    def __enter__(self) -> "Stopper":
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
-def _close_all(opened: list) -> None:
-    """Close sinks and the server, newest first; a failure to close one is a warning, never a crash."""
+def _close_all(opened: list, timeout: float) -> None:
+    """Close sinks and the server, newest first, each within `timeout`; a failure to close is a warning."""
     for thing in reversed(opened):
         try:
-            thing.close()
+            thing.close(timeout)
         except Exception as exc:  # closing must reach every sink
             log.warning("closing %s failed: %s", type(thing).__name__, first_line(exc))
 
 
-def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_for_source, stall_timeout, host):
+def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_for_source, stall_timeout, host,
+              flush_timeout):
     import time
 
     from winclip.runtime.line.events import LiveOverlayWriter
     from winclip.runtime.line.inspection import Inspection
     from winclip.runtime.line.loop import EngineFailed, LiveLoop, LiveOutputs, StatusLine
+    from winclip.runtime.line.sinks import sink_report
     from winclip.runtime.line.sources import SourceError
     from winclip.runtime.line.status import LiveStatus
 
@@ -351,11 +418,11 @@ def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_f
         overlays = None
         if plan["overlays"] != "none":
             try:
-                overlays = LiveOverlayWriter(out / "overlays")
+                overlays = LiveOverlayWriter(out / "overlays", keep_days=plan["keep_days"], keep_gb=plan["keep_gb"])
             except OSError as exc:
                 raise click.ClickException(f"cannot write overlays to {out / 'overlays'}: {first_line(exc)}") from None
     except BaseException:
-        _close_all(opened)
+        _close_all(opened, 0.0)
         raise
     outputs = LiveOutputs(status, overlays, plan["overlays"], preview=plan["serve"] is not None)
     inspection = Inspection(detector, sinks, on_event=outputs)
@@ -367,26 +434,30 @@ def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_f
                "pixel_threshold": detector.pixel_threshold}
     for sink in sinks:
         sink.write(started)
-    previous = _stop_on_signals(loop)
+
+    def stop(name: str) -> None:
+        loop.stop_reason = name
+        loop.stop.set()
+
     failure, reason = None, None
-    try:
-        reason = loop.run()
-    except (SourceError, EngineFailed) as exc:
-        failure = str(exc)
-    finally:
-        loop.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    snap = status.snapshot()
-    stopped = {"event": "run_stopped", "time": round(time.time(), 3), "reason": failure or reason,
-               **{k: snap[k] for k in ("scored", "errors", "anomalous", "dropped")}}
-    for sink in sinks:
-        sink.write(stopped)
-    _close_all(opened)
+    with Stopper(stop, lambda name: "the events written so far are whole lines; what the sinks still held is lost"):
+        try:
+            reason = loop.run()
+        except (SourceError, EngineFailed) as exc:
+            failure = str(exc)
+        finally:
+            loop.close()
+        snap = status.snapshot()
+        stopped = {"event": "run_stopped", "time": round(time.time(), 3), "reason": failure or reason,
+                   **{k: snap[k] for k in ("scored", "errors", "anomalous", "dropped")},
+                   "sinks": {sink.name: sink.stats() for sink in sinks}}
+        for sink in sinks:
+            sink.write(stopped)
+        _close_all(opened, flush_timeout)
     if failure is not None:
         raise click.ClickException(failure)
-    events = plan["sinks"].get("events")
-    log.info("%s", loop.summary(reason) + (f"; events: {', '.join(events[0])}" if events else ""))
+    report = sink_report(sinks)
+    log.info("%s", loop.summary(reason) + (f"; sinks: {report}" if report else ""))
     if snap["scored"] == 0 and reason == "every source ended":
         raise click.ClickException(f"no frame could be scored ({snap['errors']} errors)")
 

@@ -21,7 +21,9 @@ MQTT_PORT = 1883
 MQTT_TOPIC = "winclip/events"
 SINK_QUEUE = 1000  # events held per sink while its peer is away (the oldest are dropped beyond)
 WEBHOOK_TIMEOUT_S = 2.0
-SINK_CLOSE_TIMEOUT_S = 5.0  # at the end of a run, how long each sink may take to deliver what it holds
+WEBHOOK_RETRY_S = (0.5, 30.0)  # a failed POST is retried after this wait, doubling up to the longest
+SINK_CLOSE_TIMEOUT_S = 5.0  # at the end of a run, how long each sink may take to deliver what it holds (--flush-timeout)
+OUTAGE_QUIET_S = 60.0  # a sink's peer that fails again within this long after a warning is counted, not warned
 
 # --- the live page
 SERVE_HOST = "127.0.0.1"  # the page binds here unless told otherwise

@@ -24,12 +24,21 @@ import numpy as np
 
 from winclip.runtime.atomic import write_atomic
 from winclip.runtime.images import jpeg_bytes, npy_bytes, png_bytes
+from winclip.runtime.line.retention import OverlayRetention
 from winclip.runtime.postprocess import render_overlay
 
 
 def to_json_line(event: dict) -> str:
     """One strict-JSON line; ValueError if the event holds NaN or infinity."""
     return json.dumps(event, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def write_whole(fd: int, data: bytes) -> None:
+    """Write all of `data` to a file descriptor, unbuffered: nothing of a line waits in a buffer that an
+    abrupt exit (a second signal) would drop half-written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class EventLog:
@@ -47,16 +56,18 @@ class EventLog:
                 n += 1
             self.kept_aside = self.partial.with_name(f"{self.partial.name}.{n}")
             os.replace(self.partial, self.kept_aside)
-        self.file = open(self.partial, "x", encoding="utf-8")
+        self.fd: int | None = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.written = 0
 
     def write(self, event: dict) -> None:
-        self.file.write(to_json_line(event))
-        self.file.flush()
+        write_whole(self.fd, to_json_line(event).encode("utf-8"))  # a whole line per system call
+        self.written += 1
 
     def close(self, complete: bool) -> None:
-        if self.file.closed:
+        if self.fd is None:
             return
-        self.file.close()
+        os.close(self.fd)
+        self.fd = None
         if complete:
             os.replace(self.partial, self.path)
 
@@ -98,10 +109,14 @@ class LiveOverlayWriter:
     at 0 again) never overwrites the overlays of the one before.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, keep_days: float | None = None, keep_gb: float | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._stems: dict[str, str] = {}
+        self.retention = None
+        if keep_days is not None or keep_gb is not None:  # --keep-days / --keep-gb
+            self.retention = OverlayRetention(self.folder, keep_days, None if keep_gb is None else int(keep_gb * 2**30))
+            self.retention.prune()
 
     def _stem(self, source: str) -> str:
         stem = self._stems.get(source)
@@ -119,6 +134,9 @@ class LiveOverlayWriter:
         folder.mkdir(parents=True, exist_ok=True)
         millis = int((frame.captured % 1) * 1000)
         target = folder / f"{time.strftime('%H%M%S', stamp)}_{millis:03d}-{frame.index}.jpg"
-        write_atomic(target, jpeg_bytes(render_overlay(frame.image, result), quality=90))
+        data = jpeg_bytes(render_overlay(frame.image, result), quality=90)
+        write_atomic(target, data)
         event["overlay"] = str(target)
+        if self.retention is not None:
+            self.retention.saved(target, len(data))
         return target

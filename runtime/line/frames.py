@@ -31,6 +31,7 @@ class Frame:
     error: str | None = None
     name: str | None = None  # file stem for this frame's saved map and overlay
     roi: tuple[int, int, int, int] | None = None  # (x, y, w, h) of the source's frame that `image` holds
+    position_s: float | None = None  # a video file's frame: its place in the video (`captured` is when it was read)
 
 
 def artifact_names(paths: list[Path], root: Path) -> dict[Path, str]:

@@ -52,8 +52,12 @@ def frame_event(frame, outcome, threshold: float | None) -> dict:
     if frame.error is not None or isinstance(outcome, Exception):
         event["error"] = frame.error if frame.error is not None else str(outcome)
         return event
+    position = getattr(frame, "position_s", None)
+    if position is not None:  # a video file: where in the video, not how long ago (the file is not live)
+        event["position_s"] = position
+    else:
+        event["age_ms"] = round(1000.0 * (time.time() - frame.captured), 1)
     event.update({
-        "age_ms": round(1000.0 * (time.time() - frame.captured), 1),
         "height": int(frame.image.shape[0]),
         "width": int(frame.image.shape[1]),
         "image_score": outcome.image_score,

@@ -59,7 +59,8 @@ class LiveServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop serving (the page needs no flushing: `timeout` is there to close like a sink)."""
         if self._httpd is None:
             return
         self._httpd.shutdown()  # returns once serve_forever has stopped

@@ -9,8 +9,8 @@ here; the command needs no change.
 from __future__ import annotations
 
 from winclip.runtime.line.sinks import event_log, mqtt, webhook
-from winclip.runtime.line.sinks.base import GuardedSink, QueuedSink, Sink, SinkKind
+from winclip.runtime.line.sinks.base import GuardedSink, QueuedSink, Sink, SinkKind, sink_report
 
 SINKS: dict[str, SinkKind] = {kind.name: kind for kind in (event_log.KIND, mqtt.KIND, webhook.KIND)}
 
-__all__ = ["SINKS", "GuardedSink", "QueuedSink", "Sink", "SinkKind"]
+__all__ = ["SINKS", "GuardedSink", "QueuedSink", "Sink", "SinkKind", "sink_report"]

@@ -28,11 +28,28 @@ LIVE_EXTRA = "pip install 'winclip-edge[live]'"
 
 
 class Sink(Protocol):
-    """Where events go: `write` one event (a dict, strict JSON), never blocking the loop; `close` at the end."""
+    """Where events go: `write` one event (a dict, strict JSON), never blocking the loop; `close` at the end
+    (delivering what it still holds within a bounded time); `stats` says what became of the events."""
 
     def write(self, event: dict) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, timeout: float = defaults.SINK_CLOSE_TIMEOUT_S) -> None: ...
+
+    def stats(self) -> dict[str, int]:
+        """{"delivered", "dropped" (queue full, oldest first), "failed" (refused or lost), "queued" (not yet sent)}."""
+        ...
+
+
+def sink_report(sinks) -> str:
+    """What became of each sink's events, in one clause per sink (for the run's summary line)."""
+    parts = []
+    for sink in sinks:
+        s = sink.stats()
+        words = [f"{s['delivered']:,} delivered"]
+        words += [f"{s[k]:,} {label}" for k, label in (("dropped", "dropped (queue full)"), ("failed", "failed"),
+                                                       ("queued", "still queued")) if s.get(k)]
+        parts.append(f"{sink.name}: {', '.join(words)}")
+    return "; ".join(parts)
 
 
 class SinkKind:
@@ -62,18 +79,26 @@ class GuardedSink:
     def __init__(self, sink: Sink, name: str, status: LiveStatus):
         self.sink, self.name, self.status = sink, name, status
         self.failures = 0
+        self.written = 0  # events handed to the sink without an error
 
     def write(self, event: dict) -> None:
         try:
             self.sink.write(event)
+            self.written += 1
         except Exception as exc:  # any sink failure: one dead sink must never stop scoring
             self._failed("writing to", exc)
 
-    def close(self) -> None:
+    def close(self, timeout: float = defaults.SINK_CLOSE_TIMEOUT_S) -> None:
         try:
-            self.sink.close()
+            self.sink.close(timeout)
         except Exception as exc:
             self._failed("closing", exc)
+
+    def stats(self) -> dict[str, int]:
+        """The sink's own counts where it keeps them (network sinks), else what was written; plus failed writes."""
+        own = getattr(self.sink, "stats", None)
+        counts = own() if own is not None else {"delivered": self.written, "dropped": 0, "failed": 0, "queued": 0}
+        return {**counts, "failed": counts.get("failed", 0) + self.failures}
 
     def _failed(self, doing: str, exc: Exception) -> None:
         self.failures += 1
@@ -132,9 +157,22 @@ class QueuedSink:
         self._closing = False
         self._drain_until = float("inf")  # monotonic deadline for the worker once close() is called
         self._in_outage = False
+        self._outage_failures = 0  # failed attempts in the current outage
+        self._outage_warned = False  # whether the current outage was warned about
+        self._last_warning = -float("inf")  # monotonic time of the last outage warning
+        self._quiet_outages = 0  # outages since the last warning that were too soon to warn about again
         self.published = 0  # delivered: acknowledged by the broker / answered 2xx by the webhook
         self.dropped = 0  # discarded unsent because the queue was full (oldest first)
         self.failed = 0  # could not be delivered: unserialisable, rejected, timed out, unsent at close
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {"delivered": self.published, "dropped": self.dropped, "failed": self.failed,
+                    "queued": len(self._queue) + self._in_flight()}
+
+    def _in_flight(self) -> int:
+        """Events handed to the network but not yet settled (the MQTT sink's unacknowledged ones)."""
+        return 0
 
     def _enqueue(self, event: dict) -> None:
         try:  # strict JSON: NaN/Infinity would break most consumers' parsers
@@ -169,17 +207,28 @@ class QueuedSink:
                 self._status.record_sink_error(self.kind)
 
     def _outage(self, message: str) -> None:
-        """Warn at the start of an outage only, not for every event or retry in it."""
+        """Warn at the start of an outage only, not for every event or retry in it, and not again within
+        OUTAGE_QUIET_S of the last warning (a flapping peer gets one line, with a count, not a pair per flap)."""
+        now = time.monotonic()
         with self._cond:
             first, self._in_outage = not self._in_outage, True
-        if first:
-            log.warning(message)
+            self._outage_failures = 1 if first else self._outage_failures + 1
+            warn = first and now - self._last_warning >= defaults.OUTAGE_QUIET_S
+            if first:
+                self._outage_warned = warn
+                if warn:
+                    quiet, self._quiet_outages, self._last_warning = self._quiet_outages, 0, now
+                else:
+                    self._quiet_outages += 1
+        if warn:
+            log.warning("%s%s", message, f" ({quiet} more short outage(s) since the last warning)" if quiet else "")
 
     def _recovered(self, message: str) -> None:
         with self._cond:
             was_out, self._in_outage = self._in_outage, False
-        if was_out:
-            log.warning(message)
+            failures, warned = self._outage_failures, self._outage_warned
+        if was_out and warned:
+            log.warning("%s after %d failed attempt(s)", message, failures)
 
     def _begin_close(self, timeout: float) -> float:
         """Stop accepting events; return the monotonic deadline by which close() must return."""

@@ -10,7 +10,7 @@ import click
 
 from winclip.runtime.command import Finite, Whole
 from winclip.runtime.line import defaults
-from winclip.runtime.line.events import to_json_line
+from winclip.runtime.line.events import to_json_line, write_whole
 from winclip.runtime.line.sinks.base import SinkKind
 from winclip.runtime.line.status import LiveStatus
 
@@ -24,9 +24,11 @@ class RotatingEventLog:
     off by a crash is closed with a newline first, so the lines after it parse.
     """
 
-    def __init__(self, path: Path, max_bytes: int = int(defaults.ROTATE_MB * (1 << 20)), keep: int = defaults.ROTATE_KEEP):
+    def __init__(self, path: Path, max_bytes: int = int(defaults.ROTATE_MB * (1 << 20)),
+                 keep: int = defaults.ROTATE_KEEP):
         if max_bytes < 1 or keep < 1:
             raise ValueError("max_bytes and keep must be >= 1")
+        self.fd: int | None = None
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
@@ -34,11 +36,10 @@ class RotatingEventLog:
         self._open()
 
     def _open(self) -> None:
-        self.file = open(self.path, "a", encoding="utf-8")
-        self.size = os.fstat(self.file.fileno()).st_size
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = os.fstat(self.fd).st_size
         if self.size and not self._ends_with_newline():
-            self.file.write("\n")
-            self.file.flush()
+            write_whole(self.fd, b"\n")
             self.size += 1
 
     def _ends_with_newline(self) -> bool:
@@ -47,7 +48,7 @@ class RotatingEventLog:
             return fh.read(1) == b"\n"
 
     def _rotate(self) -> None:
-        self.file.close()
+        os.close(self.fd)
         for n in range(self.keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
             if older.exists():
@@ -57,30 +58,38 @@ class RotatingEventLog:
         self._open()
 
     def write(self, event: dict) -> None:
-        line = to_json_line(event)
-        data_len = len(line.encode("utf-8"))
-        if self.size and self.size + data_len > self.max_bytes:
+        data = to_json_line(event).encode("utf-8")
+        if self.size and self.size + len(data) > self.max_bytes:
             self._rotate()
-        self.file.write(line)
-        self.file.flush()
-        self.size += data_len
+        write_whole(self.fd, data)  # one system call a line: a process killed between two leaves whole lines
+        self.size += len(data)
 
-    def close(self) -> None:
-        if not self.file.closed:
-            self.file.close()
+    def close(self, timeout: float = 0.0) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class StreamEvents:
-    """Event lines to a text stream (stdout for `--events -`), flushed per line for whoever reads the pipe."""
+    """Event lines to a stream (stdout for `--events -`), a whole line per system call for whoever reads the pipe."""
 
     def __init__(self, stream):
         self.stream = stream
+        try:
+            self.stream.flush()
+            self.fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # an in-memory stream: written and flushed instead
+            self.fd = None
 
     def write(self, event: dict) -> None:
-        self.stream.write(to_json_line(event))
-        self.stream.flush()
+        line = to_json_line(event)
+        if self.fd is None:
+            self.stream.write(line)
+            self.stream.flush()
+        else:
+            write_whole(self.fd, line.encode("utf-8"))
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.0) -> None:
         try:
             self.stream.flush()
         except (OSError, ValueError):  # a reader that went away, or a stream already closed

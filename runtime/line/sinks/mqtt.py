@@ -54,6 +54,9 @@ class MqttSink(QueuedSink):
         self._worker = threading.Thread(target=self._publish_loop, name=f"mqtt-sink-{host}:{port}", daemon=True)
         self._worker.start()
 
+    def _in_flight(self) -> int:
+        return max(0, self._handed - self._settled)
+
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -63,7 +66,9 @@ class MqttSink(QueuedSink):
         self._enqueue(event)
 
     def close(self, timeout: float = defaults.SINK_CLOSE_TIMEOUT_S) -> None:
-        """Publish what is queued within `timeout`, disconnect, stop both threads; count the rest failed."""
+        """Publish what is queued within `timeout` (a broker that is down is retried every second meanwhile),
+        disconnect, stop both threads; count the rest failed."""
+        self._client.reconnect_delay_set(self.RECONNECT_MIN_S, self.RECONNECT_MIN_S)  # no long backoff at the end
         deadline = self._begin_close(timeout)
         self._worker.join(max(0.0, self._drain_until - time.monotonic()) + 0.05)
         self._client.disconnect()
@@ -84,11 +89,10 @@ class MqttSink(QueuedSink):
             with self._cond:
                 while True:
                     awaiting_ack = self._handed - self._settled
-                    # Closing: stop when all is acknowledged, at the deadline, or at once when the broker
-                    # is known to be down (waiting out the reconnect backoff would only delay shutdown).
+                    # Closing: stop when all is acknowledged or at the deadline (a broker that is down may
+                    # come back within it; what is left is counted, and the summary says so).
                     if self._closing and (time.monotonic() >= self._drain_until
-                                          or (not self._queue and awaiting_ack <= 0)
-                                          or (self._in_outage and not self._connected)):
+                                          or (not self._queue and awaiting_ack <= 0)):
                         return
                     if self._queue and self._connected and awaiting_ack < self.WINDOW:
                         payload = self._queue.popleft()

@@ -18,6 +18,8 @@ from winclip.runtime.line.status import LiveStatus
 
 log = logging.getLogger(__name__)
 
+RETRY_CODES = (408, 425, 429)  # client errors that say "later", not "never": retried like a 5xx
+
 
 def check_webhook_url(url: str) -> str:
     """The URL if it is http(s) with a host; ValueError otherwise."""
@@ -40,8 +42,13 @@ class WebhookSink(QueuedSink):
         self.url, self.timeout, self.only_anomalous = url, timeout, only_anomalous
         # No redirects: urllib would turn a redirected POST into a body-less GET; a 3xx counts as a failure.
         self._opener = urllib.request.build_opener(_NoRedirect)
+        self._posting = 0  # 1 while a POST is on the wire
+        self._settled_at_close = False
         self._worker = threading.Thread(target=self._post_loop, name="webhook-sink", daemon=True)
         self._worker.start()
+
+    def _in_flight(self) -> int:
+        return self._posting
 
     def write(self, event: dict) -> None:
         """Queue the event if it is anomalous (or if only_anomalous is off); never blocks or raises."""
@@ -53,9 +60,12 @@ class WebhookSink(QueuedSink):
         """POST what is queued within `timeout`, stop the thread; count the rest failed."""
         deadline = self._begin_close(timeout)
         self._worker.join(max(0.0, deadline - time.monotonic()))
-        self._count_failed(self._unsent_at_close())
+        with self._cond:  # a POST still hanging is lost too; its late answer, if any, is ignored
+            hanging, self._settled_at_close = self._posting, True
+        self._count_failed(self._unsent_at_close() + hanging)
 
     def _post_loop(self) -> None:
+        delay = defaults.WEBHOOK_RETRY_S[0]
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -63,19 +73,40 @@ class WebhookSink(QueuedSink):
                 if self._closing and (not self._queue or time.monotonic() >= self._drain_until):
                     return
                 payload = self._queue.popleft()
+                self._posting = 1
                 timeout = self.timeout if not self._closing else max(0.05, min(self.timeout,
                                                                              self._drain_until - time.monotonic()))
-            problem = self._post(payload, timeout)
+            try:
+                problem, retry = self._post(payload, timeout)
+            finally:
+                with self._cond:
+                    self._posting = 0
+                    late = self._settled_at_close
+            if late:  # close() has counted this one already
+                return
             if problem is None:
+                delay = defaults.WEBHOOK_RETRY_S[0]
                 with self._cond:
                     self.published += 1
                 self._recovered(f"webhook {redact_url(self.url)} answering again")
-            else:
+                continue
+            self._outage(f"webhook {redact_url(self.url)} failed ({problem}); alerts are kept (up to "
+                         f"{self._queue_size}) and retried with backoff")
+            if not retry:  # the receiver refused this alert itself (a 4xx): sending it again cannot help
                 self._count_failed(1)
-                self._outage(f"webhook {redact_url(self.url)} failed ({problem}); later failures are counted, not logged")
+                continue
+            with self._cond:  # back to the head of the queue, in order; when full, the oldest goes, as always
+                self._queue.appendleft(payload)
+                if len(self._queue) > self._queue_size:
+                    self._queue.popleft()
+                    self.dropped += 1
+                    self._record_errors(1)
+                wait = min(delay, max(0.0, self._drain_until - time.monotonic())) if self._closing else delay
+                self._cond.wait(wait)
+            delay = min(delay * 2, defaults.WEBHOOK_RETRY_S[1])
 
-    def _post(self, payload: bytes, timeout: float) -> str | None:
-        """POST one event; None when the receiver answered 2xx, else what went wrong."""
+    def _post(self, payload: bytes, timeout: float) -> tuple[str | None, bool]:
+        """POST one event: (None, False) when the receiver answered 2xx, else (what went wrong, worth a retry)."""
         request = urllib.request.Request(self.url, data=payload, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
@@ -84,11 +115,13 @@ class WebhookSink(QueuedSink):
                 code = response.status
         except urllib.error.HTTPError as exc:
             exc.close()
-            return f"HTTP {exc.code}"
+            code = exc.code
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets; ValueError: a malformed response
             reason = getattr(exc, "reason", exc)
-            return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
-        return None if 200 <= code < 300 else f"HTTP {code}"
+            return (f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__), True
+        if 200 <= code < 300:
+            return None, False
+        return f"HTTP {code}", code >= 500 or code in RETRY_CODES
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from urllib.parse import urlsplit
@@ -14,6 +15,25 @@ from winclip.runtime.line.sources.readers import LiveReader
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443, "http": 80, "https": 443}
+
+
+FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"  # OpenCV's FFmpeg backend reads "key;value|key;value" from here
+
+
+def set_rtsp_transport(transport: str) -> str:
+    """Make OpenCV's FFmpeg open RTSP over `transport` (tcp | udp), keeping every other option the user set.
+
+    OpenCV's FFmpeg backend uses TCP for RTSP when OPENCV_FFMPEG_CAPTURE_OPTIONS is unset, but once the
+    variable holds any option it no longer adds that default, and RTSP falls back to UDP; so the transport
+    is always written into the variable itself. Returns the new value. Call before any source opens.
+    """
+    if transport not in ("tcp", "udp"):
+        raise ValueError(f"RTSP transport must be tcp or udp, got {transport!r}")
+    kept = [item for item in os.environ.get(FFMPEG_OPTIONS, "").split("|")
+            if item.strip() and item.split(";", 1)[0].strip() != "rtsp_transport"]
+    value = "|".join([*kept, f"rtsp_transport;{transport}"])
+    os.environ[FFMPEG_OPTIONS] = value
+    return value
 
 
 def why_unreachable(url: str, timeout_s: float) -> str | None:

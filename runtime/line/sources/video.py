@@ -59,6 +59,7 @@ class VideoFileReader(SourceReader):
             cap.release()
 
     def _read_to_end(self, cap) -> None:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.status.set_health(self.name, "ok")
         self._notice("source_opened", frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None)
         self.delivering = True
@@ -79,6 +80,7 @@ class VideoFileReader(SourceReader):
             if not keep:
                 continue
             frame = self._make_frame(index, image)
+            frame.position_s = round(index / fps, 3) if fps > 0 else None
             if frame.error is not None and not self.started.is_set():  # a --roi that misses the frame
                 self._give_up(f"{self.name}: {frame.error}")
                 return
