@@ -33,6 +33,12 @@ MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS ov
 MAX_JSON_BYTES = 4 << 20  # manifest.json / profile.json
 MAX_NAME_CHARS = 255  # one file-name component, as most file systems allow
 
+# --- line profiles that learn (docs/line-profiles.md)
+MEMORY_MAX_SHOTS = 16  # a memory holds at most this many images' worth of rows per part; beyond, k-center keeps
+REFERENCE_MAX_HELD_OUT = 100  # held-out normals whose graph outputs a profile keeps (thresholds, drift)
+REFERENCE_MAX_TAUGHT = 50  # taught normals kept beside them (the newest)
+PROFILE_KEEP_VERSIONS = 20  # version folders kept on disk (the current one always)
+
 
 def check_temperature(value) -> float:
     """The softmax temperature as a float, or ValueError: it must be finite and > 0."""
