@@ -25,7 +25,8 @@ from winclip.runtime.line.sinks import SINKS
 log = logging.getLogger("winclip.inspect")  # not __name__: run as a script, that is "__main__"
 
 SINK_OPTIONS = tuple(option for kind in SINKS.values() for option in kind.options)
-LIVE_BASE = ("roi", "every", "max_frames", "duration", "wait_for_source", "stall_timeout", "overlays", "serve", "host")
+LIVE_BASE = ("roi", "every", "max_frames", "duration", "wait_for_source", "stall_timeout", "overlays", "serve", "host",
+             "operator_token_file")
 FOLDER_ONLY = ("save_maps", "save_overlays", "batch_size", "force")
 
 
@@ -114,10 +115,15 @@ def _sink_options(command):
               help="Live: serve a live page, /status.json and /metrics on this port (0: any free port).")
 @click.option("--host", default=defaults.SERVE_HOST,
               help="Live: the address --serve binds to (0.0.0.0: every interface).")
+@click.option("--operator-token-file", type=click.Path(path_type=Path), default=None,
+              help=f"Live, with --serve: a file whose first line is the operator token that lets the page write "
+                   f"(teach good parts, undo). Or set {defaults.OPERATOR_TOKEN_ENV}; never on the command line. "
+                   "Without either the page is read-only.")
 @click.pass_context
 def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
          pixel_threshold, provider, backend, precision, threads, batch_size, temperature, max_pixels, force, no_cache,
-         rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, serve, host, **sink_values):
+         rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, serve, host, operator_token_file,
+         **sink_values):
     """Score frames from --source with the WinCLIP bundle BUNDLE.
 
     \b
@@ -160,6 +166,7 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
         raise click.UsageError("--profile brings its own few-shot memory; leave out --normal")
     if live:
         plan = _plan_live(ctx, out, overlays, serve, sink_values)
+        plan["token"] = _operator_token(ctx, serve, operator_token_file)
     elif out is None:
         raise click.UsageError("--out is required for a folder of images")
 
@@ -173,6 +180,7 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
     detector = _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature,
                               threshold, pixel_threshold, no_cache, normal_dir, shots)
     if live:
+        plan["profile"], plan["keep_thresholds"] = profile, (threshold is not None, pixel_threshold is not None)
         _run_live(detector, specs, out, plan, every=every, max_frames=max_frames, duration=duration,
                   wait_for_source=wait_for_source, stall_timeout=stall_timeout, host=host)
     else:
@@ -276,6 +284,38 @@ def _plan_live(ctx, out, overlays, serve, sink_values: dict) -> dict:
     return {"sinks": sinks, "overlays": overlays or ("anomalous" if out is not None else "none"), "serve": serve}
 
 
+def _operator_token(ctx, serve, token_file) -> str | None:
+    """The page's operator token (from --operator-token-file or the environment), checked before anything slow."""
+    from winclip.runtime.line.access import TokenError, load_token
+
+    if serve is None:
+        if _given(ctx, "operator_token_file"):
+            raise click.UsageError("--operator-token-file needs --serve PORT")
+        return None
+    try:
+        return load_token(token_file)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _open_desk(detector, status, sinks, out, plan, opened: list):
+    """The operator desk (history, teaching, drift), attached to the live page when there is one."""
+    from winclip.runtime.line.operator import OperatorDesk
+
+    with one_line_errors():
+        desk = OperatorDesk(detector, status, sinks, profile_path=plan["profile"], token=plan["token"],
+                            history=plan["serve"] is not None,
+                            overlay_root=out / "overlays" if plan["overlays"] != "none" else None,
+                            keep_threshold=plan["keep_thresholds"][0], keep_pixel_threshold=plan["keep_thresholds"][1])
+    opened.append(desk)
+    for thing in opened:
+        if type(thing).__name__ == "LiveServer":
+            thing.desk = desk
+    if plan["token"] is not None and desk.teach_refusal is not None:
+        log.warning("the operator token unlocks undo and teaching, but %s", desk.teach_refusal)
+    return desk
+
+
 def _open_sinks(plan, status, host, opened: list):
     """Every sink the plan names, each guarded; `opened` collects what must be closed, even on failure."""
     from winclip.runtime.errors import MissingExtra
@@ -352,17 +392,19 @@ def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_f
                 overlays = LiveOverlayWriter(out / "overlays")
             except OSError as exc:
                 raise click.ClickException(f"cannot write overlays to {out / 'overlays'}: {first_line(exc)}") from None
+        desk = _open_desk(detector, status, sinks, out, plan, opened)
     except BaseException:
         _close_all(opened)
         raise
     outputs = LiveOutputs(status, overlays, plan["overlays"], preview=plan["serve"] is not None)
-    inspection = Inspection(detector, sinks, on_event=outputs)
+    inspection = Inspection(detector, sinks, on_event=desk.observe(outputs), before_batch=desk.between_batches)
     loop = LiveLoop(inspection, specs, status, every=every, max_frames=max_frames, duration_s=duration,
                     wait_for_source=wait_for_source, reader_options={"stall_s": stall_timeout},
                     status_line=status_line)
     started = {"event": "run_started", "time": round(time.time(), 3), "sources": [s.name for s in specs],
                "engine": detector.describe(), "threshold": detector.threshold,
-               "pixel_threshold": detector.pixel_threshold}
+               "pixel_threshold": detector.pixel_threshold,
+               **({"profile": str(plan["profile"]), "profile_version": desk.version} if plan["profile"] else {})}
     for sink in sinks:
         sink.write(started)
     previous = _stop_on_signals(loop)

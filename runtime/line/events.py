@@ -119,6 +119,6 @@ class LiveOverlayWriter:
         folder.mkdir(parents=True, exist_ok=True)
         millis = int((frame.captured % 1) * 1000)
         target = folder / f"{time.strftime('%H%M%S', stamp)}_{millis:03d}-{frame.index}.jpg"
-        write_atomic(target, jpeg_bytes(render_overlay(frame.image, result), quality=90))
+        write_atomic(target, jpeg_bytes(render_overlay(frame.image, result, captured=frame.captured), quality=90))
         event["overlay"] = str(target)
         return target
