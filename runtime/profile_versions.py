@@ -46,6 +46,7 @@ VERSIONS_SCHEMA = 1
 LOCK_NAME = ".lock"
 VERSION_FOLDER = re.compile(r"v([1-9][0-9]{0,8})")
 MAX_TEXT = 500  # characters of who / why kept
+LOG_MAX = 2000  # changes the log keeps (the newest)
 
 
 def now_iso() -> str:
@@ -228,6 +229,7 @@ class ProfileStore:
         return [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_FOLDER.fullmatch(p.name)) and p.is_dir()]
 
     def _write(self, data: dict) -> None:
+        data["log"] = data.get("log", [])[-LOG_MAX:]
         write_atomic(self.root / VERSIONS_NAME, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode(),
                      sync=True)
 

@@ -33,6 +33,7 @@ from winclip.runtime.thresholds import threshold_for_false_alarm_rate
 log = logging.getLogger(__name__)
 
 TAUGHT_FOLDER = "taught"  # in a version folder: the images that version added
+RECORD_LIST_MAX = 500  # taught images listed in a profile.json or a version's entry (the JSON stays small)
 
 
 class TeachError(WinclipError):
@@ -114,7 +115,8 @@ def taught_change(detector, base: LineProfile, base_version: Version, parts: lis
               "sha256": hashlib.sha256(data).hexdigest(), "name": p.name, "origin": p.origin} for p, data in pngs]
     record = {k: v for k, v in base.record.items() if k not in ("memory", "reference", "histogram")}
     record.update(created=now_iso(), thresholds=thresholds,
-                  taught=[*base.record.get("taught", []), *[{**f, "version_from": base_version.number} for f in files]])
+                  taught=[*base.record.get("taught", []), *[{**f, "version_from": base_version.number} for f in files]]
+                  [-RECORD_LIST_MAX:])
 
     write_reference = reference_writer(held_out, taught, scores, peaks)
 
@@ -124,7 +126,8 @@ def taught_change(detector, base: LineProfile, base_version: Version, parts: lis
             (folder / entry["file"]).write_bytes(data)
         return write_reference(folder)
 
-    details = {"added": [{k: v for k, v in f.items() if k != "sha256"} for f in files],
+    details = {"added": [{k: v for k, v in f.items() if k != "sha256"} for f in files[:RECORD_LIST_MAX]],
+               "added_count": len(files),
                "memory": {"shots": memory.shots, **({"selection": memory.selection} if memory.selection else {})},
                "reference_normals": len(reference)}
     return Change(LineProfile(memory, image_t, pixel_t, record), action, who, why, write, details)
