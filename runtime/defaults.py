@@ -45,6 +45,12 @@ MAX_ENGINE_BYTES = 8 << 30  # one engine graph
 MAX_MEMORY_ARRAY_BYTES = 1 << 30  # one few-shot memory array of a line profile
 MAX_NAME_CHARS = 255  # one file-name component, as most file systems allow
 
+# --- line profiles that learn (docs/line-profiles.md)
+MEMORY_MAX_SHOTS = 16  # a memory holds at most this many images' worth of rows per part; beyond, k-center keeps
+REFERENCE_MAX_HELD_OUT = 100  # held-out normals whose graph outputs a profile keeps (thresholds, drift)
+REFERENCE_MAX_TAUGHT = 50  # taught normals kept beside them (the newest)
+PROFILE_KEEP_VERSIONS = 20  # version folders kept on disk (the current one always)
+
 
 def check_temperature(value) -> float:
     """The softmax temperature as a float, or SettingError (a ValueError): it must be finite and > 0."""

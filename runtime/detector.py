@@ -37,6 +37,8 @@ class FrameResult:
     anomalous: bool | None  # image_score >= threshold; None when no threshold is set
     timings_ms: dict[str, float] = field(default_factory=dict)  # this frame's share of each stage
     regions: list[Region] | None = None  # with a pixel threshold, for anomalous frames: largest first
+    threshold: float | None = None  # the image threshold this frame was judged by
+    pixel_threshold: float | None = None  # the pixel threshold its regions were found with (overlays colour by it)
 
 
 class Detector:
@@ -231,7 +233,7 @@ class Detector:
             regions = None
             if self.pixel_threshold is not None and decision is not False:
                 regions = find_regions(amap, self.pixel_threshold)
-            results.append(FrameResult(score, amap, decision, dict(share), regions))
+            results.append(FrameResult(score, amap, decision, dict(share), regions, self.threshold, self.pixel_threshold))
         return results
 
 

@@ -73,6 +73,8 @@ class FewShotMemory:
     patches: np.ndarray  # (K * n_patches, C) float32
     shots: int
     key: MemoryKey
+    # past a cap (coreset.py), per part: rows offered, rows kept, covering radius; None while every row is kept
+    selection: dict | None = None
 
     @classmethod
     def from_outputs(cls, outputs: dict[str, np.ndarray], key: MemoryKey) -> "FewShotMemory":
@@ -87,6 +89,31 @@ class FewShotMemory:
     def arrays(self) -> dict[str, np.ndarray]:
         return {**{f"windows_{k}": v for k, v in self.windows.items()}, "patches": self.patches}
 
+    def joined(self, other: "FewShotMemory") -> "FewShotMemory":
+        """This memory and another one of the same key, rows of both (the other's after this one's)."""
+        problem = self.key.mismatch(other.key)
+        if problem:
+            raise FewShotMemoryError(f"the memories cannot be joined: {problem}")
+        return FewShotMemory(windows={k: np.concatenate([v, other.windows[k]]) for k, v in self.windows.items()},
+                             patches=np.concatenate([self.patches, other.patches]), shots=self.shots + other.shots,
+                             key=self.key, selection=self.selection)
+
+    def capped(self, max_shots: int, rows_per_image: dict[str, int]) -> "FewShotMemory":
+        """At most `max_shots` images' worth of rows per part, chosen by greedy k-center where there are more."""
+        from winclip.runtime.coreset import k_center
+
+        parts, selection = {}, dict(self.selection or {})
+        for part, rows in self.arrays().items():
+            cap = max_shots * rows_per_image[part]
+            if rows.shape[0] <= cap:
+                parts[part] = rows
+                continue
+            chosen = k_center(rows, cap)
+            parts[part] = np.ascontiguousarray(rows[chosen.kept])
+            selection[part] = {"offered": int(rows.shape[0]), "kept": int(cap), "radius": round(chosen.radius, 6)}
+        return FewShotMemory(windows={k: parts[f"windows_{k}"] for k in self.windows}, patches=parts["patches"],
+                             shots=self.shots, key=self.key, selection=selection or None)
+
     def save(self, folder: Path, prefix: str = "memory") -> dict:
         """Write the arrays as FOLDER/<prefix>-<part>.npy; returns the JSON record that load() takes."""
         files = {}
@@ -95,7 +122,10 @@ class FewShotMemory:
             np.save(folder / name, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
             data = (folder / name).read_bytes()
             files[part] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "shape": list(array.shape)}
-        return {"shots": self.shots, "key": self.key.to_json(), "arrays": files}
+        record = {"shots": self.shots, "key": self.key.to_json(), "arrays": files}
+        if self.selection:
+            record["selection"] = {"method": "k-center", "parts": self.selection}
+        return record
 
     @classmethod
     def load(cls, folder: Path, record: dict, where: str = "memory") -> "FewShotMemory":
@@ -105,6 +135,7 @@ class FewShotMemory:
             key = MemoryKey.from_json(node.node("key"))
             shots = node.int("shots", 1, 1 << 16)
             parts = node.node("arrays")
+            selected = node.has("selection")  # a capped memory: fewer rows than its images gave
             arrays = {}
             for part in [*(f"windows_{k}" for k in key.scales), "patches"]:
                 entry = parts.node(part)
@@ -119,9 +150,10 @@ class FewShotMemory:
                 arrays[part] = parse_npy(data, f"{where} array {entry.raw('file')}",
                                          lambda s, want=shape: None if s == want else f"the record says {list(want)}",
                                          dtypes=("float32",))
-                if arrays[part].shape[0] % shots or not np.isfinite(arrays[part]).all():
+                if (not selected and arrays[part].shape[0] % shots) or not np.isfinite(arrays[part]).all():
                     raise SchemaError(f"{where} array {part} does not hold finite vectors for {shots} images")
         except (SchemaError, BundleError) as exc:
             raise FewShotMemoryError(str(exc)) from None
         windows = {k: arrays[f"windows_{k}"] for k in key.scales}
-        return cls(windows=windows, patches=arrays["patches"], shots=shots, key=key)
+        selection = record["selection"].get("parts") if selected and isinstance(record["selection"], dict) else None
+        return cls(windows=windows, patches=arrays["patches"], shots=shots, key=key, selection=selection)

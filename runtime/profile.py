@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PROFILE_FORMAT = "winclip-edge-line-profile"
 PROFILE_VERSION = 1
 PROFILE_NAME = "profile.json"
+VERSIONS_NAME = "versions.json"  # a profile that keeps versions (profile_versions.py)
 
 
 class ProfileError(BundleError):
@@ -53,8 +54,13 @@ class LineProfile:
 
     @classmethod
     def load(cls, root: str | Path) -> "LineProfile":
-        """Read and check a profile folder; ProfileError with a one-line reason otherwise."""
+        """Read and check a profile folder; one that keeps versions (profile_versions.py) gives its current
+        version. ProfileError with a one-line reason otherwise."""
         root = Path(root)
+        if (root / VERSIONS_NAME).exists():
+            from winclip.runtime.profile_versions import ProfileStore
+
+            return ProfileStore(root).load()[0]  # which loads the version's own folder, as below
         try:
             profile = cls._load(root)
         except OSError as exc:  # an unreadable folder: still one line, still ours
@@ -87,21 +93,31 @@ class LineProfile:
             raise ProfileError(f"{path}: {exc}") from None
         return cls(memory=memory, image_threshold=image, pixel_threshold=pixel, record=data)
 
-    def save(self, root: str | Path, force: bool = False) -> Path:
-        """Write the profile as ROOT, atomically (a temporary directory beside it, then renamed)."""
+    def save(self, root: str | Path, force: bool = False, extra=None) -> Path:
+        """Write the profile as ROOT, atomically (a temporary directory beside it, then renamed).
+
+        extra: a function that writes more files into the folder and returns what to add to the record.
+        """
         root = Path(root).resolve()
-        record = dict(self.record)
-        with staged_folder(root, force, ours=lambda p: (p / PROFILE_NAME).is_file()) as tmp:
-            record.update({"format": PROFILE_FORMAT, "schema_version": PROFILE_VERSION,
-                           "created": record.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "memory": self.memory.save(tmp)})
-            thresholds = dict(record.get("thresholds", {}))
-            for kind, value in (("image", self.image_threshold), ("pixel", self.pixel_threshold)):
-                thresholds[kind] = {**thresholds.get(kind, {}), "value": value}
-            record["thresholds"] = thresholds
-            (tmp / PROFILE_NAME).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        self.record = record
+        ours = lambda p: (p / PROFILE_NAME).is_file() or (p / VERSIONS_NAME).is_file()  # noqa: E731
+        with staged_folder(root, force, ours=ours) as tmp:
+            self.save_into(tmp, extra)
         return root
+
+    def save_into(self, folder: Path, extra=None) -> None:
+        """Write profile.json and the memory arrays (and what `extra` writes) into an existing folder."""
+        record = dict(self.record)
+        if extra is not None:
+            record.update(extra(folder))
+        record.update({"format": PROFILE_FORMAT, "schema_version": PROFILE_VERSION,
+                       "created": record.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "memory": self.memory.save(folder)})
+        thresholds = dict(record.get("thresholds", {}))
+        for kind, value in (("image", self.image_threshold), ("pixel", self.pixel_threshold)):
+            thresholds[kind] = {**thresholds.get(kind, {}), "value": value}
+        record["thresholds"] = thresholds
+        (folder / PROFILE_NAME).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        self.record = record
 
 
 def _threshold(thresholds: Node, kind: str) -> float | None:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from winclip.runtime.errors import MissingExtra
+from winclip.runtime.thresholds import threshold_for_false_alarm_rate  # noqa: F401  (one rule, stated in the core)
 
 PRO_MAX_FPR = 0.3  # PRO integrates up to this false-positive rate (the paper's and MVTec's convention)
 
@@ -53,19 +54,6 @@ def f1_max(labels: np.ndarray, scores: np.ndarray, sample_weight: np.ndarray | N
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     best = int(np.argmax(f1[:-1])) if len(thresholds) else 0  # the last point has no threshold
     return float(f1[best]), float(thresholds[best]) if len(thresholds) else float("nan")
-
-
-def threshold_for_false_alarm_rate(normal_scores: np.ndarray, rate: float) -> float:
-    """The lowest threshold at which at most `rate` of these normal scores are flagged (score >= threshold).
-
-    With n normals, floor(rate * n) of them may be flagged: the threshold sits just
-    above the next-highest normal score.
-    """
-    scores = np.sort(np.asarray(normal_scores, dtype=np.float64))[::-1]
-    allowed = int(np.floor(rate * len(scores) + 1e-9))
-    if allowed >= len(scores):
-        return float(scores[-1])
-    return float(min(np.nextafter(scores[allowed], np.inf), 1.0))
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

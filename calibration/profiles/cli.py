@@ -14,9 +14,15 @@ from winclip.runtime.errors import first_line
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--normal", "normal_dir", type=click.Path(path_type=Path), required=True,
+@click.option("--normal", "normal_dir", type=click.Path(path_type=Path), default=None,
               help="Folder of normal (good) parts: K become the memory, the rest set the thresholds.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Line profile directory to write.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Line profile directory to write (with --add-normal: the profile to change).")
+@click.option("--add-normal", "add_dir", type=click.Path(path_type=Path), default=None,
+              help="Instead of a new profile: a folder of good parts to add to the profile at --out, as its next "
+                   "version (features join the memory, thresholds re-derived; the previous version stays loadable).")
+@click.option("--who", default=None, help="With --add-normal: who made the change. [default: $USER]")
+@click.option("--why", default=None, help="With --add-normal: why (kept with the version).")
 @click.option("--object", "object_name", default=None, help="Object name. [default: the bundle's only object]")
 @click.option("--shots", type=Whole(1, 1024), default=4, help="Normal images in the WinCLIP+ memory (K).")
 @click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the reproducible choice of the K memory images.")
@@ -31,16 +37,34 @@ from winclip.runtime.errors import first_line
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
 @click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--force", is_flag=True, help="Replace an existing profile at --out.")
-def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, labelled_dir, threshold_from,
-         precision, provider, threads, force):
+@click.pass_context
+def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, seed, false_alarm_rate, labelled_dir,
+         threshold_from, precision, provider, threads, force):
     """Make a line profile for BUNDLE from normal parts only (no defects needed), without re-export.
 
     The profile holds the WinCLIP+ memory of K normal images (chosen reproducibly)
     and image and pixel thresholds set on the other normal images for the target
     false-alarm rate; `winclip-inspect BUNDLE --profile OUT` uses it as it is.
     Also writes OUT/histogram.png: the normal (and defect) scores and thresholds.
+
+    With --add-normal DIR the profile at --out gets a new version instead: the
+    good parts in DIR join its memory and its thresholds are re-derived
+    (docs/line-profiles.md).
     """
     from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+
+    if add_dir is not None:
+        given = [name for name in ("normal_dir", "labelled_dir", "threshold_from", "shots", "seed", "false_alarm_rate",
+                                   "force", "object_name")
+                 if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_dir', '').replace('_name', '').replace('_', '-')} makes a "
+                                   "new profile; --add-normal changes the one at --out")
+        return _add_normal(bundle, out, add_dir, who, why, precision, provider, threads)
+    if normal_dir is None:
+        raise click.UsageError("--normal DIR is needed to make a profile (or --add-normal DIR to change one)")
+    if who is not None or why is not None:
+        raise click.UsageError("--who and --why go with --add-normal")
 
     require_onnxruntime()
     setup_logging()
@@ -63,7 +87,7 @@ def main(bundle, normal_dir, out, object_name, shots, seed, false_alarm_rate, la
                 result = calibrate(detector, normal_dir, shots, false_alarm_rate, seed, labelled_dir, threshold_from,
                                    progress=bar.update)
             profile = detector.to_profile(result.record)
-            root = profile.save(out, force=force)
+            root = profile.save(out, force=force, extra=result.write_reference)
             thresholds = {"image": detector.threshold, "pixel": detector.pixel_threshold}
             write_atomic(root / "histogram.png", png_bytes(histogram_picture(_panels(detector, result))))
         except (ValueError, ImportError) as exc:
@@ -103,6 +127,45 @@ def _panels(detector, result) -> list:
                   result.defect_scores, image_lines),
             Panel(f"{detector.object_name}: the highest pixel-map value of each part", "pixel-map maximum",
                   result.normal_map_max, result.defect_map_max, {"pixel threshold": detector.pixel_threshold})]
+
+
+def _add_normal(bundle, out, add_dir, who, why, precision, provider, threads):
+    """winclip-calibrate --add-normal: the next version of the profile at OUT, with DIR's good parts taught."""
+    import getpass
+
+    from winclip.calibration.profiles.setup import read_folder
+    from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+    from winclip.runtime.detector import Detector
+    from winclip.runtime.images import display_path
+    from winclip.runtime.profile_versions import ProfileStore
+    from winclip.runtime.teach import GoodPart, teach
+
+    require_onnxruntime()
+    setup_logging()
+    with one_line_errors():
+        store = ProfileStore(out)
+        before = store.load()[0]
+        detector = Detector.from_bundle(bundle, precision=precision, provider=provider, threads=threads, profile=before)
+        click.echo(f"{bundle}: {detector.describe()}", err=True)
+        images, _ = read_folder(add_dir, "normal images to add")
+        if not images:
+            raise click.ClickException(f"{add_dir} holds no readable images to add")
+        parts = [GoodPart(im.image, display_path(im.path.relative_to(add_dir)),
+                          {"file": display_path(im.path.relative_to(add_dir)), "file_sha256": im.sha256})
+                 for im in images]
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "winclip-calibrate"
+        version = teach(detector, store, parts, who=who or user, why=why or f"added {display_path(add_dir)}",
+                        action="add-normal")
+    after = version.entry["thresholds"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    memory = version.entry["details"]["memory"]
+    capped = " (capped by k-center)" if memory.get("selection") else ""
+    click.echo(f"version {version.number} of {out}: {len(parts)} images added; memory of {memory['shots']} "
+               f"images{capped}; image threshold {fmt(before.image_threshold)} -> {fmt(after['image'])}, "
+               f"pixel threshold {fmt(before.pixel_threshold)} -> {fmt(after['pixel'])}")
 
 
 if __name__ == "__main__":

@@ -21,14 +21,18 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from winclip.calibration.evaluation.layouts import folder_roles
-from winclip.calibration.evaluation.metrics import auroc, f1_max, require_sklearn, threshold_for_false_alarm_rate
-from winclip.runtime.errors import WinclipError
+from winclip.calibration.evaluation.metrics import auroc, f1_max, require_sklearn
 from winclip.runtime.command import SHOWN_SKIPPED
+from winclip.runtime.defaults import REFERENCE_MAX_HELD_OUT
+from winclip.runtime.errors import WinclipError
 from winclip.runtime.images import ImageReadError, decode_image, display_path, list_images, read_image_bytes
+from winclip.runtime.reference import ReferenceSet, reference_writer
+from winclip.runtime.thresholds import threshold_for_false_alarm_rate
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ class Calibration:
     defect_scores: np.ndarray | None = None
     defect_map_max: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    write_reference: Callable[[Path], dict] | None = None  # the held-out reference set, for LineProfile.save(extra=)
 
 
 def score_images(detector, images: list[LoadedImage], batch: int = 4, progress=None) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +141,13 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
              f"({needed} are needed): the thresholds sit at the highest normal scores, so the true rate is only "
              f"known to be below about {1 / len(held_out):.1%}")
     detector.build_memory([im.image for im in memory])
-    normal_scores, normal_peaks = score_images(detector, held_out, progress=progress)
+    kept = held_out[:REFERENCE_MAX_HELD_OUT]  # their graph outputs stay in the profile (teaching, drift)
+    reference = ReferenceSet.from_images(detector, [im.image for im in kept],
+                                         [display_path(im.path.relative_to(normal_dir)) for im in kept], progress=progress)
+    normal_scores, normal_peaks = reference.score(detector, detector.memory)
+    if len(held_out) > len(kept):
+        more_scores, more_peaks = score_images(detector, held_out[len(kept):], progress=progress)
+        normal_scores, normal_peaks = np.r_[normal_scores, more_scores], np.r_[normal_peaks, more_peaks]
     image_t = threshold_for_false_alarm_rate(normal_scores, false_alarm_rate)
     pixel_t = threshold_for_false_alarm_rate(normal_peaks, false_alarm_rate)
     flagged = float(np.mean(normal_scores >= image_t))
@@ -172,7 +183,8 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
     record["thresholds"] = thresholds
     detector.threshold = float(min(max(thresholds["image"]["value"], 0.0), 1.0))
     detector.pixel_threshold = float(min(max(pixel_t, 0.0), 1.0))
-    return Calibration(record, normal_scores, normal_peaks, defect_scores, defect_peaks, warnings)
+    write_reference = reference_writer(reference, None, normal_scores[:len(kept)], normal_peaks[:len(kept)])
+    return Calibration(record, normal_scores, normal_peaks, defect_scores, defect_peaks, warnings, write_reference)
 
 
 def _labelled(detector, folder: Path, note, progress) -> tuple[list, dict, np.ndarray, np.ndarray]:

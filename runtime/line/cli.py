@@ -28,7 +28,7 @@ log = logging.getLogger("winclip.inspect")  # not __name__: run as a script, tha
 
 SINK_OPTIONS = tuple(option for kind in SINKS.values() for option in kind.options)
 LIVE_BASE = ("roi", "every", "max_frames", "duration", "wait_for_source", "stall_timeout", "overlays", "keep_days",
-             "keep_gb", "flush_timeout", "rtsp_transport", "serve", "host")
+             "keep_gb", "flush_timeout", "rtsp_transport", "serve", "host", "operator_token_file")
 FOLDER_ONLY = ("save_maps", "save_overlays", "batch_size", "force")
 LOCK_NAME = ".winclip-inspect.lock"
 
@@ -130,11 +130,15 @@ def _sink_options(command):
               help="Live: serve a live page, /status.json and /metrics on this port (0: any free port).")
 @click.option("--host", default=defaults.SERVE_HOST,
               help="Live: the address --serve binds to (0.0.0.0: every interface).")
+@click.option("--operator-token-file", type=click.Path(path_type=Path), default=None,
+              help=f"Live, with --serve: a file whose first line is the operator token that lets the page write "
+                   f"(teach good parts, undo). Or set {defaults.OPERATOR_TOKEN_ENV}; never on the command line. "
+                   "Without either the page is read-only.")
 @click.pass_context
 def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
          pixel_threshold, provider, backend, precision, threads, batch_size, temperature, max_pixels, force, no_cache,
          rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, keep_days, keep_gb,
-         flush_timeout, rtsp_transport, serve, host, **sink_values):
+         flush_timeout, rtsp_transport, serve, host, operator_token_file, **sink_values):
     """Score frames from --source with the WinCLIP bundle BUNDLE.
 
     \b
@@ -177,7 +181,7 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
         raise click.UsageError("--profile brings its own few-shot memory; leave out --normal")
     if live:
         plan = _plan_live(ctx, out, overlays, serve, sink_values)
-        plan.update(keep_days=keep_days, keep_gb=keep_gb)
+        plan.update(keep_days=keep_days, keep_gb=keep_gb, token=_operator_token(ctx, serve, operator_token_file))
         if rtsp_transport is not None:
             from winclip.runtime.line.sources.stream import set_rtsp_transport
 
@@ -196,6 +200,7 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
                               threshold, pixel_threshold, no_cache, normal_dir, shots)
     with _output_lock(out):
         if live:
+            plan["profile"], plan["keep_thresholds"] = profile, (threshold is not None, pixel_threshold is not None)
             _run_live(detector, specs, out, plan, every=every, max_frames=max_frames, duration=duration,
                       wait_for_source=wait_for_source, stall_timeout=stall_timeout, host=host,
                       flush_timeout=flush_timeout)
@@ -325,6 +330,37 @@ def _plan_live(ctx, out, overlays, serve, sink_values: dict) -> dict:
     return {"sinks": sinks, "overlays": overlays or ("anomalous" if out is not None else "none"), "serve": serve}
 
 
+def _operator_token(ctx, serve, token_file) -> str | None:
+    """The page's operator token (from --operator-token-file or the environment), checked before anything slow."""
+    from winclip.runtime.line.access import TokenError, load_token
+
+    if serve is None:
+        if _given(ctx, "operator_token_file"):
+            raise click.UsageError("--operator-token-file needs --serve PORT")
+        return None
+    try:
+        return load_token(token_file)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _open_desk(detector, status, sinks, out, plan, opened: list, server=None):
+    """The operator desk (history, teaching, drift), attached to the live page when there is one."""
+    from winclip.runtime.line.operator import OperatorDesk
+
+    with one_line_errors():
+        desk = OperatorDesk(detector, status, sinks, profile_path=plan["profile"], token=plan["token"],
+                            history=plan["serve"] is not None,
+                            overlay_root=out / "overlays" if plan["overlays"] != "none" else None,
+                            keep_threshold=plan["keep_thresholds"][0], keep_pixel_threshold=plan["keep_thresholds"][1])
+    opened.append(desk)
+    if server is not None:
+        server.desk = desk
+    if plan["token"] is not None and desk.teach_refusal is not None:
+        log.warning("the operator token unlocks undo and teaching, but %s", desk.teach_refusal)
+    return desk
+
+
 def _open_sinks(plan, status, host, opened: list):
     """Every sink the plan names, each guarded; `opened` collects what must be closed, even on failure."""
     from winclip.runtime.errors import MissingExtra
@@ -405,6 +441,7 @@ def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_f
     from winclip.runtime.line.events import LiveOverlayWriter
     from winclip.runtime.line.inspection import Inspection
     from winclip.runtime.line.loop import EngineFailed, LiveLoop, LiveOutputs, StatusLine
+    from winclip.runtime.line.server import LiveServer
     from winclip.runtime.line.sinks import sink_report
     from winclip.runtime.line.sources import SourceError
     from winclip.runtime.line.status import LiveStatus
@@ -421,17 +458,20 @@ def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_f
                 overlays = LiveOverlayWriter(out / "overlays", keep_days=plan["keep_days"], keep_gb=plan["keep_gb"])
             except OSError as exc:
                 raise click.ClickException(f"cannot write overlays to {out / 'overlays'}: {first_line(exc)}") from None
+        server = next((thing for thing in opened if isinstance(thing, LiveServer)), None)
+        desk = _open_desk(detector, status, sinks, out, plan, opened, server)
     except BaseException:
         _close_all(opened, 0.0)
         raise
     outputs = LiveOutputs(status, overlays, plan["overlays"], preview=plan["serve"] is not None)
-    inspection = Inspection(detector, sinks, on_event=outputs)
+    inspection = Inspection(detector, sinks, on_event=desk.observe(outputs), before_batch=desk.between_batches)
     loop = LiveLoop(inspection, specs, status, every=every, max_frames=max_frames, duration_s=duration,
                     wait_for_source=wait_for_source, reader_options={"stall_s": stall_timeout},
                     status_line=status_line)
     started = {"event": "run_started", "time": round(time.time(), 3), "sources": [s.name for s in specs],
                "engine": detector.describe(), "threshold": detector.threshold,
-               "pixel_threshold": detector.pixel_threshold}
+               "pixel_threshold": detector.pixel_threshold,
+               **({"profile": str(plan["profile"]), "profile_version": desk.version} if plan["profile"] else {})}
     for sink in sinks:
         sink.write(started)
 

@@ -33,3 +33,20 @@ PREVIEW_INTERVAL_S = 0.2  # per source; anomalous frames are always shown at onc
 # --- the loop
 MAX_FAILED_BATCHES = 20  # in a row: the engine itself is broken, not one frame
 GATHER_S = 0.02  # how long a round waits for the other sources' frames to join its batch
+
+# --- the operator's station: history, teaching, drift, write access (docs/operator.md)
+TREND_WINDOW_S = 600.0  # the page's score trend covers the last this-many seconds per source
+TREND_BUCKET_S = 2.0  # ... in buckets of this many seconds (min, mean, max, count per bucket)
+GALLERY_PICTURES = 60  # newest anomalous frames whose overlay and original pixels stay in memory
+GALLERY_ORIGINALS_MB = 256.0  # at most this much memory for those originals (the oldest go first)
+GALLERY_INDEX = 5000  # anomalous frames the gallery can page back through (pictures from OUT/overlays)
+GALLERY_PAGE = 12  # gallery items per page
+DRIFT_WINDOW = 200  # scores of frames judged normal, per source, compared with the profile's reference
+DRIFT_MIN_FRAMES = 50  # no drift verdict before this many
+DRIFT_ALARM = 0.5  # two-sample Kolmogorov-Smirnov distance at which a drift episode starts (and p < DRIFT_ALPHA)
+DRIFT_CLEAR = 0.3  # ... and at or below which it ends
+DRIFT_ALPHA = 1e-3
+OPERATOR_TOKEN_ENV = "WINCLIP_OPERATOR_TOKEN"  # the operator token, when not in --operator-token-file
+MIN_TOKEN_CHARS = 16
+MAX_POST_BYTES = 32 << 20  # largest request body a write may send (an uploaded frame)
+TEACH_QUEUE = 8  # teach/undo requests waiting for the worker; beyond, refused (busy)

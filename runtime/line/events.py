@@ -134,7 +134,7 @@ class LiveOverlayWriter:
         folder.mkdir(parents=True, exist_ok=True)
         millis = int((frame.captured % 1) * 1000)
         target = folder / f"{time.strftime('%H%M%S', stamp)}_{millis:03d}-{frame.index}.jpg"
-        data = jpeg_bytes(render_overlay(frame.image, result), quality=90)
+        data = jpeg_bytes(render_overlay(frame.image, result, captured=frame.captured), quality=90)
         write_atomic(target, data)
         event["overlay"] = str(target)
         if self.retention is not None:

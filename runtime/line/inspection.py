@@ -74,7 +74,8 @@ def frame_event(frame, outcome, threshold: float | None) -> dict:
 class Inspection:
     """Scores batches of frames and hands each event to the artefact writer and the sinks."""
 
-    def __init__(self, detector, sinks: list, artifacts=None, on_artifact_error=None, on_event=None):
+    def __init__(self, detector, sinks: list, artifacts=None, on_artifact_error=None, on_event=None,
+                 before_batch=None):
         self.detector = detector
         self.sinks = sinks  # objects with .write(event)
         self.artifacts = artifacts  # ArtifactWriter or None
@@ -82,9 +83,12 @@ class Inspection:
         # on_event(frame, outcome, event) runs before the sinks see the event, so it may add to it
         # (the live loop's overlays); outcome is a FrameResult, a FrameError, or None for an error frame
         self.on_event = on_event
+        self.before_batch = before_batch  # called before each batch: the one place a detector may change
         self.counts = Counts()
 
     def run_batch(self, frames: list) -> list[dict]:
+        if self.before_batch is not None:
+            self.before_batch()
         usable = [f for f in frames if f.error is None]
         outcomes = dict(zip((id(f) for f in usable), score_each(self.detector, [f.image for f in usable])))
         events = []

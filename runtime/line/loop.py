@@ -89,10 +89,11 @@ class LiveOutputs:
             if outcome.anomalous or now - self._preview_at.get(frame.source, 0.0) >= defaults.PREVIEW_INTERVAL_S:
                 self._preview_at[frame.source] = now
                 try:
-                    jpeg = jpeg_bytes(render_overlay(frame.image, outcome, max_width=defaults.PREVIEW_WIDTH), quality=80)
+                    jpeg = jpeg_bytes(render_overlay(frame.image, outcome, max_width=defaults.PREVIEW_WIDTH,
+                                                     captured=frame.captured), quality=80)
                 except (OSError, cv2.error):  # the page keeps its previous overlay
                     return
-                self.status.set_overlay(frame.source, jpeg)
+                self.status.set_overlay(frame.source, jpeg, frame.captured)
 
 
 class LiveLoop:

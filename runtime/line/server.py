@@ -1,8 +1,17 @@
-"""The live page of `winclip-inspect --serve PORT`: an operator page, /status.json and Prometheus /metrics.
+"""The live page of `winclip-inspect --serve PORT`: an operator page, /status.json, Prometheus /metrics, and the
+operator's history and writes.
 
-Everything is read from the run's `LiveStatus` at request time; nothing is served
-from disk. Stdlib `ThreadingHTTPServer` on a daemon thread, bound to 127.0.0.1
+Everything is read from the run's `LiveStatus` (and its `OperatorDesk`, when
+attached) at request time; nothing is served from disk but the run's own saved
+overlays. Stdlib `ThreadingHTTPServer` on a daemon thread, bound to 127.0.0.1
 unless the operator chooses otherwise, quiet (no per-request log lines).
+
+Reads: `/`, `/status.json`, `/metrics`, `/overlay/<source>.jpg`, `/api/trend`,
+`/api/gallery?before=ID`, `/gallery/<id>.jpg`, `/api/profile`. Writes (POST,
+`Authorization: Bearer TOKEN`, refused unless the run has an operator token):
+`/api/teach` (JSON `{"item": ID}` for a gallery frame, or an image body),
+`/api/undo`. A write's body is bounded (MAX_POST_BYTES) and an image is decoded
+under the pixel cap of every frame.
 """
 
 from __future__ import annotations
@@ -17,10 +26,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from winclip.runtime.errors import MissingExtra
 from winclip.runtime.line import defaults
+from winclip.runtime.line.page import PAGE
 from winclip.runtime.line.sinks.base import LIVE_EXTRA
 from winclip.runtime.line.status import LiveStatus
 
 OVERLAY_PREFIX, OVERLAY_SUFFIX = "/overlay/", ".jpg"
+GALLERY_PREFIX = "/gallery/"
+MAX_JSON_BODY = 64 << 10  # a write's JSON body (who, why, an item id)
+# The page's own script and styles only; no other site may frame it (a click on "this part is good" is a write).
+SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; "
+                   "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
 class LiveServer:
@@ -32,6 +47,7 @@ class LiveServer:
         except ImportError:
             raise MissingExtra(f"--serve needs prometheus-client for /metrics: {LIVE_EXTRA}") from None
         self.status, self.host, self.port = status, host, port
+        self.desk = None  # the run's OperatorDesk, attached when there is one: history, teaching, drift
         self.registry = CollectorRegistry()  # private: never mixes with a process-wide default registry
         self.registry.register(_StatusCollector(status))
         self._httpd: _Server | None = None
@@ -96,17 +112,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._respond(send_body=False)
 
+    def do_POST(self) -> None:
+        self._write_request()
+
     def log_message(self, format, *args) -> None:
         pass  # no line per request: the terminal belongs to the status line
 
     def _respond(self, send_body: bool) -> None:
         live = self.server.live
-        path = urllib.parse.urlsplit(self.path).path  # still %-quoted: a source's '/' stays %2F
+        parts = urllib.parse.urlsplit(self.path)
+        path = parts.path  # still %-quoted: a source's '/' stays %2F
+        query = urllib.parse.parse_qs(parts.query)
+        desk = live.desk
         if path in ("/", "/index.html"):
             self._send(200, "text/html; charset=utf-8", PAGE.encode(), send_body)
         elif path == "/status.json":
-            body = json.dumps(_finite(live.status.snapshot()), allow_nan=False).encode()
-            self._send(200, "application/json", body, send_body)
+            self._json(200, live.status.snapshot(), send_body)
         elif path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -119,18 +140,119 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, "text/plain; charset=utf-8", message, send_body)
             else:
                 self._send(200, "image/jpeg", jpeg, send_body)
+        elif path == "/api/trend" and desk is not None and desk.trend is not None:
+            self._json(200, desk.trend.series(), send_body)
+        elif path == "/api/gallery" and desk is not None and desk.gallery is not None:
+            before = _int(query.get("before", [None])[0])
+            limit = min(max(_int(query.get("limit", [None])[0]) or defaults.GALLERY_PAGE, 1), 100)
+            source = query.get("source", [None])[0]
+            self._json(200, desk.gallery.page(before, limit, source), send_body)
+        elif path.startswith(GALLERY_PREFIX) and path.endswith(".jpg") and desk is not None and desk.gallery is not None:
+            item = _int(path[len(GALLERY_PREFIX):-4])
+            jpeg = None if item is None else desk.gallery.picture(item)
+            if jpeg is None:
+                self._send(404, "text/plain; charset=utf-8", b"this picture is no longer kept\n", send_body)
+            else:
+                self._send(200, "image/jpeg", jpeg, send_body, cache=True)
+        elif path == "/api/profile" and desk is not None:
+            self._json(200, desk.versions(), send_body)
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found\n", send_body)
 
-    def _send(self, code: int, content_type: str, body: bytes, send_body: bool) -> None:
+    def _write_request(self) -> None:
+        """A POST: the token first (before any body is read), then a bounded body, then the desk."""
+        from winclip.runtime.line.operator import OperatorError
+
+        desk = self.server.live.desk
+        path = urllib.parse.urlsplit(self.path).path
+        if desk is None or path not in ("/api/teach", "/api/undo"):
+            self.close_connection = True
+            self._json(404, {"error": "not found"}, True)
+            return
+        refused = desk.guard.check(self.headers.get("Authorization"))
+        if refused is not None:
+            self.close_connection = True  # the body, if any, is never read
+            message = {"read-only": "this page is read-only: start winclip-inspect --serve with an operator token "
+                                    "(--operator-token-file or " + defaults.OPERATOR_TOKEN_ENV + ")",
+                       "missing": "this needs the operator token (Authorization: Bearer TOKEN)",
+                       "wrong": "wrong operator token"}[refused]
+            self._json(403 if refused == "read-only" else 401, {"error": message, "refused": refused}, True,
+                       headers={"WWW-Authenticate": "Bearer"} if refused != "read-only" else None)
+            return
+        try:
+            body, kind = self._body()
+            fields = {}
+            if kind == "json":
+                try:
+                    fields = json.loads(body.decode("utf-8")) if body else {}
+                except (UnicodeDecodeError, ValueError):
+                    raise OperatorError("the body is not valid JSON") from None
+                if not isinstance(fields, dict):
+                    raise OperatorError("the body must be a JSON object")
+            who = fields.get("who") or f"operator at {self.client_address[0]}"
+            why = fields.get("why") or ""
+            if path == "/api/undo":
+                job = desk.request_undo(who=str(who), why=str(why) or "undo on the live page")
+            elif kind == "image":
+                job = desk.request_teach(image=body, who=str(who), why=str(why) or "posted as a good part")
+            else:
+                item = fields.get("item")
+                if not isinstance(item, int) or isinstance(item, bool):
+                    raise OperatorError("say which gallery frame: {\"item\": ID}")
+                job = desk.request_teach(item=item, who=str(who), why=str(why) or "marked good on the live page")
+        except OperatorError as exc:
+            self.close_connection = True
+            self._json(exc.status, {"error": str(exc)}, True)
+            return
+        self._json(202, {"job": job.to_json()}, True)
+
+    def _body(self) -> tuple[bytes, str]:
+        """The request body within its bound: ("json" | "image", bytes)."""
+        from winclip.runtime.line.operator import OperatorError
+
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        kind = "image" if content_type.startswith("image/") or content_type == "application/octet-stream" else "json"
+        limit = defaults.MAX_POST_BYTES if kind == "image" else MAX_JSON_BODY
+        length = self.headers.get("Content-Length")
+        if length is None:
+            if self.headers.get("Transfer-Encoding"):
+                raise OperatorError("send the body with a Content-Length", 411)
+            return b"", kind
+        if not length.strip().isdigit():
+            raise OperatorError("bad Content-Length")
+        size = int(length)
+        if size > limit:
+            raise OperatorError(f"the body is {size} bytes; at most {limit} are accepted here", 413)
+        body = self.rfile.read(size)
+        if len(body) != size:
+            raise OperatorError("the body ended early")
+        return body, kind
+
+    def _json(self, code: int, data, send_body: bool, headers: dict | None = None) -> None:
+        body = json.dumps(_finite(data), allow_nan=False).encode()
+        self._send(code, "application/json", body, send_body, headers=headers)
+
+    def _send(self, code: int, content_type: str, body: bytes, send_body: bool, cache: bool = False,
+              headers: dict | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")  # always the newest state and overlay
+        # always the newest state and overlay; a gallery picture never changes
+        self.send_header("Cache-Control", "private, max-age=3600" if cache else "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", SECURITY_POLICY)
+        self.send_header("Referrer-Policy", "no-referrer")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if send_body:
             self.wfile.write(body)
+
+
+def _int(text) -> int | None:
+    return int(text) if isinstance(text, str) and text.isdigit() and len(text) < 12 else None
 
 
 def _finite(value):
@@ -183,67 +305,32 @@ class _StatusCollector:
         for sink, count in snap["sink_errors"].items():
             sink_errors.add_metric([sink], count)
         yield sink_errors
+        operator = snap.get("operator")
+        if operator is not None:
+            yield from _operator_metrics(operator)
 
 
-# The operator page: self-contained (no external assets), rebuilt from /status.json every second.
-# Source names go into the DOM as text and into URLs through encodeURIComponent, never as HTML.
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>winclip live</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px system-ui,sans-serif;margin:0;background:#111;color:#ddd}
-header{padding:10px 16px;background:#1c1c1c;display:flex;flex-wrap:wrap;gap:18px;align-items:baseline}
-header h1{font-size:16px;margin:0;color:#fff}.k{color:#888}.v{color:#fff;font-weight:600}
-#sources{display:flex;flex-wrap:wrap;gap:14px;padding:14px}
-.card{background:#1c1c1c;border:3px solid #333;border-radius:6px;padding:8px;width:420px}
-.card.anomalous{border-color:#d33}.card h2{font-size:15px;margin:0 0 6px;word-break:break-all}
-.card img,.none{width:100%;background:#000;min-height:120px;display:block}.none{color:#666;text-align:center;line-height:120px}
-.badge{padding:1px 6px;border-radius:3px;font-size:12px;margin-left:6px;color:#000}
-.ok{background:#4c4}.starting{background:#aaa}.reconnecting{background:#fb3}.lost{background:#f55}.ended{background:#888}
-.stats{margin-top:6px;color:#aaa}#stale{color:#f55;display:none}
-</style></head><body>
-<header><h1>winclip live</h1><span id="totals"></span><span id="stale">page not updating: run stopped?</span></header>
-<div id="sources"></div>
-<script>
-const fmt = (v, d) => v === null || v === undefined ? "-" : Number(v).toFixed(d);
-function item(key, value) { return `<span class="k">${key}</span> <span class="v">${value}</span>`; }
-function card(name) {
-  const id = "src-" + encodeURIComponent(name);
-  let el = document.getElementById(id);
-  if (el) return el;
-  el = document.createElement("div"); el.className = "card"; el.id = id;
-  el.innerHTML = '<h2><span class="name"></span><span class="badge"></span></h2><div class="none overlay">no overlay yet</div><div class="stats"></div>';
-  el.querySelector(".name").textContent = name;
-  document.getElementById("sources").appendChild(el);
-  return el;
-}
-async function refresh() {
-  let s;
-  try { s = await (await fetch("status.json", {cache: "no-store"})).json(); }
-  catch (e) { document.getElementById("stale").style.display = "inline"; return; }
-  document.getElementById("stale").style.display = "none";
-  const sinkErrors = Object.values(s.sink_errors).reduce((a, b) => a + b, 0);
-  document.getElementById("totals").innerHTML = [
-    item("scored", s.scored), item("anomalous", s.anomalous), item("errors", s.errors), item("dropped", s.dropped),
-    item("p50/p95", fmt(s.latency_ms.p50, 0) + "/" + fmt(s.latency_ms.p95, 0) + " ms"), item("fps", fmt(s.fps, 2)),
-    item("sink errors", sinkErrors), item("uptime", fmt(s.uptime_s, 0) + " s")].join(" &nbsp; ");
-  for (const [name, src] of Object.entries(s.sources)) {
-    const el = card(name), badge = el.querySelector(".badge");
-    badge.textContent = src.health; badge.className = "badge " + src.health; badge.title = src.detail;
-    el.classList.toggle("anomalous", src.last_anomalous === true);
-    el.querySelector(".stats").textContent = [`score ${fmt(src.last_score, 3)}`, `scored ${src.scored}`,
-      `anomalous ${src.anomalous}`, `errors ${src.errors}`, `dropped ${src.dropped}`, src.detail].filter(Boolean).join(" · ");
-    if (src.has_overlay && !el.loading) {  // load off-screen, swap when complete: no flicker, no pile-up
-      const next = new Image();
-      el.loading = true;
-      next.className = "overlay";
-      next.onload = () => { el.querySelector(".overlay").replaceWith(next); el.loading = false; };
-      next.onerror = () => { el.loading = false; };
-      next.alt = "latest overlay";
-      next.src = "overlay/" + encodeURIComponent(name) + ".jpg?t=" + Date.now();
-    }
-  }
-}
-refresh(); setInterval(refresh, 1000);
-</script></body></html>
-"""
+def _operator_metrics(operator: dict):
+    """Drift, the profile version in use, and the operator's writes, from the desk's snapshot."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    distance = GaugeMetricFamily("winclip_drift_distance", "KS distance between recent normal scores and the "
+                                 "profile's reference scores", labels=["source"])
+    drifting = GaugeMetricFamily("winclip_drift", "1 while a drift episode is open, else 0", labels=["source"])
+    episodes = CounterMetricFamily("winclip_drift_episodes", "Drift episodes started", labels=["source"])
+    for source, state in operator["drift"].items():
+        if state["distance"] is not None:
+            distance.add_metric([source], state["distance"])
+        drifting.add_metric([source], 1.0 if state["drifting"] else 0.0)
+        episodes.add_metric([source], state["episodes"])
+    yield from (distance, drifting, episodes)
+    version = GaugeMetricFamily("winclip_profile_version", "The line profile version in use")
+    if operator["version"] is not None:
+        version.add_metric([], operator["version"])
+    yield version
+    yield CounterMetricFamily("winclip_profile_changes", "Profile versions switched to during the run",
+                              value=operator["changes"])
+    refused = CounterMetricFamily("winclip_operator_refused", "Write requests refused", labels=["reason"])
+    for reason, count in operator["access"]["refused"].items():
+        refused.add_metric([reason], count)
+    yield refused

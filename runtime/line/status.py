@@ -37,6 +37,7 @@ class SourceState:
     last_anomalous: bool | None = None
     last_time: float | None = None  # capture time of the newest scored frame
     overlay_jpeg: bytes | None = None  # newest overlay, for the live page
+    overlay_time: float | None = None  # capture time of the frame that overlay shows
 
 
 class LiveStatus:
@@ -51,6 +52,7 @@ class LiveStatus:
         self._latency_ms: deque[float] = deque(maxlen=rolling)
         self._scored_at: deque[float] = deque(maxlen=rolling)  # monotonic times, for FPS
         self.sink_errors: dict[str, int] = {}
+        self._sections: dict = {}  # name -> function: more of the run for the snapshot (the operator desk)
         for name in sources or []:
             self.sources[name] = SourceState()
 
@@ -93,9 +95,14 @@ class LiveStatus:
                 state.since = time.time()
             state.health, state.detail = health, detail
 
-    def set_overlay(self, source: str, jpeg: bytes) -> None:
+    def set_overlay(self, source: str, jpeg: bytes, captured: float | None = None) -> None:
         with self._lock:
-            self._source(source).overlay_jpeg = jpeg
+            state = self._source(source)
+            state.overlay_jpeg, state.overlay_time = jpeg, captured
+
+    def attach(self, name: str, section) -> None:
+        """Add `name: section()` to every snapshot (a function of no arguments returning JSON-ready data)."""
+        self._sections[name] = section
 
     def record_sink_error(self, sink: str) -> None:
         with self._lock:
@@ -135,6 +142,7 @@ class LiveStatus:
             "fps": round(fps, 3),
             "sink_errors": sink_errors,
             "sources": sources,
+            **{name: section() for name, section in list(self._sections.items())},
         }
 
     def status_line(self) -> str:

@@ -1,0 +1,311 @@
+"""The operator's side of a live run: history for the page, drift alarms, and teaching the line.
+
+`OperatorDesk` sits between the scoring loop and the live page:
+
+- it sees every event before the sinks do (`observe`): the score trend, the
+  gallery of anomalous frames, the profile version on each frame event, and the
+  drift watch, whose `drift` / `drift_cleared` events go to the sinks;
+- it takes the page's write requests (already let through by the WriteGuard):
+  "this part is good" on a gallery frame or a posted image, and "undo"; a
+  worker thread writes each as a new version of the line profile
+  (runtime/teach.py, runtime/profile_versions.py), one at a time;
+- it switches the detector to a version the worker finished, on the loop
+  thread, before the next batch (`between_batches`): memory and thresholds
+  change between two frames, never inside a batch, and each switch is a
+  `profile_changed` event. A version written by someone else (winclip-calibrate
+  --add-normal on the same profile) is picked up the same way.
+
+Everything the loop writes to the sinks is written from the loop thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from winclip.runtime.errors import WinclipError, first_line
+from winclip.runtime.images import ImageReadError, decode_image
+from winclip.runtime.line import defaults
+from winclip.runtime.line.access import WriteGuard
+from winclip.runtime.line.drift import DriftWatch
+from winclip.runtime.line.history import Gallery, ScoreTrend
+from winclip.runtime.profile import LineProfile
+from winclip.runtime.profile_versions import ProfileStore, Version, versioned_parent
+from winclip.runtime.teach import GoodPart, reference_scores, teach
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 2.0  # how often the worker looks for a version written by someone else
+
+
+class OperatorError(WinclipError):
+    """An operator request that cannot be done, with the HTTP status that says why."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Job:
+    """A write the worker does: teach parts or undo; its state as the page shows it."""
+
+    id: int
+    action: str  # "teach" | "undo"
+    who: str
+    why: str
+    parts: list = field(default_factory=list)
+    items: list = field(default_factory=list)  # gallery ids taught
+    state: str = "queued"  # queued | running | written | applied | failed
+    detail: str = ""
+    version: int | None = None
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "action": self.action, "state": self.state, "detail": self.detail,
+                "version": self.version, "who": self.who, "items": self.items, "created": self.created}
+
+
+@dataclass
+class Switch:
+    """A profile version ready for the loop to use."""
+
+    profile: LineProfile
+    version: Version
+    action: str
+    who: str
+    why: str
+    job: Job | None = None
+
+
+class OperatorDesk:
+    """History, drift and profile changes for one live run (see the module docstring)."""
+
+    def __init__(self, detector, status, sinks: list, *, profile_path: Path | None = None, token: str | None = None,
+                 history: bool = True, overlay_root: Path | None = None, keep_threshold: bool = False,
+                 keep_pixel_threshold: bool = False, drift: DriftWatch | None = None):
+        self.detector, self.status, self.sinks = detector, status, sinks
+        self.guard = WriteGuard(token)
+        self.trend = ScoreTrend() if history else None
+        self.gallery = Gallery(overlay_root=overlay_root) if history else None
+        self.keep_threshold, self.keep_pixel_threshold = keep_threshold, keep_pixel_threshold
+        self.profile_path = None if profile_path is None else Path(profile_path)
+        self.store: ProfileStore | None = None
+        self.version: int | None = None
+        self.teach_refusal = "teaching needs a line profile: start winclip-inspect with --profile"
+        reference = None
+        if self.profile_path is not None:
+            inside = versioned_parent(self.profile_path)
+            if inside is not None:
+                self.teach_refusal = (f"{self.profile_path} is one version of {inside}: start with --profile {inside} "
+                                      "to teach it")
+                reference = reference_scores(LineProfile.load(self.profile_path))
+                self.version = int(self.profile_path.name[1:])
+            else:
+                self.store = ProfileStore(self.profile_path)
+                profile, version = self.store.load()
+                self.version, reference = version.number, reference_scores(profile)
+                self.teach_refusal = None
+        self.drift = drift or DriftWatch(reference)
+        if drift is not None:
+            drift.reset(reference)
+        self.changes = 0
+        self._seen = self.version  # the newest version the worker knows of (applied or waiting)
+        self._lock = threading.Lock()
+        self._pending: list[Switch] = []
+        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=defaults.TEACH_QUEUE)
+        self._recent_jobs: deque[Job] = deque(maxlen=20)
+        self._job_ids = itertools.count(1)
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
+        status.attach("operator", self.snapshot)
+        if self.store is not None:
+            self._worker = threading.Thread(target=self._work, name="operator-desk", daemon=True)
+            self._worker.start()
+
+    # --- the loop's side
+    def between_batches(self) -> None:
+        """Use the newest finished profile version: memory and thresholds change here, between two batches."""
+        with self._lock:
+            switches, self._pending = self._pending, []
+        for switch in switches:
+            self._apply(switch)
+
+    def observe(self, outputs=None):
+        """The Inspection's on_event: `outputs` (LiveOutputs) first, then history and drift on each scored frame."""
+
+        def on_event(frame, outcome, event: dict) -> None:
+            if outputs is not None:
+                outputs(frame, outcome, event)
+            if "error" in event:
+                return
+            if self.version is not None:
+                event["profile_version"] = self.version
+            score, anomalous = event["image_score"], event.get("anomalous")
+            if self.trend is not None:
+                self.trend.add(frame.source, score, anomalous, event.get("threshold"))
+            if anomalous and self.gallery is not None:
+                try:
+                    self.gallery.add(frame, outcome, event, self.version)
+                except (OSError, ValueError) as exc:  # a picture that cannot be drawn: the page misses one item
+                    log.debug("gallery: %s", first_line(exc))
+            notice = self.drift.observe(frame.source, score, anomalous)
+            if notice is not None:
+                self._emit(notice)
+                if notice["event"] == "drift":
+                    log.warning("%s: drift: the scores of normal parts moved %s (KS distance %.2f against the %s "
+                                "reference); the line may have changed", notice["source"], notice["direction"],
+                                notice["ks_distance"], notice["reference"])
+                else:
+                    log.info("%s: drift cleared after %.0f s", notice["source"], notice["lasted_s"])
+
+        return on_event
+
+    def _emit(self, event: dict) -> None:
+        for sink in self.sinks:
+            sink.write(event)
+
+    def _apply(self, switch: Switch) -> None:
+        profile, old = switch.profile, self.version
+        self.detector.set_memory(profile.memory)
+        if not self.keep_threshold:
+            self.detector.threshold = profile.image_threshold
+        if not self.keep_pixel_threshold:
+            self.detector.pixel_threshold = profile.pixel_threshold
+        self.version = switch.version.number
+        self.drift.reset(reference_scores(profile))
+        self.changes += 1
+        event = {"event": "profile_changed", "time": round(time.time(), 3), "action": switch.action,
+                 "profile": str(self.profile_path), "from": old, "to": self.version, "who": switch.who,
+                 "why": switch.why, "threshold": self.detector.threshold,
+                 "pixel_threshold": self.detector.pixel_threshold, "memory_shots": profile.memory.shots}
+        if switch.job is not None and switch.job.items:
+            event["taught"] = [self._taught_item(i) for i in switch.job.items]
+        self._emit(event)
+        if switch.job is not None:
+            switch.job.state = "applied"
+        log.info("profile %s: version %s -> %s (%s by %s)", self.profile_path, old, self.version, switch.action,
+                 switch.who)
+
+    def _taught_item(self, item_id: int) -> dict:
+        item = self.gallery.item(item_id) if self.gallery is not None else None
+        if item is None:
+            return {"id": item_id}
+        self.gallery.mark_taught(item_id, self.version)
+        return {"id": item_id, "source": item.source, "frame": item.frame, "time": item.captured, "score": item.score}
+
+    # --- the page's side (the WriteGuard has let the request through)
+    def request_teach(self, *, item: int | None = None, image: bytes | None = None, who: str = "", why: str = "") -> Job:
+        """Queue "this part is good" for a gallery frame (its original pixels) or a posted image."""
+        if self.teach_refusal is not None:
+            raise OperatorError(self.teach_refusal, 409)
+        if item is not None:
+            found = self.gallery.item(item) if self.gallery is not None else None
+            if found is None:
+                raise OperatorError(f"no gallery frame {item}", 404)
+            if found.taught is not None:
+                raise OperatorError(f"frame {found.source}#{found.frame} was taught already (version {found.taught})", 409)
+            original = self.gallery.original(item)
+            if original is None:
+                raise OperatorError(f"the original pixels of {found.source}#{found.frame} are no longer kept (only "
+                                    f"the newest {self.gallery.pictures} flagged frames are): post the image instead", 410)
+            part = GoodPart(original, f"{found.source}#{found.frame}",
+                            {"source": found.source, "frame": found.frame, "time": found.captured,
+                             "score": found.score, "flagged_by_version": found.version})
+            items = [item]
+        elif image is not None:
+            try:
+                pixels = decode_image(image, "the posted image")
+            except ImageReadError as exc:
+                raise OperatorError(str(exc), 413 if "more than" in str(exc) else 400) from None
+            part, items = GoodPart(pixels, "posted image", {"posted": round(time.time(), 3)}), []
+        else:
+            raise OperatorError("say which frame: {\"item\": ID} from the gallery, or post an image")
+        return self._queue(Job(next(self._job_ids), "teach", who, why, [part], items))
+
+    def request_undo(self, *, who: str = "", why: str = "") -> Job:
+        if self.teach_refusal is not None:
+            raise OperatorError(self.teach_refusal, 409)
+        return self._queue(Job(next(self._job_ids), "undo", who, why))
+
+    def _queue(self, job: Job) -> Job:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise OperatorError(f"{defaults.TEACH_QUEUE} changes are already waiting: try again shortly", 503) from None
+        with self._lock:
+            self._recent_jobs.append(job)
+        return job
+
+    # --- the worker
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self._jobs.get(timeout=WATCH_S)
+            except queue.Empty:
+                self._look_for_new_versions()
+                continue
+            job.state = "running"
+            try:
+                if job.action == "teach":
+                    version = teach(self.detector, self.store, job.parts, who=job.who, why=job.why, action="teach")
+                    job.detail = f"version {version.number} written"
+                else:
+                    left, version = self.store.undo(job.who, job.why)
+                    job.detail = f"back from version {left.number} to {version.number}"
+                profile = LineProfile.load(version.folder)
+                job.version, job.state, job.parts = version.number, "written", []
+                with self._lock:
+                    self._pending.append(Switch(profile, version, job.action, job.who, job.why, job))
+                    self._seen = version.number
+            except (WinclipError, OSError, ValueError) as exc:
+                job.state, job.detail, job.parts = "failed", first_line(exc), []
+                log.warning("%s by %s failed: %s", job.action, job.who, job.detail)
+
+    def _look_for_new_versions(self) -> None:
+        """A version made current by someone else (winclip-calibrate --add-normal, another run): use it too."""
+        try:
+            current = self.store.version()
+        except WinclipError:
+            return
+        with self._lock:
+            known = self._seen
+        if current.number == known:
+            return
+        try:
+            profile = LineProfile.load(current.folder)
+        except WinclipError as exc:
+            log.warning("version %d of %s cannot be used: %s", current.number, self.profile_path, first_line(exc))
+            return
+        entry = current.entry
+        with self._lock:
+            self._seen = current.number
+            self._pending.append(Switch(profile, current, entry.get("action", "changed"), entry.get("who", ""),
+                                        entry.get("why", "")))
+
+    # --- what the page and /metrics read
+    def snapshot(self) -> dict:
+        with self._lock:
+            jobs = [j.to_json() for j in reversed(self._recent_jobs)]
+        return {"profile": None if self.profile_path is None else str(self.profile_path), "version": self.version,
+                "threshold": self.detector.threshold, "pixel_threshold": self.detector.pixel_threshold,
+                "engine": self.detector.describe(), "teach": self.teach_refusal is None,
+                "teach_refusal": self.teach_refusal, "access": self.guard.counts(), "changes": self.changes,
+                "drift": self.drift.state(), "jobs": jobs}
+
+    def versions(self) -> dict:
+        if self.store is None:
+            return {"current": self.version, "versions": [], "log": []}
+        history = self.store.history()
+        return {**history, "log": history["log"][-50:], "in_use": self.version}
+
+    def close(self, timeout: float = 0.0) -> None:
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)

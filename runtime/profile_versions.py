@@ -1,0 +1,293 @@
+"""Versions of a line profile: every change a new folder, the previous ones kept and loadable.
+
+A profile that has been changed after `winclip-calibrate` made it (a part taught
+on the live page, `winclip-calibrate --add-normal`) is a folder of versions:
+
+    profiles/line3/
+      versions.json   which version is current, and per version who made it, when, why and how
+      v1/             the profile as calibrated: itself a complete line profile
+      v2/             one change later: memory, thresholds, reference set, the added images
+      .lock           writers take it (flock) for the whole read-change-write
+
+`LineProfile.load(profiles/line3)` loads the current version and
+`LineProfile.load(profiles/line3/v1)` any other. A single-version profile (a
+folder with profile.json, as winclip-calibrate writes it) becomes v1 at its
+first change. Undo makes the version the current one was made from current
+again; nothing is deleted by it. A version folder appears whole or not at all
+(staged, then renamed) and versions.json is replaced atomically, so a reader
+never sees a half-made version; a folder left by a writer that died before
+naming it in versions.json is removed at the next change, with a warning.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from winclip.runtime.atomic import staged_folder, write_atomic
+from winclip.runtime.defaults import PROFILE_KEEP_VERSIONS
+from winclip.runtime.profile import PROFILE_NAME, LineProfile, ProfileError
+from winclip.runtime.validation import Node, SchemaError, read_json
+
+log = logging.getLogger(__name__)
+
+VERSIONS_NAME = "versions.json"
+VERSIONS_FORMAT = "winclip-edge-line-profile-versions"
+VERSIONS_SCHEMA = 1
+LOCK_NAME = ".lock"
+VERSION_FOLDER = re.compile(r"v([1-9][0-9]{0,8})")
+MAX_TEXT = 500  # characters of who / why kept
+LOG_MAX = 2000  # changes the log keeps (the newest)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def clean_text(value, default: str) -> str:
+    """A who/why as people typed it: printable, one line, bounded."""
+    text = "" if value is None else str(value)
+    text = "".join(c if c.isprintable() else " " for c in text).strip()[:MAX_TEXT]
+    return text or default
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a profile: its number, folder and record (who, when, why, action, parent, thresholds)."""
+
+    number: int
+    folder: Path
+    entry: dict
+
+
+@dataclass
+class Change:
+    """What a change makes: the new profile, extra files for its folder, and its record in versions.json.
+
+    `write(folder)` adds files beside profile.json (the reference set, the taught images)
+    and returns what to add to the profile's record.
+    """
+
+    profile: LineProfile
+    action: str
+    who: str
+    why: str
+    write: Callable[[Path], dict] | None = None
+    details: dict | None = None  # kept in the version's entry (what was added, from where)
+
+
+def versioned_parent(folder: Path) -> Path | None:
+    """The versioned profile a folder is a version of, or None."""
+    folder = Path(folder)
+    if VERSION_FOLDER.fullmatch(folder.name) and (folder.parent / VERSIONS_NAME).is_file():
+        return folder.parent
+    return None
+
+
+class ProfileStore:
+    """A line profile folder as a sequence of versions: load, change, undo, under a writer's lock."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        inside = versioned_parent(self.root)
+        if inside is not None:
+            raise ProfileError(f"{self.root} is version {self.root.name[1:]} of the profile {inside}: change "
+                               f"{inside} itself (its versions stay loadable)")
+
+    # --- reading
+    @property
+    def versioned(self) -> bool:
+        return (self.root / VERSIONS_NAME).exists()
+
+    def read(self) -> dict:
+        """versions.json, checked; a single-version profile reads as its one version."""
+        if not self.versioned:
+            if not (self.root / PROFILE_NAME).is_file():
+                raise ProfileError(f"{self.root} is not a line profile: {PROFILE_NAME} is missing")
+            return {"format": VERSIONS_FORMAT, "schema_version": VERSIONS_SCHEMA, "current": 1,
+                    "versions": [{"version": 1, "folder": ".", "parent": None, "action": "calibrate",
+                                  "who": "winclip-calibrate", "why": "the profile as calibrated", "created": None}],
+                    "log": []}
+        path = self.root / VERSIONS_NAME
+        if path.is_symlink() or not path.is_file():
+            raise ProfileError(f"{path} is not a regular file")
+        try:
+            data = read_json(path, "profile versions")
+            node = Node(data, "")
+            if node.raw("format", None) != VERSIONS_FORMAT:
+                raise SchemaError(f"not a {VERSIONS_FORMAT} (field format)")
+            if node.raw("schema_version", None) != VERSIONS_SCHEMA:
+                raise SchemaError(f"versions schema {str(node.raw('schema_version', None))[:20]} is not supported")
+            numbers = set()
+            for i, raw in enumerate(node.list("versions", 1, 1 << 16)):
+                entry = Node(raw, f"versions[{i}]")
+                number = entry.int("version", 1, 10 ** 9)
+                folder = entry.str("folder", max_len=16)
+                if folder != f"v{number}":
+                    raise SchemaError(f"versions[{i}].folder must be v{number}")
+                numbers.add(number)
+            current = node.int("current", 1, 10 ** 9)
+            if current not in numbers:
+                raise SchemaError(f"current version {current} is not listed")
+            node.list("log", 0, 1 << 20)
+        except SchemaError as exc:
+            raise ProfileError(f"{path}: {exc}") from None
+        return data
+
+    def version(self, number: int | None = None, data: dict | None = None) -> Version:
+        """A version (the current one when `number` is None)."""
+        data = data or self.read()
+        number = data["current"] if number is None else number
+        for entry in data["versions"]:
+            if entry["version"] == number:
+                folder = self.root if entry["folder"] == "." else self.root / entry["folder"]
+                if entry.get("pruned") or not (folder / PROFILE_NAME).is_file():
+                    raise ProfileError(f"version {number} of {self.root} is no longer on disk")
+                return Version(number, folder, entry)
+        raise ProfileError(f"{self.root} has no version {number}")
+
+    def load(self, number: int | None = None) -> tuple[LineProfile, Version]:
+        version = self.version(number)
+        return LineProfile.load(version.folder), version
+
+    def history(self) -> dict:
+        """versions.json as people read it: current, the versions (newest first) and the log."""
+        data = self.read()
+        return {"current": data["current"], "versions": list(reversed(data["versions"])), "log": data.get("log", [])}
+
+    # --- writing
+    @contextmanager
+    def locked(self):
+        """The writers' lock: one process or thread at a time reads, changes and writes the profile."""
+        if not self.root.is_dir():
+            raise ProfileError(f"{self.root} is not a line profile folder")
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def change(self, make: Callable[[LineProfile, Version], Change]) -> Version:
+        """Under the lock: load the current version, let `make` build the change from it, write it as the
+        next version and make it current. The new Version is returned."""
+        with self.locked():
+            data = self._clean() if self.versioned else self.read()
+            base = self.version(data=data)
+            change = make(LineProfile.load(base.folder), base)
+            if not self.versioned:  # only now that the change is made: a refused change leaves the folder as it was
+                data = self._convert(data)
+                base = self.version(data=data)
+            number = max([e["version"] for e in data["versions"]] + self._folders()) + 1
+            folder = self.root / f"v{number}"
+            profile = change.profile
+            with staged_folder(folder) as tmp:
+                profile.save_into(tmp, change.write)
+                _share_unchanged(tmp, base.folder)
+            entry = {"version": number, "folder": folder.name, "parent": base.number, "created": now_iso(),
+                     "action": change.action, "who": clean_text(change.who, "unknown"),
+                     "why": clean_text(change.why, ""),
+                     "thresholds": {"image": profile.image_threshold, "pixel": profile.pixel_threshold},
+                     **({"details": change.details} if change.details else {})}
+            data["versions"].append(entry)
+            data["current"] = number
+            data.setdefault("log", []).append({"time": entry["created"], "action": change.action, "from": base.number,
+                                               "to": number, "who": entry["who"], "why": entry["why"]})
+            self._prune(data)
+            self._write(data)
+            return Version(number, folder, entry)
+
+    def undo(self, who: str, why: str = "") -> tuple[Version, Version]:
+        """Make the version the current one was made from current again: (the one left, the one now current)."""
+        with self.locked():
+            data = self.read()
+            if not self.versioned or data["current"] == 1 and len(data["versions"]) == 1:
+                raise ProfileError(f"{self.root} has only the version it was calibrated as: nothing to undo")
+            left = self.version(data=data)
+            parent = left.entry.get("parent")
+            if parent is None:
+                raise ProfileError(f"version {left.number} of {self.root} is its first: nothing to undo")
+            back = self.version(parent, data)
+            data["current"] = back.number
+            data.setdefault("log", []).append({"time": now_iso(), "action": "undo", "from": left.number,
+                                               "to": back.number, "who": clean_text(who, "unknown"),
+                                               "why": clean_text(why, "")})
+            self._write(data)
+            return left, back
+
+    # --- the parts
+    def _folders(self) -> list[int]:
+        return [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_FOLDER.fullmatch(p.name)) and p.is_dir()]
+
+    def _write(self, data: dict) -> None:
+        data["log"] = data.get("log", [])[-LOG_MAX:]
+        write_atomic(self.root / VERSIONS_NAME, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode(),
+                     sync=True)
+
+    def _convert(self, data: dict) -> dict:
+        """A single-version profile becomes v1 of one (its files hard-linked into v1/, then removed from the root)."""
+        record = LineProfile.load(self.root).record
+        moved = [p for p in self.root.iterdir() if p.is_file() and not p.is_symlink() and p.name != LOCK_NAME]
+        if (self.root / "v1").exists():
+            shutil.rmtree(self.root / "v1")  # a conversion that died before versions.json named it
+        with staged_folder(self.root / "v1") as tmp:
+            for path in moved:
+                _link_or_copy(path, tmp / path.name)
+        entry = data["versions"][0]
+        entry.update(folder="v1", created=record.get("created"))
+        entry["thresholds"] = {k: (record.get("thresholds", {}).get(k) or {}).get("value") for k in ("image", "pixel")}
+        self._write(data)
+        for path in moved:
+            path.unlink()
+        log.info("%s now keeps versions: the calibrated profile is %s", self.root, self.root / "v1")
+        return data
+
+    def _clean(self) -> dict:
+        """versions.json, after removing version folders it does not name (a writer died before naming them)."""
+        data = self.read()
+        listed = {e["version"] for e in data["versions"]}
+        for number in self._folders():
+            if number not in listed:
+                log.warning("removed %s: a version folder no change finished writing", self.root / f"v{number}")
+                shutil.rmtree(self.root / f"v{number}", ignore_errors=True)
+        return data
+
+    def _prune(self, data: dict) -> None:
+        """Keep the newest PROFILE_KEEP_VERSIONS folders and the current one; older entries stay, marked pruned."""
+        live = [e for e in data["versions"] if not e.get("pruned")]
+        for entry in live[:max(0, len(live) - PROFILE_KEEP_VERSIONS)]:
+            if entry["version"] == data["current"]:
+                continue
+            shutil.rmtree(self.root / entry["folder"], ignore_errors=True)
+            entry["pruned"] = True
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _share_unchanged(folder: Path, previous: Path) -> None:
+    """Files of a new version equal to the previous version's (the held-out reference, an unchanged memory)
+    become hard links to them: a version costs only what changed."""
+    for path in folder.iterdir():
+        old = previous / path.name
+        if not path.is_file() or not old.is_file() or old.is_symlink() or path.name == PROFILE_NAME:
+            continue
+        try:
+            if old.stat().st_size == path.stat().st_size and old.read_bytes() == path.read_bytes():
+                path.unlink()
+                _link_or_copy(old, path)
+        except OSError:
+            continue  # a copy costs disk, never correctness
