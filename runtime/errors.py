@@ -16,6 +16,10 @@ class BundleError(WinclipError):
     """A bundle (or a file it names) that cannot be used, with a one-line reason."""
 
 
+class EngineUnavailable(WinclipError):
+    """A served engine that cannot be reached now; its backend reconnects with backoff on the next call."""
+
+
 class MissingExtra(WinclipError, ImportError):
     """An optional dependency that is not installed; the message names the extra that brings it."""
 
