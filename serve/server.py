@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sysconfig
 import tempfile
 import threading
@@ -91,6 +92,21 @@ def short_workspace() -> Path:
     return Path(tempfile.mkdtemp(prefix="winclip-serve-", dir=base if len(base) <= SHORT_PATH else "/tmp"))
 
 
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """ServeError naming the first port something already listens on.
+
+    Checked before Triton starts: a Triton that cannot bind exits, and PyTriton
+    would then talk to whatever server holds the port.
+    """
+    for name, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to Triton too
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise ServeError(f"--{name}-port {port} on {host}: {exc.strerror or exc}") from None
+
+
 def _infer_function(backend: Backend, input_name: str):
     """The callable PyTriton binds: a batch of requests (joined by @batch) through the engine, float32 out."""
     from pytriton.decorators import batch
@@ -132,6 +148,8 @@ class EngineServer:
 
     def start(self) -> None:
         """Start Triton with the model bound; ServeError (one line) when it does not come up."""
+        o = self.options
+        check_ports_free(o.host, {"http": o.http_port, "grpc": o.grpc_port, "metrics": o.metrics_port})
         use_own_libpython()
         try:
             from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -139,7 +157,7 @@ class EngineServer:
         except ImportError as exc:
             raise MissingExtra(f"winclip-serve needs {exc.name}: {SERVE_EXTRA}") from None
         logging.getLogger("pytriton").setLevel(logging.WARNING)  # its own chatter; Triton's log is on stdout
-        o, m = self.options, self.bundle.manifest
+        m = self.bundle.manifest
         config = TritonConfig(http_address=o.host, grpc_address=o.host, metrics_address=o.host,
                               http_port=o.http_port, grpc_port=o.grpc_port, metrics_port=o.metrics_port,
                               exit_timeout_secs=o.exit_timeout_s, strict_readiness=True, log_verbose=0)
@@ -154,7 +172,10 @@ class EngineServer:
                         model_version=self.version, config=ModelConfig(max_batch_size=o.max_batch, batcher=batcher))
             triton.run()
         except Exception as exc:  # PyTriton raises its own errors, RuntimeError and TimeoutError
-            triton.stop()
+            try:
+                triton.stop()
+            except Exception as stop_exc:  # what could not be stopped is gone with this process
+                log.debug("stopping PyTriton after a failed start: %s", stop_exc)
             shutil.rmtree(self.workspace, ignore_errors=True)
             raise ServeError(f"Triton did not start ({type(exc).__name__}: {exc}); its log is above") from None
         self.triton = triton

@@ -145,6 +145,32 @@ def test_scores_with_a_profile_through_the_cli(served, tiny_bundle, tmp_path):
                         local_detector(tiny_bundle, profile=profile, engine=served.engine_url)(frames))
 
 
+BLOCK_ENGINES = """
+import importlib.abc, sys
+class NoEngine(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("onnxruntime", "pytriton", "torch"):
+            raise ImportError(f"{name} is not installed on this edge client")
+sys.meta_path.insert(0, NoEngine())
+sys.argv = ["winclip-inspect", *sys.argv[1:]]
+from winclip.runtime.line.cli import main
+main()
+"""
+
+
+def test_a_client_of_a_served_engine_needs_no_onnxruntime(served, tiny_bundle, tmp_path):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for p in textile_images("local", 2):
+        shutil.copy(p, parts / p.name)
+    proc = subprocess.run([sys.executable, "-c", BLOCK_ENGINES, str(tiny_bundle), "--source", str(parts), "--out",
+                           str(tmp_path / "out"), "--object", "bottle", "--engine", served.engine_url],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    events = strict_lines((tmp_path / "out" / "events.jsonl").read_text())
+    assert len(events) == 2 and all(0 <= e["image_score"] <= 1 for e in events)
+
+
 def test_four_clients_two_hundred_frames_each(served, tiny_bundle):
     """Every frame answered once and to its own client; Triton joined requests of different clients."""
     clients, per_client, pool = 4, 200, 12
@@ -237,6 +263,16 @@ def test_a_server_that_is_not_there_is_tried_then_one_line(tiny_bundle, tmp_path
     assert usage.returncode == 2 and "--provider applies to an engine run here" in usage.stderr
     with pytest.raises(BundleError, match="use triton://"):
         local_detector(tiny_bundle, engine=f"grpc://127.0.0.1:{port}/winclip")
+
+
+def test_winclip_serve_refuses_a_port_in_use(served, tiny_bundle):
+    http, metrics = free_ports(2)
+    proc = run_cli("winclip-serve", str(tiny_bundle), "--grpc-port", str(served.grpc_port),
+                   "--http-port", str(http), "--metrics-port", str(metrics))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert errors == [f"Error: --grpc-port {served.grpc_port} on 127.0.0.1: Address already in use"], proc.stderr
+    assert served.ready()  # and the server that holds it is untouched
 
 
 class Lines:
