@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -28,33 +27,11 @@ from pathlib import Path
 
 import click
 
+from winclip.benchmarks.bench_cli import machine
+from winclip.benchmarks.measure import _percentile as percentile
 from winclip.calibration.evaluation.datasets import elpv_images
 from winclip.runtime.images import read_image
 from winclip.serve.process import ServeProcess, serve_python
-
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def machine() -> dict:
-    model, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "isa": [f for f in FLAGS if f in flags],
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
-
 
 def row(mode: str, clients: int, frames: int, wall_s: float, latencies_s: list[float], batch: float | None) -> dict:
     ms = [1000.0 * t for t in latencies_s]
@@ -128,7 +105,8 @@ def run_served(server: ServeProcess, bundle: Path, object_name: str, images: lis
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"CPU: {m['cpu']} ({m['cores']} cores; {', '.join(m['isa']) or 'no AVX2'}); load average before/after: "
+    lines = [f"CPU: {m.get('cpu', '?')} ({m['cores']} cores; {', '.join(m.get('cpu_features', [])) or 'no AVX2'}); "
+             f"onnxruntime {m['onnxruntime']}; load average before/after: "
              f"{result['load_before']} / {result['load_after']}" + (f"; {result['note']}" if result["note"] else ""),
              "", "| runtime | clients | frames/s | p50 ms | p95 ms | mean batch |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -161,7 +139,7 @@ def main(bundle, clients, object_name, frames, warmup, max_batch, max_queue_dela
     images = [read_image(p) for p in elpv_images(max(16, max(counts) * 2), start=100)]
     result = {"bundle": str(bundle), "machine": machine(), "note": note, "frames_per_client": frames,
               "max_batch": max_batch, "max_queue_delay_us": max_queue_delay_us, "rows": []}
-    result["load_before"] = result["machine"]["load_average"]
+    result["load_before"] = [round(x, 2) for x in os.getloadavg()]
     for c in counts:
         result["rows"].append(run_local(bundle, object_name, images, c, frames, warmup))
         click.echo(f"local {c}: {result['rows'][-1]}", err=True)

@@ -432,3 +432,23 @@ def test_the_triton_repository_matches_the_graph(tiny_bundle, other_bundle, tmp_
     check_repository(other_repo / "winclip", other, max_batch=defaults.MAX_BATCH,
                      delay_us=defaults.MAX_QUEUE_DELAY_US, instances=defaults.INSTANCES,
                      kind=pb.ModelInstanceGroup.KIND_GPU, accelerator=None)
+
+
+# ---- the benchmark's mechanics (not its speed)
+def test_bench_serve_writes_every_row(server_python, tiny_bundle, tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "winclip.benchmarks.bench_serve", str(tiny_bundle), "--clients", "1,2",
+                           "--frames", "3", "--warmup", "0", "--server-python", server_python, "--note", "test",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "bench_serve.json").read_text())
+    assert (out / "bench_serve.md").read_text().strip() == proc.stdout.strip()
+    rows = {(r["mode"], r["clients"]): r for r in result["rows"]}
+    assert set(rows) == {(m, c) for m in ("local, in process", "served, dynamic batching",
+                                          "served, no dynamic batching") for c in (1, 2)}
+    for (mode, clients), r in rows.items():
+        assert r["frames"] == 3 * clients and r["fps"] > 0 and 0 < r["p50_ms"] <= r["p95_ms"]
+        assert ("Triton at" in r["engine"]) == mode.startswith("served")
+    assert rows[("served, no dynamic batching", 2)]["mean_batch"] == 1.0  # Triton's own count: one frame a call
+    assert rows[("local, in process", 2)]["mean_batch"] == 2.0
+    assert result["machine"]["cores"] >= 1 and len(result["load_before"]) == 3
