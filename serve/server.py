@@ -188,7 +188,7 @@ class EngineServer:
         return True
 
     def stop(self) -> None:
-        """Stop taking requests, let those in flight finish (up to exit_timeout_s), unload, end Triton."""
+        """End Triton: it waits for the requests in flight (up to exit_timeout_s) and unloads the model."""
         if self.triton is not None:
             self.triton.stop()
             self.triton = None
