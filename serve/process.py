@@ -132,12 +132,14 @@ class ServeProcess:
         """SIGKILL to the whole process group (the server and Triton with it): a crash, nothing drained."""
         if self.proc is None:
             return
+        regions = shared_memory_of_group(self.proc.pid)  # asked before the processes are gone
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(30)
-        _remove_shared_memory(self.proc.pid)
+        for region in regions | set(Path("/dev/shm").glob(f"pytrtion{self.proc.pid}-*")):
+            region.unlink(missing_ok=True)
         self._remove_tmp()
 
     def close(self) -> None:
@@ -156,9 +158,17 @@ class ServeProcess:
             self.tmp = None
 
 
-def _remove_shared_memory(pid: int) -> None:
-    """The shared-memory regions PyTriton names after its process ("pytrtion<pid>-..."): a killed server leaves them."""
-    shm = Path("/dev/shm")
-    if shm.is_dir():
-        for region in shm.glob(f"pytrtion{pid}-*"):
-            region.unlink(missing_ok=True)
+def shared_memory_of_group(pgid: int) -> set[Path]:
+    """/dev/shm regions the process group has open or mapped: what a SIGKILL leaves behind (PyTriton names some
+    "pytrtion<pid>-...", its tensor store's are Python's "psm_..."); empty where /proc cannot tell."""
+    found: set[Path] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            maps = [line.split(None, 5)[-1] for line in (proc / "maps").read_text().splitlines()]
+        except (OSError, ValueError, IndexError):
+            continue
+        found |= {Path(p.removesuffix(" (deleted)")) for p in [*links, *maps] if p.startswith("/dev/shm/")}
+    return found
