@@ -44,10 +44,13 @@ DEFAULTS = ExportOptions()
                    "guarded against fp32 on --calibration frames.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="Folder of the line's real frames, for the int8/fp16 engines' accuracy guard.")
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Also write a Triton model repository of the bundle's engine into DIR (for NVIDIA's server "
+                   "images; winclip-serve BUNDLE --write-repo DIR sets its batching and target).")
 @click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
               help="Extra open_clip model config JSON (custom architectures); repeatable.")
 def main(backbone, pretrained, objects, out, opset, exporter, force, scales, stride, temperature, text_ensemble,
-         patch_layer, patch_ln_post, precisions, calibration, model_configs):
+         patch_layer, patch_ln_post, precisions, calibration, triton_repo, model_configs):
     """Export WinCLIP's windowed CLIP visual encoder and text prototypes as an engine bundle.
 
     The bundle holds one ONNX graph (image, window and patch embeddings for a
@@ -77,6 +80,10 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
                           precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
                           calibration=calibration),
         )
+        if triton_repo is not None:
+            from winclip.serve.repository import write_repository
+
+            write_repository(out, triton_repo)
     except WinclipError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # permissions, a full disk: one line, nothing left behind

@@ -36,6 +36,16 @@ PRECISIONS = ("fp32", "fp16", "int8")
 GUARD_LIMITS = {"map_pearson_median": 0.99, "map_pearson_min": 0.97, "score_spearman": 0.98}
 GUARD_CLOSE_ENOUGH = 1e-3  # maps/scores within this of fp32 everywhere pass whatever their correlation
 
+# --- reaching a peer that may be away (a camera, a stream, a served engine): one set of rules for all
+OPEN_ATTEMPTS = 3  # tries at start before giving up (unless told to wait: --wait-for-source)
+BACKOFF_S = (0.5, 30.0)  # reconnect waits: the first, doubling up to the longest
+
+# --- served engines (winclip-serve, Triton Inference Server; docs/serving.md)
+TRITON_SCHEME = "triton"  # --engine triton://HOST[:PORT]/MODEL, spoken over Triton's gRPC protocol
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
+SERVED_MODEL_NAME = "winclip"
+SERVED_TIMEOUT_S = 60.0  # one request to a served engine, queueing on the server included
+
 # --- limits every reader enforces
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS overrides
 MAX_IMAGE_BYTES = 256 << 20  # encoded bytes of one image file, read before any decoding; WINCLIP_MAX_IMAGE_MB overrides

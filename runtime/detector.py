@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winclip.runtime.backends import DEFAULT_BACKEND, Backend, BackendOptions, open_backend
+from winclip.runtime.backends import DEFAULT_BACKEND, Backend, BackendOptions, backend_for_address, open_backend
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import Engine, normalize_object_name
@@ -56,13 +56,16 @@ class Detector:
     def __init__(self, bundle: Bundle, object_name: str | None = None, provider: str = "auto",
                  precision: str = "auto", threads: int | None = None, temperature: float | None = None,
                  threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
-                 self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND):
+                 self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND,
+                 engine: str | None = None, wait_for_engine: bool = False):
         """bundle: a loaded Bundle. object_name: whose text prototypes score (default: the bundle's only
         object). backend: a name of winclip.runtime.backends.BACKENDS; provider: the device it runs on
         (auto | cuda | cpu for onnxruntime); precision: auto | fp32 | fp16 | int8. threshold /
         pixel_threshold: image and pixel thresholds in [0, 1] (None: scores only, no verdict).
         temperature: overrides the manifest's. cache / cache_dir: the user's cache of optimised graphs
-        and passed self-checks."""
+        and passed self-checks. engine: a served engine's address (triton://HOST:PORT/MODEL): the batch is
+        run there by the backend its scheme names, scoring stays here; wait_for_engine: keep trying a
+        server that cannot be reached at start."""
         self.bundle = bundle
         m = bundle.manifest
         if object_name is None:
@@ -71,8 +74,11 @@ class Detector:
             object_name = bundle.objects[0]
         text = bundle.text_prototypes(object_name)
         self.object_name = normalize_object_name(object_name)
+        if engine is not None:
+            backend = backend_for_address(engine)
         self.backend: Backend = open_backend(bundle, backend, BackendOptions(
-            device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir))
+            device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir,
+            endpoint=engine, wait=wait_for_engine))
         self.engine = self.backend.engine
         self.output_names = m.output_names
         self.preprocess = Preprocessor(m.preprocess)

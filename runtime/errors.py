@@ -20,6 +20,10 @@ class SettingError(WinclipError, ValueError):
     """A setting given through the API or a file (a threshold, a temperature) that is out of its range."""
 
 
+class EngineUnavailable(WinclipError):
+    """A served engine that cannot be reached now; its backend reconnects with backoff on the next call."""
+
+
 class MissingExtra(WinclipError, ImportError):
     """An optional dependency that is not installed; the message names the extra that brings it."""
 

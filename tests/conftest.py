@@ -30,7 +30,8 @@ TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"
 TINY = "winclip-tiny"
 SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.line.cli",
            "winclip-quantize": "winclip.calibration.engines.cli", "winclip-bench": "winclip.benchmarks.bench_cli",
-           "winclip-calibrate": "winclip.calibration.profiles.cli", "winclip-eval": "winclip.calibration.evaluation.cli"}
+           "winclip-calibrate": "winclip.calibration.profiles.cli",
+           "winclip-eval": "winclip.calibration.evaluation.cli", "winclip-serve": "winclip.serve.cli"}
 
 
 def make_model(name: str, seed: int = 0):

@@ -17,16 +17,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"export": "winclip.export", "runtime": "winclip.runtime", "calibration": "winclip.calibration",
-            "benchmarks": "winclip.benchmarks"}
+            "serve": "winclip.serve", "benchmarks": "winclip.benchmarks"}
 LINE = "winclip.runtime.line"
+SERVE = "winclip.serve"
 
 # room -> rooms it must never import (a room is a module-name prefix; the longest prefix decides)
 FORBIDDEN = {
-    "winclip.runtime": (LINE, "winclip.calibration", "winclip.export", "winclip.benchmarks", "torch", "open_clip",
-                        "torchvision"),
-    LINE: ("winclip.calibration", "winclip.export", "winclip.benchmarks", "torch", "open_clip", "torchvision"),
-    "winclip.calibration": (LINE, "winclip.export", "winclip.benchmarks", "torch", "open_clip", "torchvision"),
-    "winclip.export": (LINE, "winclip.benchmarks", "winclip.calibration.profiles", "winclip.calibration.evaluation"),
+    "winclip.runtime": (LINE, "winclip.calibration", "winclip.export", SERVE, "winclip.benchmarks", "torch",
+                        "open_clip", "torchvision"),
+    LINE: ("winclip.calibration", "winclip.export", SERVE, "winclip.benchmarks", "torch", "open_clip", "torchvision"),
+    "winclip.calibration": (LINE, "winclip.export", SERVE, "winclip.benchmarks", "torch", "open_clip", "torchvision"),
+    # export writes a Triton repository with serve.repository (--triton-repo), and nothing else of serve
+    "winclip.export": (LINE, "winclip.benchmarks", "winclip.calibration.profiles", "winclip.calibration.evaluation",
+                       f"{SERVE}.server", f"{SERVE}.cli", f"{SERVE}.process"),
+    SERVE: (LINE, "winclip.calibration", "winclip.export", "winclip.benchmarks", "torch", "open_clip", "torchvision"),
 }
 
 
@@ -83,7 +87,8 @@ def test_the_walk_sees_every_room():
     for expected in ("winclip.runtime.detector", "winclip.runtime.backends.onnxruntime", "winclip.runtime.line.cli",
                      "winclip.runtime.line.sinks.mqtt", "winclip.runtime.line.sources.stream",
                      "winclip.calibration.engines.build", "winclip.calibration.profiles.setup",
-                     "winclip.calibration.evaluation.metrics", "winclip.export.exporter"):
+                     "winclip.calibration.evaluation.metrics", "winclip.export.exporter",
+                     "winclip.runtime.backends.triton", "winclip.serve.server", "winclip.serve.repository"):
         assert expected in names
     assert "winclip.runtime.line.sinks.base" in imports_of("winclip.runtime.line.sinks.mqtt",
                                                            modules()["winclip.runtime.line.sinks.mqtt"])
@@ -93,7 +98,8 @@ def test_importing_the_core_loads_no_app_and_no_quantization_tools():
     code = ("import sys, winclip.runtime\n"
             "from winclip.runtime import Detector, FrameResult\n"
             "bad = sorted(m for m in sys.modules if m.startswith(('winclip.runtime.line', 'winclip.calibration', "
-            "'onnxruntime.quantization', 'onnx.', 'torch')) or m == 'onnx')\n"
+            "'onnxruntime.quantization', 'onnx.', 'torch', 'winclip.serve', 'tritonclient', 'pytriton')) "
+            "or m == 'onnx')\n"
             "sys.exit(f'imported {bad}' if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

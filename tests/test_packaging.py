@@ -47,6 +47,20 @@ def test_base_install_requires_no_torch_and_one_onnxruntime_per_extra(wheel):
     assert not any(r.startswith("onnxruntime") and "extra == \"export\"" in r for r in requires)
 
 
+def test_serving_libraries_come_only_with_their_extras(wheel):
+    archive = zipfile.ZipFile(wheel)
+    assert {"winclip/serve/server.py", "winclip/serve/repository.py", "winclip/runtime/backends/triton.py"} <= set(
+        archive.namelist())
+    meta = next(n for n in archive.namelist() if n.endswith("METADATA"))
+    requires = [line.split(":", 1)[1].strip() for line in archive.read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    serving = [r for r in requires if r.startswith(("nvidia-pytriton", "tritonclient"))]
+    assert serving and all("extra ==" in r for r in serving), serving  # the edge runtime needs neither
+    assert any(r.startswith("nvidia-pytriton") and 'extra == "serve"' in r for r in serving)
+    client = [r for r in serving if 'extra == "triton-client"' in r]
+    assert client and all(r.startswith("tritonclient[grpc]") for r in client)  # a client needs no server
+
+
 BLOCK_TORCH = """
 import importlib.abc, sys
 class NoTorch(importlib.abc.MetaPathFinder):

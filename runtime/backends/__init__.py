@@ -15,12 +15,16 @@ from winclip.runtime.errors import BundleError
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "winclip.runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "triton": "winclip.runtime.backends.triton:TritonBackend",
 }
 # what to install for each backend's library, named in the error when it is missing
-EXTRAS = {"onnxruntime": "pip install 'winclip-edge[cpu]' (or [gpu] on a CUDA box)"}
+EXTRAS = {"onnxruntime": "pip install 'winclip-edge[cpu]' (or [gpu] on a CUDA box)",
+          "triton": "pip install 'winclip-edge[triton-client]'"}
 DEFAULT_BACKEND = "onnxruntime"
+# a served engine's address scheme -> the backend that speaks to it (--engine triton://HOST:PORT/MODEL)
+SCHEMES: dict[str, str] = {"triton": "triton"}
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "backend_for_address", "open_backend"]
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -32,6 +36,14 @@ def backend_class(name: str) -> type[Backend]:
         return getattr(import_module(module), cls)
     except ImportError as exc:
         raise BundleError(f"the {name} backend needs {exc.name}: {EXTRAS.get(name, 'see the docs')}") from None
+
+
+def backend_for_address(address: str) -> str:
+    """The backend that reaches a served engine at `address` (by its scheme); BundleError for an unknown one."""
+    scheme = address.partition("://")[0] if "://" in address else ""
+    if scheme not in SCHEMES:
+        raise BundleError(f"engine address {address!r}: use {' or '.join(f'{s}://...' for s in SCHEMES)}")
+    return SCHEMES[scheme]
 
 
 def open_backend(bundle, name: str = DEFAULT_BACKEND, options: BackendOptions = BackendOptions()) -> Backend:

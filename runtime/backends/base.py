@@ -30,6 +30,8 @@ class BackendOptions:
     threads: int | None = None  # intra-op threads; None: all cores
     cache: bool = True  # keep optimised graphs / compiled blobs in the user's cache
     cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/winclip-edge
+    endpoint: str | None = None  # a served engine's address (triton://HOST:PORT/MODEL), for a remote backend
+    wait: bool = False  # a remote backend: keep trying a server that cannot be reached at start
 
 
 class Backend(ABC):

@@ -84,6 +84,10 @@ def _sink_options(command):
               help="Map value in [0, 1] at or above which pixels form defect regions (listed for anomalous frames).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, help="Inference backend.")
+@click.option("--engine", "engine_address", default=None, metavar="URL",
+              help="Run the bundle's engine on a server: triton://HOST[:PORT]/MODEL (winclip-serve or Triton, its "
+                   "gRPC port); preprocessing and scoring (text, profile, thresholds) stay here. "
+                   "[default: run it here]")
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine to run: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")
 @click.option("--threads", type=Whole(1, 1024), default=None,
@@ -136,9 +140,9 @@ def _sink_options(command):
                    "Without either the page is read-only.")
 @click.pass_context
 def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
-         pixel_threshold, provider, backend, precision, threads, batch_size, temperature, max_pixels, force, no_cache,
-         rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, keep_days, keep_gb,
-         flush_timeout, rtsp_transport, serve, host, operator_token_file, **sink_values):
+         pixel_threshold, provider, backend, engine_address, precision, threads, batch_size, temperature, max_pixels,
+         force, no_cache, rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, keep_days,
+         keep_gb, flush_timeout, rtsp_transport, serve, host, operator_token_file, **sink_values):
     """Score frames from --source with the WinCLIP bundle BUNDLE.
 
     \b
@@ -177,6 +181,10 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
         what = ("a folder of images (live runs write overlays with --overlays and batch one frame per source)"
                 if live else "live sources (cameras, videos, streams); a folder is scored once, in full")
         raise click.UsageError(f"{_flag(misplaced[0])} applies to {what}")
+    if engine_address is not None:
+        local = [n for n in ("backend", "provider", "threads", "no_cache") if _given(ctx, n)]
+        if local:
+            raise click.UsageError(f"{_flag(local[0])} applies to an engine run here, not to --engine {engine_address}")
     if profile is not None and normal_dir is not None:
         raise click.UsageError("--profile brings its own few-shot memory; leave out --normal")
     if live:
@@ -189,7 +197,8 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
     elif out is None:
         raise click.UsageError("--out is required for a folder of images")
 
-    require_onnxruntime()
+    if engine_address is None:  # a served engine runs elsewhere: this box needs no ONNX Runtime
+        require_onnxruntime()
     import os
 
     if max_pixels is not None:
@@ -197,7 +206,8 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
     setup_logging()
     frames = None if live else _image_files(specs[0])
     detector = _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature,
-                              threshold, pixel_threshold, no_cache, normal_dir, shots)
+                              threshold, pixel_threshold, no_cache, normal_dir, shots,
+                              engine=engine_address, wait_for_engine=live and wait_for_source)
     with _output_lock(out):
         if live:
             plan["profile"], plan["keep_thresholds"] = profile, (threshold is not None, pixel_threshold is not None)
@@ -223,7 +233,7 @@ def _output_lock(out):
 
 
 def _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature, threshold,
-                   pixel_threshold, no_cache, normal_dir, shots):
+                   pixel_threshold, no_cache, normal_dir, shots, engine=None, wait_for_engine=False):
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import read_image_folder
 
@@ -232,7 +242,8 @@ def _load_detector(bundle, object_name, backend, provider, precision, profile, t
             detector = Detector.from_bundle(bundle, object=object_name, backend=backend, provider=provider,
                                             precision=precision, profile=profile, threads=threads,
                                             temperature=temperature, threshold=threshold,
-                                            pixel_threshold=pixel_threshold, cache=not no_cache)
+                                            pixel_threshold=pixel_threshold, cache=not no_cache,
+                                            engine=engine, wait_for_engine=wait_for_engine)
             if normal_dir is not None:
                 normals = read_image_folder(normal_dir, shots)
                 detector.build_memory(normals)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from winclip.runtime.defaults import BACKOFF_S, OPEN_ATTEMPTS  # noqa: F401  (a served engine follows the same rules)
+
 # --- saved overlays
 OVERLAY_CHOICES = ("anomalous", "all", "none")  # which scored frames get a saved overlay
 
 # --- sources
 STALL_TIMEOUT_S = 5.0  # no frame for this long: the source counts as lost and is reopened
-OPEN_ATTEMPTS = 3  # tries to open a source at start before the run gives up (unless --wait-for-source)
-BACKOFF_S = (0.5, 30.0)  # reconnect waits: the first, doubling up to the longest
 MAX_READ_FAILURES = 5  # failed reads in a row that mean a live source is lost
 LOST_AFTER = 4  # failed reopen attempts after which health says "lost" (it is still retried)
 
