@@ -25,7 +25,7 @@ import pytest
 from conftest import SCRIPTS, TINY, TINY_CONFIG, elpv_images, make_model, read, run_cli, save_checkpoint, textile_images
 from test_live_cli import strict_lines
 from test_live_loop import decoded_frames, textile_frames, wait_for, write_video
-from winclip.runtime.errors import BundleError, EngineUnavailable
+from winclip.runtime.errors import BundleError
 from winclip.runtime.served import AddressError, ServedAddress, served_version
 from winclip.serve import defaults
 from winclip.serve.process import SERVE_PYTHON_VARIABLE, ServeProcess, free_ports, serve_python
