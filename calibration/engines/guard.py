@@ -3,8 +3,9 @@
 The map is the product: a peer's int8 WinCLIP keeps image scores but ruins the
 pixel maps, so the guard compares, zero-shot and few-shot, per-frame anomaly
 maps (Pearson correlation at grid resolution), image scores (Spearman rank
-correlation across frames) and the raw embeddings (cosine). Frames the
-candidate was calibrated on are never used here.
+correlation across frames) and the raw embeddings (the lowest cosine of any
+one vector, per output). Frames the candidate was calibrated on are never used
+here.
 
 A map, or a set of scores, that agrees with fp32 within `close_enough`
 everywhere passes whatever its correlation: on a flat map, or on scores that
@@ -28,6 +29,7 @@ class GuardLimits:
     map_pearson_median: float = 0.99
     map_pearson_min: float = 0.97
     score_spearman: float = 0.98
+    embedding_cosine_min: float = 0.99  # per output, the lowest cosine of any one vector with its fp32 twin
     close_enough: float = 1e-3
 
 
@@ -106,6 +108,9 @@ def guard(reference, candidate, scorer, holdout: list[np.ndarray], memory_frames
         for metric in ("map_pearson_median", "map_pearson_min", "score_spearman"):
             if not numbers[metric] >= getattr(limits, metric):
                 failures.append(f"{mode} {metric.replace('_', ' ')} {numbers[metric]:.4f} < {getattr(limits, metric)}")
+    for name, cosine in report["embedding_cosine_min"].items():
+        if not cosine >= limits.embedding_cosine_min:
+            failures.append(f"embedding cosine {name} {cosine:.4f} < {limits.embedding_cosine_min}")
     report["failures"] = failures
     report["passed"] = not failures
     return report
