@@ -146,7 +146,15 @@ def test_bad_live_input_is_one_line(tiny_bundle, tmp_path):
         return errors[0]
 
     assert "2 --roi for 1 --source" in fails(*v, "--events", "-", "--roi", "0,0,5,5", "--roi", "0,0,5,5")
-    assert "GStreamer" in fails("--source", "videotestsrc ! videoconvert ! appsink", "--events", "-")
+    from winclip.runtime.line.sources import gstreamer
+
+    with pytest.MonkeyPatch.context() as patch:  # in-process: the same whatever this OpenCV was built with
+        patch.setattr(gstreamer, "has_gstreamer", lambda: False)
+        result = runner.invoke(main, [str(tiny_bundle), "--object", "bottle", "--events", "-",
+                                      "--source", "videotestsrc ! videoconvert ! appsink"])
+    errors = error_lines(result.output)
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "looks like a GStreamer pipeline, but this OpenCV was built without GStreamer" in errors[0]
     assert "source not found" in fails("--source", str(tmp_path / "gone.mp4"), "--events", "-")
     message = fails("--source", "99", "--events", "-")
     assert message == ("Error: cannot open camera:99 after 3 attempts: no such device, or it is in use; "
