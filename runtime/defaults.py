@@ -33,7 +33,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # --- the accuracy guard: what a reduced-precision engine must keep of fp32 to be admitted
 # (calibration/engines/guard.py applies them when an engine is made; `--precision auto` picks
 # only engines whose recorded guard passed limits at least this strict)
-GUARD_LIMITS = {"map_pearson_median": 0.99, "map_pearson_min": 0.97, "score_spearman": 0.98}
+GUARD_LIMITS = {"map_pearson_median": 0.99, "map_pearson_min": 0.97, "score_spearman": 0.98,
+                "embedding_cosine_min": 0.99}
 GUARD_CLOSE_ENOUGH = 1e-3  # maps/scores within this of fp32 everywhere pass whatever their correlation
 
 # --- reaching a peer that may be away (a camera, a stream, a served engine): one set of rules for all

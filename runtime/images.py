@@ -91,7 +91,7 @@ def header_size(data: bytes) -> tuple[int, int] | None:
             return _tiff_size(data)
         if data[:1] == b"P" and data[1:2] in b"1234567":
             return _pnm_size(data)
-    except (struct.error, ValueError, IndexError):
+    except (struct.error, ValueError, LookupError):
         raise ImageReadError("corrupt image header") from None
     return None
 
@@ -140,8 +140,11 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
 
 def _pnm_size(data: bytes) -> tuple[int, int]:
     head = data[:4096].decode("ascii", "replace")
-    if head.startswith("P7"):
-        fields = dict(line.split(None, 1) for line in head.splitlines()[1:] if " " in line)
+    if head.startswith("P7"):  # PAM: "KEY value" lines up to ENDHDR; the pixels that follow are not text
+        fields = {}
+        for line in head.split("ENDHDR", 1)[0].splitlines()[1:]:
+            key, _, value = line.strip().partition(" ")
+            fields[key] = value.strip()
         return int(fields["WIDTH"]), int(fields["HEIGHT"])
     tokens = [t for line in head.splitlines() for t in line.split("#")[0].split()]
     return int(tokens[1]), int(tokens[2])

@@ -1,16 +1,23 @@
 """Engines: the work-eliminated graph against open_clip, int8 and fp16 engines with their guard, engine choice."""
 
+import dataclasses
+import hashlib
+import inspect
 import json
 import os
+import re
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from conftest import TINY_CONFIG, make_model, read, run_cli, textile_images
+from winclip.calibration.engines import BUILDERS
 from winclip.calibration.engines.guard import GuardLimits, pearson_rows, spearman
 from winclip.calibration.engines.build import QuantizeError, add_engine
 from winclip.calibration.engines.frames import frame_reader
@@ -36,6 +43,53 @@ def line_images(tmp_path_factory):
 
 def _snapshot(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def perturbed_block(graph: bytes, block: int, spread: float, seed: int = 0) -> bytes:
+    """The graph with every weight matrix of one transformer block (1-based) perturbed by Gaussian noise of
+    `spread` times that matrix's own standard deviation: an engine whose maker damaged one block."""
+    model = onnx.load_from_string(graph)
+    prefix = f"/explicit.{block - 1}"  # the export's node names; the windows' passes add a suffix (_1, _2)
+    fed = {name for node in model.graph.node if node.op_type == "MatMul"
+           and node.name.startswith((prefix + "/", prefix + "_")) for name in node.input}
+    rng = np.random.default_rng(seed)
+    changed = 0
+    for tensor in model.graph.initializer:
+        if tensor.name in fed and len(tensor.dims) == 2:
+            w = numpy_helper.to_array(tensor)
+            noisy = (w + rng.normal(0.0, spread * float(w.std()), w.shape)).astype(w.dtype)
+            tensor.CopyFrom(numpy_helper.from_array(noisy, tensor.name))
+            changed += 1
+    assert changed >= 4, f"block {block}: only {changed} weight matrices found"  # QKV, out, MLP in and out
+    return model.SerializeToString()
+
+
+class DamagedBlockBuilder:
+    """A row for the builders' table whose engine is the fp32 graph with block 2's weights perturbed.
+
+    At spread 0.4 the embeddings keep a cosine of 0.98-0.99 with fp32 and the few-shot maps a
+    correlation of about 0.95: what full-range int8 weights did to ViT-B-16+ on an AVX2 CPU
+    (docs/engines.md), the kind of engine the guard exists to refuse.
+    """
+
+    precision = "int8"
+    guard_device = "cpu"
+    settings_type = Int8Settings
+
+    def __init__(self, spread: float):
+        self.spread = spread
+
+    def calibration_frames(self, settings) -> int:
+        return 0
+
+    def describe(self, settings) -> str:
+        return f"block 2 perturbed by {self.spread:.0%}"
+
+    def make(self, fp32: Path, out: Path, settings, frames, input_name: str) -> None:
+        out.write_bytes(perturbed_block(fp32.read_bytes(), block=2, spread=self.spread))
+
+    def record(self, settings) -> dict:
+        return {"perturbed_block": 2, "spread": self.spread}
 
 
 # ---- exact work elimination
@@ -113,6 +167,45 @@ def test_a_guard_failure_leaves_the_bundle_as_it_was(tiny_bundle_copy, line_imag
     assert _snapshot(tiny_bundle_copy) == before
 
 
+def test_the_default_limits_refuse_a_degraded_engine(tiny_bundle_copy, line_images, monkeypatch):
+    """Block 2 damaged (see DamagedBlockBuilder): refused under the limits every user gets, naming what it lost.
+    The good half, an engine that keeps what fp32 gives, passing the same defaults: the fp16 test below."""
+    monkeypatch.setitem(BUILDERS, "int8", DamagedBlockBuilder(spread=0.4))
+    before = _snapshot(tiny_bundle_copy)
+    with pytest.raises(QuantizeError, match="the int8 engine failed its accuracy guard") as refused:
+        add_engine(tiny_bundle_copy, "int8", line_images)  # no limits given: the defaults
+    failures = str(refused.value).split("guard: ", 1)[1].split("; the bundle is unchanged")[0].split("; ")
+    named = {re.sub(r" [-0-9.]+ < [0-9.]+$", "", f) for f in failures}
+    assert {"few-shot map pearson median", "few-shot map pearson min", "zero-shot map pearson median",
+            "zero-shot score spearman", "embedding cosine window_embeddings_2",
+            "embedding cosine patch_features"} <= named, failures
+    assert _snapshot(tiny_bundle_copy) == before
+    # the embedding cosine is a limit of its own: with every other limit off it still refuses this engine
+    off = GuardLimits(map_pearson_median=-1.0, map_pearson_min=-1.0, score_spearman=-1.0)
+    engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=off, accept_degraded=True)
+    cosines = engine.guard["embedding_cosine_min"]
+    assert engine.accepted_degraded and engine.guard["failures"] == [
+        f"embedding cosine {name} {value:.4f} < 0.99" for name, value in cosines.items() if value < 0.99]
+    assert min(cosines.values()) > 0.95 and engine.guard["limits"]["embedding_cosine_min"] == 0.99
+
+
+def test_the_documented_guard_defaults_are_the_ones_applied():
+    """docs/engines.md's table, winclip-quantize's option defaults and add_engine's default limits agree."""
+    from winclip.calibration.engines.cli import main
+
+    text = (Path(__file__).parents[1] / "docs" / "engines.md").read_text()
+    documented = {option: float(value) for value, option in
+                  re.findall(r"^\|[^|\n]+\| >= ([0-9.]+) \| `(--min-[a-z-]+)` \|$", text, re.MULTILINE)}
+    fields = {"--min-map-pearson-median": "map_pearson_median", "--min-map-pearson": "map_pearson_min",
+              "--min-score-spearman": "score_spearman", "--min-embedding-cosine": "embedding_cosine_min"}
+    assert set(documented) == set(fields), documented
+    cli_defaults = {opt: p.default for p in main.params for opt in p.opts if opt in fields}
+    applied = inspect.signature(add_engine).parameters["limits"].default
+    for option, field in fields.items():
+        assert documented[option] == cli_defaults[option] == getattr(applied, field), option
+    assert applied.close_enough == 1e-3 and "within 1e-3 everywhere" in text
+
+
 def test_accept_degraded_is_recorded_and_warned_about(tiny_bundle_copy, line_images, caplog):
     engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=IMPOSSIBLE, accept_degraded=True)
     assert engine.accepted_degraded and not engine.guard["passed"]
@@ -125,8 +218,11 @@ def test_accept_degraded_is_recorded_and_warned_about(tiny_bundle_copy, line_ima
     assert Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False).engine.precision == "fp32"
 
 
-def test_static_int8_reads_frames_through_a_calibration_data_reader(tiny_bundle_copy, line_images):
+def test_static_int8_calibrates_through_a_reader_on_frames_the_guard_never_sees(tiny_bundle_copy, line_images,
+                                                                              monkeypatch):
     from onnxruntime.quantization import CalibrationDataReader
+
+    from winclip.calibration.engines import build, int8
 
     batches = [np.zeros((1, 3, 80, 80), np.float32), np.ones((1, 3, 80, 80), np.float32)]
     reader = frame_reader(batches, "images")
@@ -134,12 +230,32 @@ def test_static_int8_reads_frames_through_a_calibration_data_reader(tiny_bundle_
     assert [reader.get_next()["images"].sum() for _ in range(2)] == [0, 3 * 80 * 80] and reader.get_next() is None
     reader.rewind()
     assert reader.get_next() is not None
+    # what the quantiser calibrates on and what the guard judges on, as they are handed over
+    seen = {}
+
+    def calibration_reader(frames, input_name):
+        seen["calibration"] = list(frames)
+        return frame_reader(frames, input_name)
+
+    real_guard = build.guard
+
+    def judging_guard(reference, candidate, scorer, holdout, memory_frames, key, limits):
+        seen["holdout"], seen["memory"] = list(holdout), list(memory_frames)
+        return real_guard(reference, candidate, scorer, holdout, memory_frames, key, limits)
+
+    monkeypatch.setattr(int8, "frame_reader", calibration_reader)
+    monkeypatch.setattr(build, "guard", judging_guard)
     engine = add_engine(tiny_bundle_copy, "int8", line_images, limits=RELAXED, holdout=4,
                         settings=Int8Settings(method="static", quant_format="qdq", calibration_frames=3))
     assert engine.made_by["frames"]["calibration"] == 3 and engine.made_by["settings"]["quant_format"] == "qdq"
     graph = onnx.load(str(tiny_bundle_copy / engine.file))
     assert any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
     Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="int8", cache=False)
+    # held-out guard frames, the guard's memory frame and the calibration frames: 8 different images
+    digest = {k: [hashlib.sha256(f.tobytes()).hexdigest() for f in v] for k, v in seen.items()}
+    assert (len(digest["holdout"]), len(digest["memory"]), len(digest["calibration"])) == (4, 1, 3)
+    assert len(set(digest["holdout"]) | set(digest["memory"]) | set(digest["calibration"])) == 8
+    assert len({hashlib.sha256(read(p).tobytes()).hexdigest() for p in line_images.iterdir()}) == 10  # all differ
 
 
 def test_replacing_an_engine_needs_force_and_removes_the_old_file(tiny_bundle_copy, line_images):
@@ -154,7 +270,7 @@ def test_replacing_an_engine_needs_force_and_removes_the_old_file(tiny_bundle_co
 
 
 def test_fp16_engine_structure_and_numbers_on_cpu(tiny_bundle_copy, line_images):
-    engine = add_engine(tiny_bundle_copy, "fp16", line_images)
+    engine = add_engine(tiny_bundle_copy, "fp16", line_images)  # a good engine: it passes the default limits
     graph = onnx.load(str(tiny_bundle_copy / engine.file))
     f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert all(v.type.tensor_type.elem_type == f32 for v in [*graph.graph.input, *graph.graph.output])
@@ -166,7 +282,8 @@ def test_fp16_engine_structure_and_numbers_on_cpu(tiny_bundle_copy, line_images)
         if node.op_type in ("LayerNormalization", "Softmax"):
             src = casts.get(node.input[0])
             assert src is not None and next(a.i for a in src.attribute if a.name == "to") == f32, node.name
-    assert engine.guard["passed"] and engine.guard["embedding_cosine_min"]["image_embedding"] > 0.999
+    assert engine.guard["passed"] and engine.guard["limits"] == dataclasses.asdict(GuardLimits())
+    assert min(engine.guard["embedding_cosine_min"].values()) > 0.999
     frame = read(textile_images("global", 1)[0])
     a = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="fp16", cache=False)(frame)[0]
     b = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="fp32", cache=False)(frame)[0]
@@ -175,7 +292,7 @@ def test_fp16_engine_structure_and_numbers_on_cpu(tiny_bundle_copy, line_images)
     assert Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False).engine.precision == "fp32"
 
 
-def test_quantize_refusals(tiny_bundle_copy, line_images, tmp_path):
+def test_quantize_refusals(tiny_bundle_copy, line_images, tmp_path, monkeypatch):
     few = tmp_path / "few"
     few.mkdir()
     for p in textile_images("nominal", 3):
@@ -190,24 +307,35 @@ def test_quantize_refusals(tiny_bundle_copy, line_images, tmp_path):
     before = _snapshot(tiny_bundle_copy)
     os.chmod(tiny_bundle_copy, stat.S_IRUSR | stat.S_IXUSR)
     try:
-        if os.access(tiny_bundle_copy, os.W_OK):
-            pytest.skip("running as a user that can write anywhere")
+        if os.access(tiny_bundle_copy, os.W_OK):  # root (as in CI) writes anyway: the refusal is simulated
+            from winclip.calibration.engines import build
+
+            monkeypatch.setattr(build.os, "access", lambda path, mode: False)
         with pytest.raises(QuantizeError, match="read-only"):
             add_engine(tiny_bundle_copy, "int8", line_images)
     finally:
+        monkeypatch.undo()
         os.chmod(tiny_bundle_copy, 0o755)
     assert _snapshot(tiny_bundle_copy) == before
 
 
 def test_quantize_cli(tiny_bundle_copy, line_images):
+    relaxed = ("--min-map-pearson-median", "0.9", "--min-map-pearson", "0.8", "--min-score-spearman", "0.5")
     proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
-                   "--min-map-pearson-median", "0.9", "--min-map-pearson", "0.8", "--min-score-spearman", "0.5")
+                   *relaxed, "--min-embedding-cosine", "1.0")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "failed its accuracy guard: embedding cosine image_embedding 0." in proc.stderr
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
+                   *relaxed)
     assert proc.returncode == 0, proc.stderr
     assert "| zero-shot |" in proc.stderr and "added visual-int8-" in proc.stdout
     proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images))
     assert proc.returncode != 0 and "already has an int8 engine" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
                    "--min-map-pearson", "2")
+    assert proc.returncode == 2 and "not in the range 0.0<=x<=1.0" in proc.stderr
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
+                   "--min-embedding-cosine", "1.5")
     assert proc.returncode == 2 and "not in the range 0.0<=x<=1.0" in proc.stderr
 
 
@@ -216,6 +344,61 @@ def test_engine_choice_errors(tiny_bundle):
         Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", precision="int8")
     with pytest.raises(BundleError, match="unknown precision"):
         Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", precision="int4")
+
+
+def _with_engines(manifest, *precisions, degraded=(), root=None):
+    """The manifest with entries for more engines, each a copy of the fp32 graph under its own name (the policy
+    reads the manifest only); the copies are written into `root` when given."""
+    fp32 = manifest.engine("fp32")
+    for precision in precisions:
+        name = f"visual-{precision}.onnx"
+        if root is not None:
+            shutil.copy(root / fp32.file, root / name)
+        manifest = manifest.with_engine(dataclasses.replace(fp32, file=name, precision=precision,
+                                                            accepted_degraded=precision in degraded))
+    return manifest
+
+
+@pytest.mark.parametrize("have, degraded, device, chosen, why", [
+    (("fp16", "int8"), (), "cuda", "fp16", "auto: fp16 on CUDA"),
+    (("fp16", "int8"), (), "cpu", "int8", "auto: guarded int8 on CPU"),
+    (("int8",), (), "cuda", "fp32", "auto: fp32"),  # int8 engines are made for the CPU provider
+    (("fp16",), (), "cpu", "fp32", "auto: fp32"),  # fp16 is for CUDA
+    (("fp16", "int8"), ("fp16",), "cuda", "fp32", "auto: fp32"),  # added despite a failed guard: never auto
+    (("fp16", "int8"), ("int8",), "cpu", "fp32", "auto: fp32"),
+    ((), (), "cuda", "fp32", "auto: fp32"),
+])
+def test_auto_precision_policy(tiny_bundle, have, degraded, device, chosen, why):
+    from winclip.runtime.backends.policy import choose_engine
+
+    manifest = _with_engines(Bundle.load(tiny_bundle).manifest, *have, degraded=degraded)
+    engine, reason = choose_engine(manifest, "auto", device)
+    assert (engine.precision, reason) == (chosen, why)
+    for precision in manifest.precisions:  # asked for by name: that engine, degraded or not, on any device
+        assert choose_engine(manifest, precision, device)[0].precision == precision
+
+
+def test_auto_runs_fp16_when_the_first_provider_is_cuda(tiny_bundle_copy, monkeypatch):
+    """No GPU here: onnxruntime is made to say it has CUDA, and the choice is followed from the provider list
+    to the engine the backend opens (onnxruntime itself then falls back to its CPU provider)."""
+    from winclip.runtime.backends import BackendOptions
+    from winclip.runtime.backends import onnxruntime as ort_backend
+
+    cuda, cpu = ort_backend.CUDA, ort_backend.CPU
+    monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: [cpu])
+    assert ort_backend.choose_providers("auto") == [cpu] and ort_backend.choose_providers("cpu") == [cpu]
+    with pytest.raises(BundleError, match="no CUDA provider"):
+        ort_backend.choose_providers("cuda")
+    monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: ["AzureExecutionProvider", cuda, cpu])
+    assert ort_backend.choose_providers("auto") == [cuda, cpu] and ort_backend.choose_providers("cuda") == [cuda, cpu]
+    assert ort_backend.choose_providers("cpu") == [cpu]
+    bundle = Bundle.load(tiny_bundle_copy)
+    bundle = dataclasses.replace(bundle, manifest=_with_engines(bundle.manifest, "fp16", "int8", root=bundle.root))
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):  # onnxruntime's own fallback, not ours
+        backend = ort_backend.OnnxRuntimeBackend.open(bundle, BackendOptions(device="auto", cache=False))
+    assert (backend.engine.precision, backend.reason) == ("fp16", "auto: fp16 on CUDA")
+    backend = ort_backend.OnnxRuntimeBackend.open(bundle, BackendOptions(device="cpu", cache=False))
+    assert (backend.engine.precision, backend.reason) == ("int8", "auto: guarded int8 on CPU")
 
 
 def test_guard_statistics_by_hand():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from winclip.calibration.evaluation.metrics import (area_up_to, auroc, average_precision, counts_at_threshold, f1_max,
-                                         pixel_metrics, pro_curve, pro_score)
+from winclip.calibration.evaluation.metrics import (METRICS, PixelSet, area_up_to, auroc, average_precision,
+                                                    counts_at_threshold, f1_max, pixel_metrics, pro_curve, pro_score)
 
 
 def slow_pro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
@@ -42,6 +42,35 @@ def test_image_metrics_on_a_case_worked_by_hand():
     assert counts["precision"] == pytest.approx(2 / 3) and counts["recall"] == 1.0
     assert counts["false_alarm_rate"] == 0.5
     assert counts_at_threshold(labels, scores, 0.9)["precision"] is None  # nothing flagged: undefined, not 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_the_six_metrics_on_a_case_with_ties_worked_by_hand(dtype):
+    """Every row of METRICS against numbers worked out on paper, on scores that tie across the labels: a tie
+    counts half a pair for AUROC, and a threshold admits all of its tied scores at once."""
+    assert set(METRICS) == {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_pro", "pixel_f1_max"}
+    # images: defects 0.9, 0.6, 0.3; good parts 0.6, 0.3, 0.1, 0.1
+    labels = np.array([1, 1, 0, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.6, 0.6, 0.3, 0.3, 0.1, 0.1], dtype=dtype)
+    image = {m.name: m.compute(labels, scores) for m in METRICS.values() if m.level == "image"}
+    # of the 12 (defect, good) pairs: 0.9 beats all 4; 0.6 ties one and beats 3; 0.3 ties one and beats 2
+    assert image["image_auroc"] == pytest.approx((4 + 3.5 + 2.5) / 12)
+    # thresholds 0.9, 0.6, 0.3: (precision, recall) = (1, 1/3), (2/3, 2/3), (3/5, 1); AP = sum of P x recall step
+    assert image["image_ap"] == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3 + 1 / 3 * 3 / 5)
+    # F1 at those thresholds: 1/2, 2/3, 3/4 (and 3/5 at 0.1, where everything is flagged)
+    assert image["image_f1_max"] == pytest.approx(0.75)
+    # pixels, one row of 8: region A = pixels 0-1, region B = pixel 5, five defect-free pixels
+    masks = np.array([[[1, 1, 0, 0, 0, 1, 0, 0]]], dtype=bool)
+    maps = np.array([[[0.8, 0.4, 0.4, 0.2, 0.8, 0.4, 0.2, 0.2]]], dtype=dtype)
+    pixels = PixelSet(masks, maps)
+    pixel = {m.name: m.compute(pixels) for m in METRICS.values() if m.level == "pixel"}
+    # 15 (defect, normal) pairs: 0.8 ties one and beats 4 -> 4.5; each 0.4 ties one, loses one, beats 3 -> 3.5
+    assert pixel["pixel_auroc"] == pytest.approx((4.5 + 3.5 + 3.5) / 15)
+    # thresholds 0.8, 0.4, 0.2: (P, R) = (1/2, 1/3), (3/5, 1), (3/8, 1): F1 0.4, 0.75, 6/11
+    assert pixel["pixel_f1_max"] == pytest.approx(0.75)
+    # PRO curve (FPR, mean region overlap): (0, 0) -> (1/5, (1/2 + 0) / 2) -> (2/5, 1) -> (1, 1); the tied 0.8s
+    # come in together. Area to 0.3: 0.2 x 0.25 / 2 + 0.1 x (0.25 + 0.625) / 2 = 0.06875; / 0.3 = 11/48
+    assert pixel["pixel_pro"] == pytest.approx(11 / 48)
 
 
 def _image_with_regions():

@@ -306,6 +306,114 @@ def test_decompression_bombs_and_extreme_strips_stay_small(tmp_path):
     assert strip - baseline < 150, (baseline, strip)  # the input alone is 3 MB; a dense resize took 3 GB
 
 
+# the pixel cap, from every header the reader parses
+_W, _H = 123, 77  # not square: a reader that swaps width and height is caught too
+_PIXELS = (np.random.default_rng(5).random((_H, _W, 3)) * 255).astype(np.uint8)
+
+
+_GRAY = _PIXELS[..., 1].copy()
+_BGRA = np.dstack([_PIXELS, np.full((_H, _W), 200, np.uint8)])
+
+
+def _encoded(ext: str, image: np.ndarray = _PIXELS, *params: int) -> bytes:
+    ok, data = cv2.imencode(ext, image, list(params))
+    assert ok, ext
+    return data.tobytes()
+
+
+HEADERS = {  # every layout header_size reads, as OpenCV writes it (and PNM with a comment, as cameras write it)
+    "png": lambda: _encoded(".png"),
+    "jpeg baseline": lambda: _encoded(".jpg"),
+    "jpeg progressive": lambda: _encoded(".jpg", _PIXELS, cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+    "bmp": lambda: _encoded(".bmp"),
+    "webp lossy (VP8)": lambda: _encoded(".webp", _PIXELS, cv2.IMWRITE_WEBP_QUALITY, 80),
+    "webp lossless (VP8L)": lambda: _encoded(".webp", _PIXELS, cv2.IMWRITE_WEBP_QUALITY, 101),
+    "webp with alpha (VP8X)": lambda: _encoded(".webp", _BGRA, cv2.IMWRITE_WEBP_QUALITY, 80),
+    "tiff": lambda: _encoded(".tiff"),
+    "tiff gray": lambda: _encoded(".tiff", _GRAY),
+    "pgm (P5)": lambda: _encoded(".pgm", _GRAY),
+    "pgm ascii (P2)": lambda: _encoded(".pgm", _GRAY, cv2.IMWRITE_PXM_BINARY, 0),
+    "ppm (P6)": lambda: _encoded(".ppm"),
+    "pbm (P4)": lambda: _encoded(".pbm", _GRAY),
+    "pam (P7)": lambda: _encoded(".pam"),
+    "pgm with a comment": lambda: b"P5\n# camera 3, line 2\n%d %d\n255\n" % (_W, _H) + _GRAY.tobytes(),
+}
+
+
+@pytest.mark.parametrize("layout", list(HEADERS))
+def test_the_pixel_cap_is_read_from_the_header_to_the_exact_pixel(layout, monkeypatch):
+    from winclip.runtime import images
+
+    data = HEADERS[layout]()
+    assert images.header_size(data) == (_W, _H)
+    assert images.decode_image(data, "part", limit=_W * _H).shape[:2] == (_H, _W)  # exactly at the cap: read
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although the header is over the cap")
+
+    monkeypatch.setattr(images.cv2, "imdecode", no_decoding)
+    with pytest.raises(images.ImageReadError, match=rf"^part is {_W}x{_H} pixels, more than the {_W * _H - 1} "
+                                                    r"allowed \(WINCLIP_MAX_PIXELS or --max-pixels raises the cap\)$"):
+        images.decode_image(data, "part", limit=_W * _H - 1)  # one pixel over: refused before decoding
+
+
+def _tiff_claiming(width: int, height: int, order: str) -> bytes:
+    """A TIFF header and first directory that claim width x height (width a LONG, height a SHORT), no pixels."""
+    mark = b"II*\x00" if order == "<" else b"MM\x00*"
+    entries = struct.pack(order + "HHI", 256, 4, 1) + struct.pack(order + "I", width)
+    entries += struct.pack(order + "HHI", 257, 3, 1) + struct.pack(order + "H", height) + b"\0\0"
+    return mark + struct.pack(order + "I", 8) + struct.pack(order + "H", 2) + entries + struct.pack(order + "I", 0)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_tiff_directory_that_claims_too_many_pixels_is_refused_unread(order, monkeypatch):
+    from winclip.runtime import images
+
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *a: pytest.fail("decoded"))
+    bomb = _tiff_claiming(20000, 20000, order)
+    assert images.header_size(bomb) == (20000, 20000)
+    with pytest.raises(images.ImageReadError, match="20000x20000 pixels, more than the 50000000 allowed"):
+        images.decode_image(bomb, "bomb.tiff")
+
+
+@pytest.mark.parametrize("header", [b"P7\nHEIGHT 77\nDEPTH 1\nMAXVAL 255\nENDHDR\n", b"P5\n123\n", b"BM\0\0",
+                                    b"RIFF\0\0\0\0WEBPVP8Z", _tiff_claiming(10, 10, "<")[:20]])
+def test_a_truncated_or_incomplete_header_is_a_corrupt_image(header):
+    from winclip.runtime import images
+
+    with pytest.raises(images.ImageReadError, match="^cannot decode part: corrupt image header$"):
+        images.decode_image(header + bytes(16), "part")
+
+
+def test_max_pixels_and_winclip_max_pixels(tiny_bundle, tmp_path, monkeypatch):
+    from winclip.runtime.defaults import MAX_IMAGE_PIXELS
+    from winclip.runtime.images import max_pixels
+
+    for value, cap in (("62499", 62499), ("", MAX_IMAGE_PIXELS), ("0", MAX_IMAGE_PIXELS), ("-5", MAX_IMAGE_PIXELS),
+                       ("lots", MAX_IMAGE_PIXELS)):
+        monkeypatch.setenv("WINCLIP_MAX_PIXELS", value)
+        assert max_pixels() == cap, value
+    monkeypatch.delenv("WINCLIP_MAX_PIXELS")
+    src = tmp_path / "parts"
+    src.mkdir()
+    part = read(textile_images("local", 1)[0])
+    assert part.shape[:2] == (250, 250)  # 62,500 pixels
+    cv2.imwrite(str(src / "whole.png"), part)
+    cv2.imwrite(str(src / "crop.png"), part[:150, :200])  # 30,000 pixels
+
+    def run(name, *args, env=None):
+        proc = run_cli("winclip-inspect", str(tiny_bundle), "--source", str(src), "--out", str(tmp_path / name),
+                       "--object", "bottle", *args, env=env)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        return {os.path.basename(e["source"]): e for e in _strict_events(tmp_path / name)}
+
+    for events in (run("option", "--max-pixels", "62499"), run("env", env={"WINCLIP_MAX_PIXELS": "62499"})):
+        assert "more than the 62499 allowed" in events["whole.png"].get("error", ""), events
+        assert "image_score" in events["crop.png"]
+    events = run("both", "--max-pixels", "62500", env={"WINCLIP_MAX_PIXELS": "62499"})  # the option wins
+    assert all("image_score" in e for e in events.values()) and len(events) == 2
+
+
 def test_a_run_survives_hostile_images_and_odd_names(tiny_bundle, tmp_path):
     src = tmp_path / "src"
     (src / "deep" / ("d" * 200)).mkdir(parents=True)

@@ -47,7 +47,7 @@ def _add_fake_engine(bundle: Path, made_by: dict, guard: dict | None, accepted_d
 
 
 GOOD_GUARD = {"passed": True, "failures": [], "limits": {"map_pearson_median": 0.99, "map_pearson_min": 0.97,
-                                                          "score_spearman": 0.98}}
+                                                          "score_spearman": 0.98, "embedding_cosine_min": 0.99}}
 
 
 @pytest.mark.parametrize("made_by,guard,why", [
@@ -58,6 +58,11 @@ GOOD_GUARD = {"passed": True, "failures": [], "limits": {"map_pearson_median": 0
      "FAILED its accuracy guard"),
     ({"tool": "winclip-quantize"}, {**GOOD_GUARD, "limits": {**GOOD_GUARD["limits"], "map_pearson_min": 0.2}},
      "looser than today's"),
+    # made before the cosine limit existed: its recorded cosines must meet today's limit
+    ({"tool": "winclip-quantize"}, {**GOOD_GUARD, "limits": {k: v for k, v in GOOD_GUARD["limits"].items()
+                                                            if k != "embedding_cosine_min"},
+                                    "embedding_cosine_min": {"image_embedding": 0.999, "patch_features": 0.95}},
+     "below today's limit 0.99"),
 ])
 def test_auto_never_picks_an_engine_its_record_does_not_vouch_for(tiny_bundle_copy, made_by, guard, why, caplog):
     _add_fake_engine(tiny_bundle_copy, made_by, guard)

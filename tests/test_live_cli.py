@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,48 @@ class LiveProcess:
             self.proc.wait(10)
 
 
+class FallsSilent:
+    """A camera that stays connected but stops sending: on each connection `frames` JPEG parts, then
+    nothing, the connection held open until stop(). `connections` counts the GETs."""
+
+    def __init__(self, images, frames: int = 5):
+        import cv2
+
+        self.jpegs = [cv2.imencode(".jpg", im)[1].tobytes() for im in images]
+        self.frames, self.connections = frames, 0
+        self.stopping = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for n in range(owner.frames):
+                        data = owner.jpegs[n % len(owner.jpegs)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(data) + data + b"\r\n")
+                        time.sleep(0.05)
+                    owner.stopping.wait(120)  # connected, silent
+                except OSError:
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cam.mjpg"
+
+    def stop(self):
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 @pytest.fixture
 def stream():
     server = MjpegServer(textile_frames(), fps=20).start()
@@ -89,6 +133,72 @@ def test_a_signal_ends_a_live_run_cleanly(tiny_bundle, stream, tmp_path, signum)
     overlays = sorted((out / "overlays").rglob("*.jpg"))  # threshold 0: every frame anomalous, every overlay whole
     assert len(overlays) == len(frame_lines(events)) and all(p.stat().st_size > 1000 for p in overlays)
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_a_stream_that_stays_connected_but_sends_nothing_is_lost_after_the_stall_timeout(tiny_bundle, tmp_path):
+    camera = FallsSilent(textile_frames(), frames=5)
+    log = tmp_path / "events.jsonl"
+    run = LiveProcess(str(tiny_bundle), "--source", camera.url, "--events", str(log), "--object", "bottle",
+                      "--stall-timeout", "1", "--provider", "cpu")
+    try:
+        assert wait_for(lambda: log.exists() and log.read_text().count('"source_lost"') >= 2, 90), run.stderr_lines
+        run.proc.send_signal(signal.SIGTERM)
+        code, _, stderr = run.finish()
+    finally:
+        run.kill()
+        camera.stop()
+    assert code == 0, stderr
+    events = strict_lines(log.read_text())
+    lost = [e for e in events if e.get("event") == "source_lost"]
+    assert all(e["detail"].startswith("no frame for ") for e in lost), lost  # quiet, not failing reads
+    quiet_s = [float(e["detail"].split()[3]) for e in lost]
+    assert all(1.0 <= q < 5.0 for q in quiet_s), quiet_s  # --stall-timeout 1, not the default 5 s
+    assert camera.connections >= 2 and any(e.get("event") == "source_recovered" for e in events)  # reopened
+    assert len(frame_lines(events)) >= 5 and "Traceback" not in stderr
+
+
+def test_credentials_in_a_stream_url_reach_no_output(tiny_bundle, tmp_path):
+    """A user name, a password and a token in the --source URL: not on stderr, in the events, on the live page,
+    in /status.json, in /metrics or an overlay's address, through a run whose stream goes away and comes back."""
+    user, password, token = "lineop7", "hunter2-Pw", "t0ken-XYZ"
+    server = MjpegServer(textile_frames(), fps=20).start()
+    url = f"http://{user}:{password}@127.0.0.1:{server.port}/stream.mjpg?token={token}&channel=2"
+    log = tmp_path / "events.jsonl"
+    run = LiveProcess(str(tiny_bundle), "--source", url, "--object", "bottle", "--threshold", "0.0", "--serve", "0",
+                      "--events", str(log), "--stall-timeout", "1", "--provider", "cpu")
+    seen = []
+
+    def get(path: str) -> str:
+        with urllib.request.urlopen(page + path, timeout=5) as response:
+            seen.append(response.read().decode("utf-8", "replace"))
+        return seen[-1]
+
+    try:
+        assert wait_for(lambda: any("live page: " in line for line in run.stderr_lines), 60), run.stderr_lines
+        page = next(line for line in run.stderr_lines if "live page: " in line).split("live page: ")[1].strip()
+        assert wait_for(lambda: json.loads(get("status.json"))["scored"] >= 3, 30)
+        name = next(iter(json.loads(get("status.json"))["sources"]))
+        assert name == f"http://127.0.0.1:{server.port}/stream.mjpg?token=***&channel=2"
+        with urllib.request.urlopen(page + "overlay/" + urllib.parse.quote(name, safe="") + ".jpg", timeout=5) as r:
+            assert r.read()[:2] == b"\xff\xd8"
+        server.stop()  # lost: its reasons go to stderr, the events and the page
+        assert wait_for(lambda: log.read_text().count('"source_lost"') >= 1, 30)
+        assert wait_for(lambda: json.loads(get("status.json"))["sources"][name]["health"] != "ok", 10)
+        server.start()
+        assert wait_for(lambda: log.read_text().count('"source_recovered"') >= 1, 30)
+        for path in ("", "status.json", "metrics"):
+            get(path)
+        run.proc.send_signal(signal.SIGTERM)
+        code, _, stderr = run.finish()
+    finally:
+        run.kill()
+        server.stop()
+    assert code == 0, stderr
+    assert f'source="{name}"' in seen[-1]  # /metrics, fetched last: its per-source series carry the redacted name
+    said = "\n".join([stderr, log.read_text(), *seen])
+    assert name in said and "channel=2" in said  # the redacted name is what every output shows
+    for secret in (user, password, token):
+        assert secret not in said, secret
 
 
 def test_a_video_to_stdout_with_every_and_max_frames(tiny_bundle, tmp_path):
@@ -146,7 +256,15 @@ def test_bad_live_input_is_one_line(tiny_bundle, tmp_path):
         return errors[0]
 
     assert "2 --roi for 1 --source" in fails(*v, "--events", "-", "--roi", "0,0,5,5", "--roi", "0,0,5,5")
-    assert "GStreamer" in fails("--source", "videotestsrc ! videoconvert ! appsink", "--events", "-")
+    from winclip.runtime.line.sources import gstreamer
+
+    with pytest.MonkeyPatch.context() as patch:  # in-process: the same whatever this OpenCV was built with
+        patch.setattr(gstreamer, "has_gstreamer", lambda: False)
+        result = runner.invoke(main, [str(tiny_bundle), "--object", "bottle", "--events", "-",
+                                      "--source", "videotestsrc ! videoconvert ! appsink"])
+    errors = error_lines(result.output)
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "looks like a GStreamer pipeline, but this OpenCV was built without GStreamer" in errors[0]
     assert "source not found" in fails("--source", str(tmp_path / "gone.mp4"), "--events", "-")
     message = fails("--source", "99", "--events", "-")
     assert message == ("Error: cannot open camera:99 after 3 attempts: no such device, or it is in use; "
@@ -154,7 +272,9 @@ def test_bad_live_input_is_one_line(tiny_bundle, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert "Connection refused" in fails("--source", f"rtsp://127.0.0.1:{port}/line1", "--events", "-")
+    refused = fails("--source", f"rtsp://lineop7:hunter2-Pw@127.0.0.1:{port}/line1?token=t0ken-XYZ", "--events", "-")
+    assert "Connection refused" in refused and f"rtsp://127.0.0.1:{port}/line1?token=***" in refused
+    assert not any(secret in refused for secret in ("lineop7", "hunter2-Pw", "t0ken-XYZ")), refused
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

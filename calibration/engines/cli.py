@@ -66,17 +66,19 @@ def guard_table(report: dict) -> str:
               help="Guard: lowest per-frame map correlation with fp32.")
 @click.option("--min-score-spearman", type=Finite(0.0, 1.0), default=LIMITS.score_spearman,
               help="Guard: rank correlation of image scores with fp32.")
+@click.option("--min-embedding-cosine", type=Finite(0.0, 1.0), default=LIMITS.embedding_cosine_min,
+              help="Guard: lowest cosine of any embedding with its fp32 twin, per output.")
 @click.option("--accept-degraded", is_flag=True,
               help="Add the engine even if it fails the guard (recorded in the manifest, warned about at every load).")
 @click.option("--force", is_flag=True, help="Replace an engine of the same precision.")
 def main(bundle, precision, images, method, per_channel, reduce_range, quant_format, quantize_attention, fp32_blocks,
          calibration_frames, holdout, seed, object_name, min_map_pearson_median, min_map_pearson,
-         min_score_spearman, accept_degraded, force):
+         min_score_spearman, min_embedding_cosine, accept_degraded, force):
     """Add an int8 or fp16 engine to BUNDLE, made from its fp32 engine without torch.
 
     Before the engine is added it runs beside fp32 on frames of --images that it
     was not calibrated on, zero-shot and few-shot, and must keep the anomaly
-    maps and image scores (see the --min-* limits). The bundle is changed
+    maps, image scores and embeddings (see the --min-* limits). The bundle is changed
     atomically, or not at all.
     """
     from winclip.calibration.engines.build import add_engine
@@ -85,7 +87,8 @@ def main(bundle, precision, images, method, per_channel, reduce_range, quant_for
     settings = (Int8Settings(method=method, per_channel=per_channel, reduce_range=reduce_range,
                              quant_format=quant_format, quantize_attention=quantize_attention, fp32_blocks=fp32_blocks,
                              calibration_frames=calibration_frames) if precision == "int8" else None)
-    limits = GuardLimits(min_map_pearson_median, min_map_pearson, min_score_spearman)
+    limits = GuardLimits(map_pearson_median=min_map_pearson_median, map_pearson_min=min_map_pearson,
+                         score_spearman=min_score_spearman, embedding_cosine_min=min_embedding_cosine)
     with one_line_errors():
         engine = add_engine(bundle, precision, images, object_name=object_name, settings=settings, holdout=holdout,
                             seed=seed, limits=limits, accept_degraded=accept_degraded, force=force)

@@ -3,8 +3,9 @@
 The map is the product: a peer's int8 WinCLIP keeps image scores but ruins the
 pixel maps, so the guard compares, zero-shot and few-shot, per-frame anomaly
 maps (Pearson correlation at grid resolution), image scores (Spearman rank
-correlation across frames) and the raw embeddings (cosine). Frames the
-candidate was calibrated on are never used here.
+correlation across frames) and the raw embeddings (the lowest cosine of any
+one vector, per output). Frames the candidate was calibrated on are never used
+here.
 
 A map, or a set of scores, that agrees with fp32 within `close_enough`
 everywhere passes whatever its correlation: on a flat map, or on scores that
@@ -29,6 +30,7 @@ class GuardLimits:
     map_pearson_median: float = GUARD_LIMITS["map_pearson_median"]
     map_pearson_min: float = GUARD_LIMITS["map_pearson_min"]
     score_spearman: float = GUARD_LIMITS["score_spearman"]
+    embedding_cosine_min: float = GUARD_LIMITS["embedding_cosine_min"]  # per output, the lowest cosine of any vector
     close_enough: float = GUARD_CLOSE_ENOUGH
 
 
@@ -107,6 +109,9 @@ def guard(reference, candidate, scorer, holdout: list[np.ndarray], memory_frames
         for metric in ("map_pearson_median", "map_pearson_min", "score_spearman"):
             if not numbers[metric] >= getattr(limits, metric):
                 failures.append(f"{mode} {metric.replace('_', ' ')} {numbers[metric]:.4f} < {getattr(limits, metric)}")
+    for name, cosine in report["embedding_cosine_min"].items():
+        if not cosine >= limits.embedding_cosine_min:
+            failures.append(f"embedding cosine {name} {cosine:.4f} < {limits.embedding_cosine_min}")
     report["failures"] = failures
     report["passed"] = not failures
     return report

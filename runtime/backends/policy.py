@@ -41,10 +41,31 @@ def distrust(engine: Engine) -> str | None:
         return "it FAILED its accuracy guard" + (f" ({failures})" if failures else "")
     limits = guard.get("limits") if isinstance(guard.get("limits"), dict) else {}
     for name, floor in GUARD_LIMITS.items():
-        value = limits.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= floor:
+        if name in limits:
+            value = limits[name]
+            if _number(value) and value >= floor:
+                continue
             return f"its guard was run with {name} {value!r}, looser than today's {floor}"
+        # a limit added since the engine was made: its recorded numbers must meet it
+        measured = _measured(guard, name)
+        if measured is None or not measured >= floor:
+            return f"its guard record shows {name} {measured!r}, below today's limit {floor}"
     return None
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _measured(guard: dict, name: str) -> float | None:
+    """The lowest recorded number a limit applies to: per mode (map and score limits) or per output (cosines)."""
+    if name == "embedding_cosine_min":
+        values = list((guard.get(name) or {}).values()) if isinstance(guard.get(name), dict) else []
+    else:
+        modes = guard.get("modes") if isinstance(guard.get("modes"), dict) else {}
+        values = [m.get(name) for m in modes.values() if isinstance(m, dict)]
+    values = [v for v in values if _number(v)]
+    return min(values) if values else None
 
 
 def admitted(engine: Engine | None) -> bool:
