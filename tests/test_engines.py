@@ -386,17 +386,25 @@ def test_auto_runs_fp16_when_the_first_provider_is_cuda(tiny_bundle_copy, monkey
 
     cuda, cpu = ort_backend.CUDA, ort_backend.CPU
     monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: [cpu])
-    assert ort_backend.choose_providers("auto") == [cpu] and ort_backend.choose_providers("cpu") == [cpu]
+    assert ort_backend.choose_providers("auto")[0] == [cpu] and ort_backend.choose_providers("cpu")[0] == [cpu]
     with pytest.raises(BundleError, match="no CUDA provider"):
         ort_backend.choose_providers("cuda")
     monkeypatch.setattr(ort_backend.ort, "get_available_providers", lambda: ["AzureExecutionProvider", cuda, cpu])
-    assert ort_backend.choose_providers("auto") == [cuda, cpu] and ort_backend.choose_providers("cuda") == [cuda, cpu]
-    assert ort_backend.choose_providers("cpu") == [cpu]
+    monkeypatch.setattr(ort_backend, "cuda_libraries_problem", lambda: None)  # as if the CUDA libraries loaded
+    assert ort_backend.choose_providers("auto") == ([cuda, cpu], "") and ort_backend.choose_providers("cuda")[0] == [
+        cuda, cpu]
+    assert ort_backend.choose_providers("cpu")[0] == [cpu]
     bundle = Bundle.load(tiny_bundle_copy)
     bundle = dataclasses.replace(bundle, manifest=_with_engines(bundle.manifest, "fp16", "int8", root=bundle.root))
-    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):  # onnxruntime's own fallback, not ours
+    # offered CUDA, the session starts on the CPU here (no GPU): the fp16 engine auto chose is refused as such...
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"), \
+            pytest.raises(ort_backend.CudaDidNotStart, match="visual-fp16.onnx on CPU instead"):
+        ort_backend.OnnxRuntimeBackend.open(bundle, BackendOptions(device="cuda", cache=False))
+    # ...and auto then runs the CPU's choice, saying why
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
         backend = ort_backend.OnnxRuntimeBackend.open(bundle, BackendOptions(device="auto", cache=False))
-    assert (backend.engine.precision, backend.reason) == ("fp16", "auto: fp16 on CUDA")
+    assert backend.engine.precision == "int8" and backend.reason == (
+        "auto: guarded int8 on CPU; provider auto: CUDA did not start, so the CPU")
     backend = ort_backend.OnnxRuntimeBackend.open(bundle, BackendOptions(device="cpu", cache=False))
     assert (backend.engine.precision, backend.reason) == ("int8", "auto: guarded int8 on CPU")
 

@@ -31,12 +31,16 @@ def distrust(engine: Engine) -> str | None:
     tool = (engine.made_by or {}).get("tool")
     if tool not in TRUSTED_TOOLS:
         return f"it was made by {str(tool)[:40]!r}, not by winclip-edge" if tool else "its record names no maker"
+    if engine.accepted_degraded:
+        failures = "; ".join(str(f) for f in (engine.guard or {}).get("failures") or [])[:300]
+        return "it FAILED its accuracy guard and was added with --accept-degraded" + (f" ({failures})" if failures
+                                                                                      else "")
     if tool == "winclip-export" and engine.verification is not None:
         return None  # the graph the export checked against torch
     guard = engine.guard
     if not isinstance(guard, dict):
         return "it has no accuracy-guard record"
-    if engine.accepted_degraded or guard.get("passed") is not True:
+    if guard.get("passed") is not True:
         failures = "; ".join(str(f) for f in guard.get("failures") or [])[:300]
         return "it FAILED its accuracy guard" + (f" ({failures})" if failures else "")
     limits = guard.get("limits") if isinstance(guard.get("limits"), dict) else {}
