@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from winclip.calibration.engines.errors import QuantizeError
+from winclip.runtime.command import log_skipped
 from winclip.runtime.errors import first_line
 from winclip.runtime.images import ImageReadError, display_path, list_images, read_image
 from winclip.runtime.preprocess import Preprocessor
@@ -49,8 +50,7 @@ def load_frame_sets(folder: Path, preprocessor: Preprocessor, holdout: int, cali
             frames.append(preprocessor([read_image(path)]))
         except (ImageReadError, ValueError) as exc:
             skipped.append(first_line(exc) if isinstance(exc, ImageReadError) else f"{display_path(path)}: {exc}")
-    for problem in skipped:
-        log.warning("skipped %s", problem)
+    log_skipped(log, "frames", skipped)
     memory = 1
     needed = holdout + memory + calibration
     if len(frames) < needed:
