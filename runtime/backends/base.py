@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from winclip.runtime.contract import Engine, Manifest
+from winclip.runtime.contract import FORMAT_ONNX, Engine, Manifest
 from winclip.runtime.errors import BundleError
 
 
@@ -30,16 +30,19 @@ class BackendOptions:
     threads: int | None = None  # intra-op threads; None: all cores
     cache: bool = True  # keep optimised graphs / compiled blobs in the user's cache
     cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/winclip-edge
+    engine_sha256: str | None = None  # run this engine where the bundle has it (a line profile's engine)
+    inference_precision: str | None = None  # OpenVINO: f32 | bf16 compute for an fp32 engine (default f32)
 
 
 class Backend(ABC):
     """One engine of a bundle, ready to run batches.
 
-    Subclasses set `name` (the table's key) and implement `open`, `device` and
-    `run`. `engine` is the manifest entry that runs and `reason` why it was chosen.
+    Subclasses set `name` (the table's key) and `formats` (the engine formats
+    they run) and implement `open`, `device` and `run`. `engine` is the manifest entry that runs and `reason` why it was chosen.
     """
 
     name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]] = (FORMAT_ONNX,)  # engine formats it runs, best first
 
     def __init__(self, engine: Engine, reason: str):
         self.engine = engine
@@ -65,7 +68,7 @@ class Backend(ABC):
 
     def describe(self) -> str:
         """One line for people: which engine, why, on what."""
-        return f"{self.engine.precision} engine ({self.reason}) on {self.device}"
+        return f"{self.engine.label} engine ({self.reason}) on {self.name} {self.device}"
 
     def close(self) -> None:
         """Free what the library holds (a no-op where the garbage collector does it)."""

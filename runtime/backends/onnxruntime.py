@@ -79,7 +79,8 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def open(cls, bundle, options: BackendOptions) -> "OnnxRuntimeBackend":
         providers = choose_providers(options.device)
-        engine, reason = choose_engine(bundle.manifest, options.precision, "cuda" if providers[0] == CUDA else "cpu")
+        engine, reason = choose_engine(bundle.manifest, options.precision, "cuda" if providers[0] == CUDA else "cpu",
+                                       engine_sha256=options.engine_sha256)
         if options.device == "auto" and providers == [CPU]:
             reason += "; provider auto: this onnxruntime has no CUDA, so the CPU"
         graph, sha256 = bundle.read_engine(engine)
