@@ -54,13 +54,14 @@ class Detector:
     def __init__(self, bundle: Bundle, object_name: str | None = None, provider: str = "auto",
                  precision: str = "auto", threads: int | None = None, temperature: float | None = None,
                  threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
-                 self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND):
+                 self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND,
+                 engine_sha256: str | None = None):
         """bundle: a loaded Bundle. object_name: whose text prototypes score (default: the bundle's only
         object). backend: a name of winclip.runtime.backends.BACKENDS; provider: the device it runs on
         (auto | cuda | cpu for onnxruntime); precision: auto | fp32 | fp16 | int8. threshold /
         pixel_threshold: image and pixel thresholds in [0, 1] (None: scores only, no verdict).
         temperature: overrides the manifest's. cache / cache_dir: the user's cache of optimised graphs
-        and passed self-checks."""
+        and passed self-checks. engine_sha256: run this engine where the bundle has it (a profile's)."""
         self.bundle = bundle
         m = bundle.manifest
         if object_name is None:
@@ -70,7 +71,8 @@ class Detector:
         text = bundle.text_prototypes(object_name)
         self.object_name = normalize_object_name(object_name)
         self.backend: Backend = open_backend(bundle, backend, BackendOptions(
-            device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir))
+            device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir,
+            engine_sha256=engine_sha256))
         self.engine = self.backend.engine
         self.output_names = m.output_names
         self.preprocess = Preprocessor(m.preprocess)
@@ -110,6 +112,7 @@ class Detector:
             raise ProfileError(f"the line profile is for object {profile.object_name!r}, not {object!r}")
         if precision == "auto":
             precision = profile.precision
+        kwargs.setdefault("engine_sha256", profile.memory.key.graph_sha256)  # the very engine it was made with
         if kwargs.get("threshold") is None:
             kwargs["threshold"] = profile.image_threshold
         if kwargs.get("pixel_threshold") is None:
