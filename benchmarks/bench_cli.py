@@ -165,6 +165,38 @@ def engine_label(row: dict) -> str:
     return what if backend == "onnxruntime" else f"{backend} {what}"
 
 
+ANOMALIB_HOWTO = ("install it in a venv of its own (it brings torch): python3.11 -m venv av && "
+                  "av/bin/pip install anomalib, then --anomalib-python av/bin/python")
+
+
+def anomalib_interpreter(python: Path | None) -> tuple[str | None, str]:
+    """The interpreter that has anomalib (and its version), or None and why the row is skipped."""
+    exe = str(python) if python else sys.executable
+    try:
+        proc = subprocess.run([exe, "-c", "import anomalib, torch; print(anomalib.__version__)"],
+                              capture_output=True, text=True, timeout=600)
+        ok = proc.returncode == 0
+    except OSError:
+        ok = False
+    if not ok:
+        note = f"skipped: anomalib is not installed for {exe}; {ANOMALIB_HOWTO}"
+        click.echo(f"warning: --compare-anomalib {note}", err=True)
+        return None, note
+    return exe, f"anomalib {proc.stdout.strip()} (torch, random weights), timed in {exe}"
+
+
+def run_anomalib_child(python: str, cfg: dict, work: Path) -> dict:
+    """One anomalib configuration in its own interpreter (winclip.benchmarks.anomalib_child, run as a script)."""
+    path = work / f"anomalib-{cfg['batch']}-{cfg['shots']}.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([python, str(Path(__file__).with_name("anomalib_child.py")), str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def markdown(result: dict) -> str:
     peaks = result["gemm_peak_gflops"]
     m = result["machine"]
@@ -198,6 +230,11 @@ def markdown(result: dict) -> str:
             else:
                 lines.append(f"\n{kind} (batch {t['batch']}, {t['shots']}-shot): p50 {t['p50_ms']:.0f} ms, "
                              f"p95 {t['p95_ms']:.0f} ms, peak RSS {t['peak_rss_mib']:.0f} MiB")
+    for a in result.get("anomalib", []):
+        faster = [f"{engine_label(r)} {r['speedup_vs_anomalib']:.2f}x" for r in result["rows"]
+                  if r.get("speedup_vs_anomalib") and (r["batch"], r["shots"]) == (a["batch"], a["shots"])]
+        if faster:
+            lines.append(f"against anomalib (batch {a['batch']}, {a['shots']}-shot): {', '.join(faster)}")
     if result.get("anomalib_note"):
         lines.append(f"\nanomalib WinCLIP: {result['anomalib_note']}")
     return "\n".join(lines)
