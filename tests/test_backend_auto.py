@@ -141,3 +141,20 @@ def test_auto_with_one_candidate_does_not_measure(tiny_bundle, monkeypatch, tmp_
     det = Detector.from_bundle(tiny_bundle, object="bottle", backend="auto", cache_dir=tmp_path)
     assert det.backend.name == "onnxruntime" and "the only candidate here" in det.backend.reason
     assert not list(tmp_path.glob("auto-*.json"))
+
+
+def test_inspect_takes_the_backend_and_device_from_the_command_line(tiny_bundle, frames, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    common = ("--source", str(frames), "--object", "bottle")
+    proc = run_cli("winclip-inspect", str(tiny_bundle), *common, "--out", str(tmp_path / "ov"),
+                   "--backend", "openvino", "--device", "CPU")
+    assert proc.returncode == 0, proc.stderr
+    assert "on openvino CPU" in proc.stderr and len((tmp_path / "ov" / "events.jsonl").read_text().splitlines()) == 10
+    proc = run_cli("winclip-inspect", str(tiny_bundle), *common, "--out", str(tmp_path / "tpu"),
+                   "--backend", "openvino", "--device", "TPU")
+    assert proc.returncode != 0 and "OpenVINO has no device 'TPU' here; it has: CPU" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("winclip-inspect", str(tiny_bundle), *common, "--out", str(tmp_path / "auto"), "--backend", "auto",
+                   env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "auto: the fastest of 2 measured on this machine" in proc.stderr  # fp32 on each backend

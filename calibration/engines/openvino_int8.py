@@ -12,8 +12,10 @@ The engine runs on the OpenVINO backend and is guarded there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,12 +143,13 @@ def make_openvino_int8(fp32_path: Path, out_xml: Path, settings: NncfSettings, f
         advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=settings.smooth_quant_alpha)
     if not settings.per_channel:
         advanced.weights_quantization_params = QuantizationParameters(per_channel=False)
-    quantized = nncf.quantize(
-        model, nncf.Dataset(frames.calibration), preset=nncf.QuantizationPreset(settings.preset),
-        model_type=nncf.ModelType.TRANSFORMER, subset_size=len(frames.calibration),
-        fast_bias_correction=settings.fast_bias_correction,
-        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
-        advanced_parameters=advanced)
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: the command's stdout is its result
+        quantized = nncf.quantize(
+            model, nncf.Dataset(frames.calibration), preset=nncf.QuantizationPreset(settings.preset),
+            model_type=nncf.ModelType.TRANSFORMER, subset_size=len(frames.calibration),
+            fast_bias_correction=settings.fast_bias_correction,
+            ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+            advanced_parameters=advanced)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     if not out_xml.with_suffix(WEIGHTS_SUFFIX).is_file():
         raise QuantizeError("OpenVINO wrote no weights file beside the IR")
