@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -62,21 +61,16 @@ def engine_seconds(bundle: Path, backend: str, precision: str, frame, repeats: i
                    inference_precision: str | None = None) -> float:
     """Median engine time (s) of one frame, after one untimed frame."""
     from winclip.runtime.backends import BackendOptions, open_backend
+    from winclip.runtime.backends.auto import measure
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.preprocess import Preprocessor
 
     b = Bundle.load(bundle)
     runner = open_backend(b, backend, BackendOptions(device="cpu", precision=precision, cache=False,
                                                      inference_precision=inference_precision))
-    batch = Preprocessor(b.manifest.preprocess)([frame])
-    runner.run(batch)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        runner.run(batch)
-        times.append(time.perf_counter() - t)
+    seconds = measure(runner, Preprocessor(b.manifest.preprocess)([frame]), repeats)
     runner.close()
-    return statistics.median(times)
+    return seconds
 
 
 def scratch_copy(bundle: Path, into: Path) -> Path:

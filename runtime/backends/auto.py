@@ -29,7 +29,7 @@ import numpy as np
 from winclip.runtime import cpu as cpus
 from winclip.runtime.atomic import write_atomic
 from winclip.runtime.backends.base import Backend, BackendOptions
-from winclip.runtime.backends.policy import AUTO_PRECISIONS, admitted, choose_engine, isa_problem
+from winclip.runtime.backends.policy import AUTO_PRECISIONS, admitted, isa_problem
 from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import Engine
 from winclip.runtime.errors import BundleError, MissingExtra, WinclipError, first_line
@@ -100,12 +100,12 @@ def _open(bundle, candidate: Candidate, options: BackendOptions) -> Backend:
     return backend_class(candidate.backend).open(bundle, replace(options, engine_sha256=candidate.engine.sha256))
 
 
-def measure(backend: Backend, batch: np.ndarray) -> float:
+def measure(backend: Backend, batch: np.ndarray, calls: int = TIMED_CALLS) -> float:
     """Median seconds of a call on `batch`, after a warm-up call."""
     for _ in range(WARMUP_CALLS):
         backend.run(batch)
     times = []
-    for _ in range(TIMED_CALLS):
+    for _ in range(calls):
         t = time.perf_counter()
         backend.run(batch)
         times.append(time.perf_counter() - t)

@@ -10,6 +10,7 @@ the engine (`policy.py`), preprocessing and scoring stay outside, shared by all.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 
 from winclip.runtime.contract import FORMAT_ONNX, Engine, Manifest
 from winclip.runtime.errors import BundleError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ class Backend(ABC):
     def describe(self) -> str:
         """One line for people: which engine, why, on what."""
         return f"{self.engine.label} engine ({self.reason}) on {self.name} {self.device}"
+
+    def warn_if_degraded(self) -> None:
+        """Say at every load that the engine was added although its accuracy guard failed."""
+        if self.engine.accepted_degraded:
+            failures = "; ".join((self.engine.guard or {}).get("failures") or []) or "no guard record"
+            log.warning("the %s engine of this bundle FAILED its accuracy guard and was added with "
+                        "--accept-degraded: %s", self.engine.label, failures)
 
     def close(self) -> None:
         """Free what the library holds (a no-op where the garbage collector does it)."""

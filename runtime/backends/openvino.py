@@ -114,10 +114,7 @@ class OpenVinoBackend(Backend):
         backend = cls.from_bytes(model, engine, bundle.manifest, options, weights=weights, reason=reason,
                                  core=core, device=device)
         del model, weights, sha256
-        if engine.accepted_degraded:
-            failures = "; ".join((engine.guard or {}).get("failures") or []) or "no guard record"
-            log.warning("the %s engine of this bundle FAILED its accuracy guard and was added with "
-                        "--accept-degraded: %s", engine.label, failures)
+        backend.warn_if_degraded()
         return backend
 
     @classmethod
