@@ -166,7 +166,7 @@ def engine_label(row: dict) -> str:
 
 
 ANOMALIB_HOWTO = ("install it in a venv of its own (it brings torch): python3.11 -m venv av && "
-                  "av/bin/pip install anomalib, then --anomalib-python av/bin/python")
+                  "av/bin/pip install anomalib open_clip_torch, then --anomalib-python av/bin/python")
 
 
 def anomalib_interpreter(python: Path | None) -> tuple[str | None, str]:
@@ -182,7 +182,8 @@ def anomalib_interpreter(python: Path | None) -> tuple[str | None, str]:
         note = f"skipped: anomalib is not installed for {exe}; {ANOMALIB_HOWTO}"
         click.echo(f"warning: --compare-anomalib {note}", err=True)
         return None, note
-    return exe, f"anomalib {proc.stdout.strip()} (torch, random weights), timed in {exe}"
+    return exe, (f"anomalib {proc.stdout.strip()} (its fixed ViT-B-16+ backbone, torch, random weights), "
+                 f"timed in {exe}")
 
 
 def run_anomalib_child(python: str, cfg: dict, work: Path) -> dict:
@@ -264,8 +265,9 @@ def markdown(result: dict) -> str:
 @click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
               help="With --compare-torch: open_clip config JSON of a custom architecture; repeatable.")
 @click.option("--compare-anomalib", is_flag=True,
-              help="Also time anomalib's WinCLIP (torch) on the same frames where it is installed: in this "
-                   "Python or in --anomalib-python; skipped with a message where it is not.")
+              help="Also time anomalib's WinCLIP (torch; always ViT-B-16+, so compare a ViT-B-16+ bundle) on the "
+                   "same frames where it is installed: in this Python or in --anomalib-python; skipped with a "
+                   "message where it is not.")
 @click.option("--anomalib-python", type=click.Path(path_type=Path), default=None,
               help="With --compare-anomalib: the Python of a venv that has anomalib. [default: this one]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write bench.json and bench.md here.")
