@@ -228,3 +228,16 @@ def test_quantize_openvino_bad_input_is_one_line(tiny_bundle_copy, line_images):
     proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--backend", "openvino", "--precision", "int8",
                    "--images", str(line_images), "--smooth-quant-alpha", "1.5")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_an_onnx_graph_with_external_data_is_refused_by_openvino_too(tiny_bundle_copy, tmp_path, monkeypatch):
+    import onnx
+
+    graph = tiny_bundle_copy / "visual.onnx"
+    onnx.save_model(onnx.load(str(graph)), str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    _rehash(tiny_bundle_copy, _manifest(tiny_bundle_copy), "visual.onnx")
+    for cwd in (tmp_path, tiny_bundle_copy):  # whatever the working directory, weights.bin never loads
+        monkeypatch.chdir(cwd)
+        with pytest.raises(BundleError, match="visual.onnx points at external data"):
+            Detector.from_bundle(tiny_bundle_copy, object="bottle", backend="openvino", cache=False)
