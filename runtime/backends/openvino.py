@@ -30,7 +30,7 @@ from winclip.runtime.backends.policy import choose_engine
 from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import FORMAT_ONNX, FORMAT_OPENVINO_IR, Engine, Manifest
 from winclip.runtime.errors import BundleError, first_line
-from winclip.runtime.graph_check import GraphFormatError, external_tensors
+from winclip.runtime.graph_check import require_inline_weights
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,7 @@ class OpenVinoBackend(Backend):
             check_ir(model, engine.file)
             read = lambda: core.read_model(model=model, weights=ov.Tensor(np.frombuffer(weights, np.uint8)))  # noqa: E731
         else:
-            try:
-                external = external_tensors(model)
-            except GraphFormatError as exc:
-                raise BundleError(f"{engine.file} is not a well-formed ONNX model: {exc}") from None
-            if external:
-                raise BundleError(f"{engine.file} points at external data for {len(external)} tensors "
-                                  f"(e.g. {external[0]!r}); a bundle's graphs must hold their weights inline")
+            require_inline_weights(model, engine.file)
             read = lambda: core.read_model(model=model)  # noqa: E731
         try:
             ov_model = read()
