@@ -1,5 +1,6 @@
-"""`winclip-bench`: latency of a bundle's engines per frame and per stage, beside the torch reference
-and the machine's own matrix-multiply throughput, all measured in one run.
+"""`winclip-bench`: latency of a bundle's engines per frame and per stage, on each backend side by side,
+beside the torch reference, anomalib's WinCLIP (where installed) and the machine's own matrix-multiply
+throughput, all measured in one run, with the CPU model and ISA flags the numbers belong to.
 
 Every configuration runs in a fresh child process (winclip.benchmarks.measure), so
 its cold start and peak memory are its own. Frames are real images.
@@ -41,19 +42,20 @@ def _csv(kind, choices=None):
 
 
 def machine() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on: the CPU model and ISA flags, cores, library versions."""
     import onnxruntime as ort
 
+    from winclip.runtime import cpu
+
+    this = cpu.current()
     info = {"machine": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
+            "onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
+            "cpu": this.model, "cpu_features": this.reported_flags, "int8_dot": this.int8_dot}
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-        info["cpu"] = model
-        info["cpu_features"] = sorted(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                                                  "amx_int8", "amx_bf16") if f in flags)
-    except (OSError, StopIteration):
+        import openvino
+
+        info["openvino"] = openvino.__version__.split("-")[0]
+    except ImportError:
         pass
     return info
 
@@ -157,11 +159,53 @@ def run_child(cfg: dict, work: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def engine_label(row: dict) -> str:
+    """A row's engine for the table: the backend when it is not ONNX Runtime, then the engine."""
+    backend = row.get("backend", "onnxruntime")
+    what = row.get("engine_label") or row["precision"]
+    return what if backend == "onnxruntime" else f"{backend} {what}"
+
+
+ANOMALIB_HOWTO = ("install it in a venv of its own (it brings torch): python3.11 -m venv av && "
+                  "av/bin/pip install anomalib open_clip_torch, then --anomalib-python av/bin/python")
+
+
+def anomalib_interpreter(python: Path | None) -> tuple[str | None, str]:
+    """The interpreter that has anomalib (and its version), or None and why the row is skipped."""
+    exe = str(python) if python else sys.executable
+    try:
+        proc = subprocess.run([exe, "-c", "import anomalib, torch; print(anomalib.__version__)"],
+                              capture_output=True, text=True, timeout=600)
+        ok = proc.returncode == 0
+    except OSError:
+        ok = False
+    if not ok:
+        note = f"skipped: anomalib is not installed for {exe}; {ANOMALIB_HOWTO}"
+        click.echo(f"warning: --compare-anomalib {note}", err=True)
+        return None, note
+    return exe, (f"anomalib {proc.stdout.strip()} (its fixed ViT-B-16+ backbone, torch, random weights), "
+                 f"timed in {exe}")
+
+
+def run_anomalib_child(python: str, cfg: dict, work: Path) -> dict:
+    """One anomalib configuration in its own interpreter (winclip.benchmarks.anomalib_child, run as a script)."""
+    path = work / f"anomalib-{cfg['batch']}-{cfg['shots']}.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([python, str(Path(__file__).with_name("anomalib_child.py")), str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def markdown(result: dict) -> str:
     peaks = result["gemm_peak_gflops"]
-    lines = [f"machine: {result['machine'].get('cpu', '')} ({result['machine']['machine']}, "
-             f"{result['machine']['cores']} cores, {' '.join(result['machine'].get('cpu_features', []))}); "
-             f"onnxruntime {result['machine']['onnxruntime']}",
+    m = result["machine"]
+    lines = [f"machine: {m.get('cpu', '')} ({m['machine']}, {m['cores']} cores, "
+             f"ISA: {' '.join(m.get('cpu_features', [])) or 'none known'}; int8 dot product: "
+             f"{m.get('int8_dot') or 'none'}); onnxruntime {m['onnxruntime']}"
+             + (f", openvino {m['openvino']}" if m.get("openvino") else ""),
              "GEMM peak, GFLOP/s: " + ", ".join(f"{k} {v}" for k, v in peaks.items() if k != "note"),
              f"frame FLOPs: {result['frame_gflop']:.1f} GFLOP; {result['frames']} timed frames per row after "
              f"{result['warmup']} warm-up", "",
@@ -170,23 +214,31 @@ def markdown(result: dict) -> str:
              "|" + "---|" * 18]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['precision']} | {r['provider']} | {r['batch']} | {r['shots']} | error: {r['error']} |")
+            lines.append(f"| {engine_label(r)} | {r['provider']} | {r['batch']} | {r['shots']} | error: {r['error']} |")
             continue
         st = r.get("stages_ms", {})
         fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"  # noqa: E731
         lines.append(
-            f"| {r['precision']} | {r['provider']} | {r['batch']} | {r['shots']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+            f"| {engine_label(r)} | {r['provider']} | {r['batch']} | {r['shots']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
             f"{r['fps']:.2f} | {fmt(st.get('preprocess'), '.1f')} | {fmt(st.get('engine'), '.0f')} | "
             f"{fmt(st.get('scoring'), '.1f')} | {fmt(st.get('upsample'), '.1f')} | {fmt(r.get('cold_start_s'), '.2f')} | "
             f"{r['peak_rss_mib']:.0f} | {fmt(r.get('engine_mib'), '.0f')} | {fmt(r.get('gflops'), '.0f')} | "
             f"{fmt(r.get('pct_of_peak'), '.0f')} | {fmt(r.get('speedup_vs_fp32'), '.2f')} | "
             f"{fmt(r.get('speedup_vs_torch'), '.2f')} |")
-    for t in result.get("torch", []):
-        if "error" in t:
-            lines.append(f"\ntorch reference (batch {t['batch']}, {t['shots']}-shot): error: {t['error']}")
-        else:
-            lines.append(f"\ntorch reference (batch {t['batch']}, {t['shots']}-shot): p50 {t['p50_ms']:.0f} ms, "
-                         f"p95 {t['p95_ms']:.0f} ms, peak RSS {t['peak_rss_mib']:.0f} MiB")
+    for kind, rows in (("torch reference", result.get("torch", [])), ("anomalib WinCLIP", result.get("anomalib", []))):
+        for t in rows:
+            if "error" in t:
+                lines.append(f"\n{kind} (batch {t['batch']}, {t['shots']}-shot): error: {t['error']}")
+            else:
+                lines.append(f"\n{kind} (batch {t['batch']}, {t['shots']}-shot): p50 {t['p50_ms']:.0f} ms, "
+                             f"p95 {t['p95_ms']:.0f} ms, peak RSS {t['peak_rss_mib']:.0f} MiB")
+    for a in result.get("anomalib", []):
+        faster = [f"{engine_label(r)} {r['speedup_vs_anomalib']:.2f}x" for r in result["rows"]
+                  if r.get("speedup_vs_anomalib") and (r["batch"], r["shots"]) == (a["batch"], a["shots"])]
+        if faster:
+            lines.append(f"against anomalib (batch {a['batch']}, {a['shots']}-shot): {', '.join(faster)}")
+    if result.get("anomalib_note"):
+        lines.append(f"\nanomalib WinCLIP: {result['anomalib_note']}")
     return "\n".join(lines)
 
 
@@ -195,7 +247,9 @@ def markdown(result: dict) -> str:
 @click.option("--precision", "precisions", default="fp32", callback=_csv(str, ("fp32", "int8", "fp16")),
               help="Engines to time, comma separated.")
 @click.option("--provider", "providers", default="cpu", callback=_csv(str, ("cpu", "cuda")),
-              help="ONNX Runtime providers, comma separated.")
+              help="Devices, comma separated (cpu for every backend; cuda for ONNX Runtime).")
+@click.option("--backend", "backends", default="onnxruntime", callback=_csv(str, ("onnxruntime", "openvino", "auto")),
+              help="Backends, comma separated: their rows side by side.")
 @click.option("--batch", "batches", default="1", callback=_csv(int), help="Frames per session call, comma separated.")
 @click.option("--shots", "shots", default="0,4", callback=_csv(int), help="0 = zero-shot; K = WinCLIP+ with K normals.")
 @click.option("--frames", type=Whole(1, 10_000), default=5, help="Timed batches per configuration.")
@@ -211,9 +265,15 @@ def markdown(result: dict) -> str:
               help="With --compare-torch: weights for the torch side. [default: random weights; speed does not depend on them]")
 @click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
               help="With --compare-torch: open_clip config JSON of a custom architecture; repeatable.")
+@click.option("--compare-anomalib", is_flag=True,
+              help="Also time anomalib's WinCLIP (torch; always ViT-B-16+, so compare a ViT-B-16+ bundle) on the "
+                   "same frames where it is installed: in this Python or in --anomalib-python; skipped with a "
+                   "message where it is not.")
+@click.option("--anomalib-python", type=click.Path(path_type=Path), default=None,
+              help="With --compare-anomalib: the Python of a venv that has anomalib. [default: this one]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write bench.json and bench.md here.")
-def main(bundle, precisions, providers, batches, shots, frames, warmup, threads, images, normal_dir, object_name,
-         compare_torch, checkpoint, model_configs, out):
+def main(bundle, precisions, providers, backends, batches, shots, frames, warmup, threads, images, normal_dir,
+         object_name, compare_torch, checkpoint, model_configs, compare_anomalib, anomalib_python, out):
     """Time BUNDLE's engines per frame and per stage, with cold start, memory and FLOP rate.
 
     Prints a markdown table; every ratio in it comes from this one run on this
@@ -234,8 +294,9 @@ def main(bundle, precisions, providers, batches, shots, frames, warmup, threads,
         if missing:
             raise BundleError(f"the bundle has no {', '.join(missing)} engine (it has {', '.join(b.manifest.precisions)}); "
                               f"add one with winclip-quantize {bundle} --precision {missing[0]} --images DIR")
-        for provider in providers:
-            choose_providers(provider)
+        if "onnxruntime" in backends:
+            for provider in providers:
+                choose_providers(provider)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from None
     if compare_torch:
@@ -270,15 +331,19 @@ def main(bundle, precisions, providers, batches, shots, frames, warmup, threads,
             "images": [str(p) for p in frame_paths], "normals": [str(p) for p in normal_paths],
             "object": object_name, "checkpoint": str(checkpoint) if checkpoint else None,
             "model_configs": [str(Path(c).resolve()) for c in model_configs]}
-    configs = list(product(precisions, providers, batches, shots))
+    configs = list(product(backends, precisions, providers, batches, shots))
     torch_configs = list(product(batches, shots)) if compare_torch else []
-    rows, torch_rows = [], []
-    with tqdm(total=len(configs) + len(torch_configs), unit="config", file=sys.stderr, disable=None) as bar:
-        for precision, provider, batch, k in configs:
-            bar.set_description(f"{precision} {provider} b{batch} {k}-shot")
-            r = run_child({**base, "engine": "runtime", "precision": precision, "provider": provider,
-                           "batch": batch, "shots": k}, work)
-            rows.append({"precision": precision, "provider": provider, "batch": batch, "shots": k, **r})
+    anomalib_python, anomalib_note = anomalib_interpreter(anomalib_python) if compare_anomalib else (None, None)
+    anomalib_configs = list(product(batches, shots)) if anomalib_python else []
+    rows, torch_rows, anomalib_rows = [], [], []
+    total = len(configs) + len(torch_configs) + len(anomalib_configs)
+    with tqdm(total=total, unit="config", file=sys.stderr, disable=None) as bar:
+        for backend, precision, provider, batch, k in configs:
+            bar.set_description(f"{backend} {precision} {provider} b{batch} {k}-shot")
+            r = run_child({**base, "engine": "runtime", "backend": backend, "precision": precision,
+                           "provider": provider, "batch": batch, "shots": k}, work)
+            rows.append({"backend": backend, "precision": precision, "provider": provider, "batch": batch,
+                         "shots": k, **r})
             bar.update()
         for batch, k in torch_configs:
             bar.set_description(f"torch b{batch} {k}-shot")
@@ -286,7 +351,12 @@ def main(bundle, precisions, providers, batches, shots, frames, warmup, threads,
                            "shots": k}, work)
             torch_rows.append({"batch": batch, "shots": k, **r})
             bar.update()
-    for r in [*rows, *torch_rows]:
+        for batch, k in anomalib_configs:
+            bar.set_description(f"anomalib b{batch} {k}-shot")
+            r = run_anomalib_child(anomalib_python, {**base, "batch": batch, "shots": k}, work)
+            anomalib_rows.append({"batch": batch, "shots": k, **r})
+            bar.update()
+    for r in [*rows, *torch_rows, *anomalib_rows]:
         if "error" not in r:
             r["p50_ms"], r["p95_ms"] = 1000 * r.pop("p50_s"), 1000 * r.pop("p95_s")
             if "stages_s" in r:
@@ -294,22 +364,27 @@ def main(bundle, precisions, providers, batches, shots, frames, warmup, threads,
     for r in rows:
         if "error" in r:
             continue
-        r["engine_mib"] = (Path(bundle) / r["engine_file"]).stat().st_size / 2**20
+        r["engine_mib"] = sum((Path(bundle) / f).stat().st_size for f in r.get("engine_files", [r["engine_file"]])) / 2**20
         r["gflops"] = flops / (r["stages_ms"]["engine"] / 1000) / 1e9
         # fp32: the best fp32 GEMM rate measured here (numpy's BLAS or ONNX Runtime's own MatMul, whichever is
         # faster on this CPU), so a percentage above 100 means the graph beat every GEMM we measured
         fp32_peak = max((v for k, v in peaks.items() if k.endswith("_fp32") and isinstance(v, float)), default=None)
         peak = peaks.get("onnxruntime_int8") if r["precision"] == "int8" else fp32_peak
         r["pct_of_peak"] = 100 * r["gflops"] / peak if peak and r["provider"] == "cpu" else None
-        fp32 = next((x for x in rows if x["precision"] == "fp32" and "error" not in x and
-                     (x["provider"], x["batch"], x["shots"]) == (r["provider"], r["batch"], r["shots"])), None)
+        same = [x for x in rows if x["precision"] == "fp32" and "error" not in x and
+                (x["provider"], x["batch"], x["shots"]) == (r["provider"], r["batch"], r["shots"])]
+        fp32 = next((x for x in same if x["backend"] == "onnxruntime"), same[0] if same else None)  # ORT fp32 first
         r["speedup_vs_fp32"] = fp32["p50_ms"] / r["p50_ms"] if fp32 else None
         t = next((x for x in torch_rows if "error" not in x and (x["batch"], x["shots"]) == (r["batch"], r["shots"])), None)
         r["speedup_vs_torch"] = t["p50_ms"] / r["p50_ms"] if t else None
+        a = next((x for x in anomalib_rows if "error" not in x and (x["batch"], x["shots"]) == (r["batch"], r["shots"])),
+                 None)
+        r["speedup_vs_anomalib"] = a["p50_ms"] / r["p50_ms"] if a else None
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "bundle": portable_path(bundle), "frame_gflop": flops / 1e9,
               "work_elimination": b.manifest.work_elimination, "gemm_peak_gflops": peaks, "frames": frames,
-              "warmup": warmup, "images": [portable_path(p) for p in frame_paths], "rows": rows, "torch": torch_rows}
+              "warmup": warmup, "images": [portable_path(p) for p in frame_paths], "rows": rows, "torch": torch_rows,
+              "anomalib": anomalib_rows, "anomalib_note": anomalib_note}
     table = markdown(result)
     click.echo(table)
     if out is not None:

@@ -2,7 +2,7 @@
 
     python -m winclip.benchmarks.measure CONFIG.json   ->  one JSON object on stdout
 
-CONFIG: {"engine": "runtime" | "torch", "bundle", "precision", "provider", "batch", "shots",
+CONFIG: {"engine": "runtime" | "torch", "bundle", "backend", "precision", "provider", "batch", "shots",
 "frames", "warmup", "threads", "images": [...], "normals": [...], "object", "checkpoint"}.
 """
 
@@ -39,7 +39,7 @@ def measure_runtime(cfg: dict) -> dict:
     normals = [read_image(p) for p in cfg["normals"][:cfg["shots"]]]
     object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]  # the same object as the torch side
     options = dict(object=object_name, provider=cfg["provider"], precision=cfg["precision"],
-                   threads=cfg.get("threads"))
+                   threads=cfg.get("threads"), backend=cfg.get("backend", "onnxruntime"))
     t0 = time.perf_counter()
     det = Detector.from_bundle(cfg["bundle"], **options)  # may write the optimised-graph cache
     det(images[0])
@@ -60,7 +60,8 @@ def measure_runtime(cfg: dict) -> dict:
         totals.append((time.perf_counter() - t) / len(batch))
         for name, ms in results[0].timings_ms.items():
             stages.setdefault(name, []).append(ms / 1000.0)
-    return {"engine_file": det.engine.file, "precision": det.engine.precision, "providers": det.providers,
+    return {"engine_file": det.engine.file, "engine_files": [ref.file for ref in det.engine.files()],
+            "engine_label": det.engine.label, "precision": det.engine.precision, "providers": det.providers,
             "first_start_s": first_start, "cold_start_s": cold_start, "frame_s": totals,
             "stages_s": {k: statistics.median(v) for k, v in stages.items()}}
 

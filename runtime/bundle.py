@@ -160,6 +160,12 @@ class Bundle:
         data = read_checked(self.root, engine.file, engine.sha256, self.verify_checksums)
         return data, hashlib.sha256(data).hexdigest()
 
+    def read_weights(self, engine: Engine) -> bytes | None:
+        """An OpenVINO IR engine's weights (.bin), checked against the manifest as read; None for ONNX."""
+        if engine.weights is None:
+            return None
+        return read_checked(self.root, engine.weights.file, engine.weights.sha256, self.verify_checksums)
+
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
     """Replace ROOT/manifest.json atomically (a reader sees the old or the new one, whole)."""

@@ -8,8 +8,13 @@ data: no file system access here (see bundle.py), no torch.
 
 Schema history: version 1 had one hard-wired graph ("graph" + a "files" table);
 version 2 lists engines (file, precision, sha256, how it was made, the checks
-that admitted it) and puts each file's checksum beside its name. Version-1
-manifests are read through `upgrade_v1`.
+that admitted it) and puts each file's checksum beside its name; version 3 adds
+an engine's format ("onnx", or "openvino-ir" with its .bin weights as a second
+checksummed file) and holds one engine per format and precision. A manifest is
+written with the lowest version that holds it (2 while every engine is ONNX, so
+older runtimes still read such bundles; 3 once an IR is added, so they refuse
+it by its version instead of misreading it). Version-1 manifests are read
+through `upgrade_v1`; version-2 engines are ONNX.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from winclip.runtime.defaults import PRECISIONS
 from winclip.runtime.geometry import uncovered_patches, window_count
 from winclip.runtime.validation import Node, SchemaError, plain_file_name
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3  # the newest this writes; see Manifest.schema_version
+READABLE_VERSIONS = (1, 2, 3)
 BUNDLE_FORMAT = "winclip-edge-bundle"
 MANIFEST_NAME = "manifest.json"
 FP32_ENGINE_FILE = "visual.onnx"
@@ -37,6 +42,13 @@ BATCH_AXIS = "batch"
 RESIZE_SQUASH = "squash"
 INTERPOLATION_BICUBIC = "bicubic"
 CHANNELS_RGB = "RGB"
+
+# engine formats: an ONNX graph, or an OpenVINO IR (.xml graph + .bin weights)
+FORMAT_ONNX = "onnx"
+FORMAT_OPENVINO_IR = "openvino-ir"
+ENGINE_FORMATS = (FORMAT_ONNX, FORMAT_OPENVINO_IR)
+ENGINE_SUFFIX = {FORMAT_ONNX: ".onnx", FORMAT_OPENVINO_IR: ".xml"}
+WEIGHTS_SUFFIX = ".bin"
 
 MAX_OBJECTS = 4096
 MAX_ENGINES = 8
@@ -64,8 +76,11 @@ def text_file_name(object_name: str) -> str:
     return f"{TEXT_DIR}/{slug}.npy"
 
 
-def engine_file_name(precision: str) -> str:
-    return FP32_ENGINE_FILE if precision == "fp32" else f"visual-{precision}.onnx"
+def engine_file_name(precision: str, engine_format: str = FORMAT_ONNX) -> str:
+    if precision == "fp32" and engine_format == FORMAT_ONNX:
+        return FP32_ENGINE_FILE
+    tag = "" if engine_format == FORMAT_ONNX else "-openvino"
+    return f"visual-{precision}{tag}{ENGINE_SUFFIX[engine_format]}"
 
 
 @dataclass(frozen=True)
@@ -91,18 +106,38 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class Engine:
-    """One ONNX graph of the bundle; every engine has the same inputs and outputs."""
+    """One engine of the bundle (an ONNX graph or an OpenVINO IR); every engine has the same inputs and outputs."""
 
     file: str
     precision: str
     sha256: str
-    made_by: dict  # tool, method, settings, source engine, versions, time
+    made_by: dict  # tool, method, settings, source engine, versions, the CPU it was made on, time
     verification: dict | None = None  # ONNX vs torch, for graphs written by the export
     guard: dict | None = None  # accuracy vs the fp32 engine, for derived engines
     accepted_degraded: bool = False  # added although its guard failed (--accept-degraded)
+    format: str = FORMAT_ONNX  # onnx | openvino-ir
+    weights: FileRef | None = None  # an IR's .bin: a second file, checksummed like the first
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What is unique among a bundle's engines: (format, precision)."""
+        return self.format, self.precision
+
+    @property
+    def label(self) -> str:
+        """For people: "int8", or "int8 openvino-ir" for a format other than ONNX."""
+        return self.precision if self.format == FORMAT_ONNX else f"{self.precision} {self.format}"
+
+    def files(self) -> list[FileRef]:
+        """The engine's files with their checksums: the graph, and an IR's weights."""
+        return [FileRef(self.file, self.sha256), *([self.weights] if self.weights else [])]
 
     def to_json(self) -> dict:
         out = {"file": self.file, "precision": self.precision, "sha256": self.sha256, "made_by": self.made_by}
+        if self.format != FORMAT_ONNX:
+            out["format"] = self.format
+        if self.weights is not None:
+            out["weights"] = {"file": self.weights.file, "sha256": self.weights.sha256}
         if self.verification is not None:
             out["verification"] = self.verification
         if self.guard is not None:
@@ -168,22 +203,33 @@ class Manifest:
 
     @property
     def precisions(self) -> list[str]:
-        return [e.precision for e in self.engines]
+        """The precisions the bundle has engines for, each once."""
+        return list(dict.fromkeys(e.precision for e in self.engines))
 
-    def engine(self, precision: str) -> Engine:
+    @property
+    def labels(self) -> list[str]:
+        """Every engine for people ("fp32", "int8", "int8 openvino-ir")."""
+        return [e.label for e in self.engines]
+
+    @property
+    def schema_version(self) -> int:
+        """The lowest schema version that holds this manifest (see the module's history)."""
+        return SCHEMA_VERSION if any(e.format != FORMAT_ONNX for e in self.engines) else 2
+
+    def engine(self, precision: str, engine_format: str = FORMAT_ONNX) -> Engine:
         for e in self.engines:
-            if e.precision == precision:
+            if e.key == (engine_format, precision):
                 return e
         raise KeyError(precision)
 
     def with_engine(self, engine: Engine) -> "Manifest":
-        """A copy with `engine` added, or replacing the engine of the same precision."""
-        kept = tuple(e for e in self.engines if e.precision != engine.precision)
+        """A copy with `engine` added, or replacing the engine of the same format and precision."""
+        kept = tuple(e for e in self.engines if e.key != engine.key)
         return replace(self, engines=(*kept, engine))
 
     def files(self) -> list[FileRef]:
         """Every file the manifest names, with its checksum."""
-        return [*(FileRef(e.file, e.sha256) for e in self.engines), *self.objects.values()]
+        return [*(ref for e in self.engines for ref in e.files()), *self.objects.values()]
 
     # ---- checks that hold for every manifest, however it was made
     def check(self) -> None:
@@ -203,8 +249,14 @@ class Manifest:
             raise SchemaError(f"field patch_features.layer is {self.patch_layer}, outside 1..{self.layers}")
         if not self.engines:
             raise SchemaError("the manifest lists no engines")
-        if len(set(self.precisions)) != len(self.precisions):
-            raise SchemaError(f"field engines lists a precision twice: {self.precisions}")
+        keys = [e.key for e in self.engines]
+        if len(set(keys)) != len(keys):
+            raise SchemaError(f"field engines lists a precision twice: {self.labels}")
+        for e in self.engines:
+            if (e.weights is None) != (e.format == FORMAT_ONNX):
+                raise SchemaError(f"engine {e.file}: an {e.format} engine "
+                                  + ("holds its weights inline, it names no weights file" if e.format == FORMAT_ONNX
+                                     else "needs its weights file (field weights)"))
         names = [f.file for f in self.files()]
         if len(set(names)) != len(names):
             raise SchemaError("two manifest entries name the same file")
@@ -216,7 +268,7 @@ class Manifest:
         p = self.preprocess
         return {
             "format": BUNDLE_FORMAT,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": self.schema_version,
             "created": self.created,
             "backbone": self.backbone,
             "preprocess": {"input_size": list(p.input_size), "resize": p.resize, "interpolation": p.interpolation,
@@ -249,7 +301,11 @@ class Manifest:
                               f"versions {', '.join(map(str, READABLE_VERSIONS))}); re-export the bundle")
         if version == 1:
             root = Node(upgrade_v1(root), "")
-        return _read_v2(root)
+        manifest = _read_v2(root)
+        if manifest.schema_version == SCHEMA_VERSION and version < SCHEMA_VERSION:
+            raise SchemaError(f"an engine of format {FORMAT_OPENVINO_IR} needs bundle schema version "
+                              f"{SCHEMA_VERSION}; the manifest says {version}")
+        return manifest
 
 
 def _read_v2(root: Node) -> Manifest:
@@ -311,6 +367,10 @@ def _read_v2(root: Node) -> Manifest:
 
 
 def _read_engine(node: Node) -> Engine:
+    weights = None
+    if node.raw("weights", None) is not None:
+        ref = node.node("weights")
+        weights = FileRef(ref.file("file"), ref.sha256("sha256"))
     return Engine(
         file=node.file("file"),
         precision=node.str("precision", choices=PRECISIONS),
@@ -319,6 +379,8 @@ def _read_engine(node: Node) -> Engine:
         verification=node.mapping("verification") if node.raw("verification", None) is not None else None,
         guard=node.mapping("guard") if node.raw("guard", None) is not None else None,
         accepted_degraded=node.bool("accepted_degraded", default=False),
+        format=node.str("format", default=FORMAT_ONNX, choices=ENGINE_FORMATS),
+        weights=weights,
     )
 
 
@@ -353,7 +415,7 @@ def upgrade_v1(root: Node) -> dict:
     objects = Node(text.get("objects"), "text.objects")
     text["objects"] = {name: ref(objects.str(name, max_len=1024), f"text.objects.{name}") for name in objects.data}
     data = {k: v for k, v in root.data.items() if k not in ("graph", "files", "verification")}
-    return {**data, "schema_version": SCHEMA_VERSION, "text": text, "engines": [engine],
+    return {**data, "schema_version": 2, "text": text, "engines": [engine],
             "io": {"inputs": graph.mapping("inputs"), "outputs": graph.mapping("outputs")}}
 
 

@@ -57,7 +57,7 @@ class Detector:
                  precision: str = "auto", threads: int | None = None, temperature: float | None = None,
                  threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
                  self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND,
-                 engine: str | None = None, wait_for_engine: bool = False):
+                 engine: str | None = None, wait_for_engine: bool = False, engine_sha256: str | None = None):
         """bundle: a loaded Bundle. object_name: whose text prototypes score (default: the bundle's only
         object). backend: a name of winclip.runtime.backends.BACKENDS; provider: the device it runs on
         (auto | cuda | cpu for onnxruntime); precision: auto | fp32 | fp16 | int8. threshold /
@@ -65,7 +65,8 @@ class Detector:
         temperature: overrides the manifest's. cache / cache_dir: the user's cache of optimised graphs
         and passed self-checks. engine: a served engine's address (triton://HOST:PORT/MODEL): the batch is
         run there by the backend its scheme names, scoring stays here; wait_for_engine: keep trying a
-        server that cannot be reached at start."""
+        server that cannot be reached at start. engine_sha256: run this engine where the bundle has it
+        (a profile's)."""
         self.bundle = bundle
         m = bundle.manifest
         if object_name is None:
@@ -78,7 +79,7 @@ class Detector:
             backend = backend_for_address(engine)
         self.backend: Backend = open_backend(bundle, backend, BackendOptions(
             device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir,
-            endpoint=engine, wait=wait_for_engine))
+            endpoint=engine, wait=wait_for_engine, engine_sha256=engine_sha256))
         self.engine = self.backend.engine
         self.output_names = m.output_names
         self.preprocess = Preprocessor(m.preprocess)
@@ -122,14 +123,13 @@ class Detector:
         if precision not in ("auto", engine.precision):
             raise ProfileError(f"the line profile {name} was made with the {engine.precision} engine "
                                f"{engine.file}, and runs only with it: drop --precision {precision}")
+        kwargs.setdefault("engine_sha256", engine.sha256)  # the very engine it was made with, whatever the backend
         if kwargs.get("threshold") is None:
             kwargs["threshold"] = profile.image_threshold
         if kwargs.get("pixel_threshold") is None:
             kwargs["pixel_threshold"] = profile.pixel_threshold
         detector = cls(bundle, object_name=profile.object_name, provider=provider, precision=engine.precision,
                        **kwargs)
-        if precision == "auto":
-            detector.backend.reason = "chosen by the line profile"
         try:
             detector.set_memory(profile.memory)
         except BundleError as exc:

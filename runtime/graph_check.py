@@ -12,7 +12,7 @@ GraphProto.initializer 5, TensorProto.data_location 14, ...).
 
 from __future__ import annotations
 
-from winclip.runtime.errors import WinclipError
+from winclip.runtime.errors import BundleError, WinclipError
 
 # message kind -> {field number: kind of the embedded message}
 _MODEL, _GRAPH, _NODE, _ATTR, _TENSOR, _SPARSE, _FUNCTION, _TRAINING = range(8)
@@ -95,3 +95,14 @@ def external_tensors(model: bytes) -> list[str]:
             if child is not None and wire == 2:
                 stack.append((value, child, depth + 1))
     return found
+
+
+def require_inline_weights(model: bytes, name: str) -> None:
+    """BundleError unless the ONNX graph is well formed and holds every tensor inline (any backend's rule)."""
+    try:
+        external = external_tensors(model)
+    except GraphFormatError as exc:
+        raise BundleError(f"{name} is not a well-formed ONNX model: {exc}") from None
+    if external:
+        raise BundleError(f"{name} points at external data for {len(external)} tensors "
+                          f"(e.g. {external[0]!r}); a bundle's graphs must hold their weights inline")

@@ -1,7 +1,7 @@
 """Adding an engine to a bundle: make it with a builder of the table, guard it against fp32, install it.
 
-The bundle changes in two atomic steps: the engine is written under a new name,
-then the manifest is replaced; a failure at any point leaves the bundle exactly
+The bundle changes in two atomic steps: the engine's files are written under
+new names, then the manifest is replaced; a failure at any point leaves the bundle exactly
 as it was. An engine that fails the accuracy guard is refused unless the user
 accepts a degraded one, which is recorded and warned about at every load.
 """
@@ -21,10 +21,11 @@ from winclip.calibration.engines import BUILDERS
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import load_frame_sets
 from winclip.calibration.engines.guard import GuardLimits, guard
+from winclip.runtime import cpu
 from winclip.runtime.atomic import remove_leftovers, write_atomic
-from winclip.runtime.backends import BackendOptions
+from winclip.runtime.backends import BackendOptions, backend_class
 from winclip.runtime.bundle import Bundle, write_manifest
-from winclip.runtime.contract import Engine, engine_file_name
+from winclip.runtime.contract import ENGINE_SUFFIX, WEIGHTS_SUFFIX, Engine, FileRef, engine_file_name
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import display_path
 from winclip.runtime.locks import writer_lock
@@ -36,21 +37,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["QuantizeError", "add_engine", "install_engine"]
 LOCK_NAME = ".winclip-write.lock"  # inside the bundle: quantize changes files in it, never the folder itself
-ENGINE_GLOB = "visual-*.onnx"  # how derived engines are named (contract.engine_file_name + a digest)
-
-
-def _need_tools():
-    try:
-        import onnx  # noqa: F401
-        from onnxruntime import quantization  # noqa: F401
-    except ImportError as exc:
-        raise QuantizeError(f"the quantization tools are missing ({exc.name}): "
-                            "pip install 'winclip-edge[quantize]'") from None
+ENGINE_GLOBS = ("visual-*.onnx", "visual-*.xml", "visual-*.bin")  # how derived engines are named
 
 
 def _versions() -> dict[str, str]:
     out = {}
-    for dist in ("winclip-edge", "onnxruntime", "onnxruntime-gpu", "onnx"):
+    for dist in ("winclip-edge", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "nncf"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -58,26 +50,30 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str):
-    """An ONNX Runtime backend over graph bytes, for the guard (no graph cache: a candidate is not installed yet)."""
-    from winclip.runtime.backends.onnxruntime import OnnxRuntimeBackend
+def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str, backend: str = "onnxruntime",
+                  weights: bytes | None = None):
+    """A backend of the table over an engine's bytes, for the guard (no cache: a candidate is not installed yet)."""
+    extra = {"weights": weights} if weights is not None else {}
+    return backend_class(backend).from_bytes(graph, engine, bundle.manifest,
+                                             BackendOptions(device=device, cache=False), **extra)
 
-    return OnnxRuntimeBackend.from_bytes(graph, engine, bundle.manifest, BackendOptions(device=device, cache=False))
 
-
-def add_engine(bundle_root: str | Path, precision: str, images: Path, *, object_name: str | None = None,
-               settings=None, holdout: int = 6, seed: int = 0, limits: GuardLimits = GuardLimits(),
-               accept_degraded: bool = False, force: bool = False) -> Engine:
+def add_engine(bundle_root: str | Path, precision: str, images: Path, *, backend: str = "onnxruntime",
+               object_name: str | None = None, settings=None, holdout: int = 6, seed: int = 0,
+               limits: GuardLimits = GuardLimits(), accept_degraded: bool = False, force: bool = False) -> Engine:
     """Make an engine of the builders' table from the bundle's fp32 engine, guard it on real frames, add it.
 
     images: a folder of the line's real frames (normal parts; defects welcome),
     split reproducibly (seed) into frames held out for the guard, one frame
     for the guard's few-shot memory and, where the builder calibrates,
-    calibration frames. settings: the builder's settings (default: its defaults).
+    calibration frames. backend: whose engine to make (the table's key with precision).
+    settings: the builder's settings (default: its defaults).
     """
-    _need_tools()
-    if precision not in BUILDERS:
-        raise QuantizeError(f"precision must be one of {', '.join(BUILDERS)}, got {precision!r}")
+    if (backend, precision) not in BUILDERS:
+        offered = ", ".join(f"--backend {b} --precision {p}" for b, p in BUILDERS)
+        raise QuantizeError(f"no builder makes a {precision} engine for {backend}; there are: {offered}")
+    builder = BUILDERS[backend, precision]
+    builder.check_tools()
     root = Path(bundle_root)
     if not root.is_dir():
         Bundle.load(root)  # its one-line refusal
@@ -85,22 +81,23 @@ def add_engine(bundle_root: str | Path, precision: str, images: Path, *, object_
         raise QuantizeError(f"the bundle {root} is read-only; nothing was changed")
     with writer_lock(root / LOCK_NAME, f"the bundle {root}"):
         try:
-            return _add_engine(root, BUILDERS[precision], precision, images, object_name, settings, holdout, seed,
+            return _add_engine(root, builder, backend, precision, images, object_name, settings, holdout, seed,
                                limits, accept_degraded, force)
         except OSError as exc:  # a full disk in the work folder, an unreadable frame folder: ours, in one line
             raise QuantizeError(f"making the {precision} engine failed: {exc.strerror or exc}; nothing was changed "
                                 f"in {root}") from None
 
 
-def _add_engine(root: Path, builder, precision: str, images: Path, object_name, settings, holdout: int, seed: int,
-                limits: GuardLimits, accept_degraded: bool, force: bool) -> Engine:
+def _add_engine(root: Path, builder, backend: str, precision: str, images: Path, object_name, settings, holdout: int,
+                seed: int, limits: GuardLimits, accept_degraded: bool, force: bool) -> Engine:
     settings = settings or builder.settings_type()
     bundle = Bundle.load(root)
     root = bundle.root
     m = bundle.manifest
     settings.check(m.layers)
-    if precision in m.precisions and not force:
-        raise QuantizeError(f"the bundle already has an {precision} engine; pass --force to replace it")
+    if any(e.key == (builder.format, precision) for e in m.engines) and not force:
+        label = Engine("", precision, "", {}, format=builder.format).label
+        raise QuantizeError(f"the bundle already has an {label} engine; pass --force to replace it")
     if holdout < 2:
         raise QuantizeError("the guard needs at least 2 held-out frames")
     fp32 = bundle.engine("fp32")
@@ -113,22 +110,25 @@ def _add_engine(root: Path, builder, precision: str, images: Path, object_name, 
         data, _ = bundle.read_engine(fp32)
         source = work / "fp32.onnx"
         source.write_bytes(data)
-        candidate = work / f"{precision}.onnx"
+        candidate = work / f"{precision}{ENGINE_SUFFIX[builder.format]}"
         how = builder.describe(settings)
-        log.info("making the %s engine%s", precision, f" ({how})" if how else "")
+        log.info("making the %s engine for %s%s", precision, backend, f" ({how})" if how else "")
         try:
-            builder.make(source, candidate, settings, sets, m.input_name)
+            notes = builder.make(source, candidate, settings, sets, m.input_name)
         except WinclipError:
             raise
         except Exception as exc:  # the tools raise many kinds; one line for the user
             raise QuantizeError(f"making the {precision} engine failed: {first_line(exc)}") from None
         made_s = time.perf_counter() - t0
         engine_bytes = candidate.read_bytes()
-    log.info("guarding it against fp32 on %d held-out frames (zero-shot and few-shot)", holdout)
+        weights_file = candidate.with_suffix(WEIGHTS_SUFFIX)
+        weights = weights_file.read_bytes() if weights_file.is_file() else None
+    log.info("guarding it against fp32 on %d held-out frames (zero-shot and few-shot) on %s", holdout, backend)
     key = MemoryKey(fp32.sha256, precision, object_name, tuple(m.scales), m.stride, m.patch_layer, m.patch_ln_post)
-    provisional = Engine(file=f"new {precision} engine", precision=precision, sha256="0" * 64, made_by={})
+    provisional = Engine(file=f"new {precision} engine", precision=precision, sha256="0" * 64, made_by={},
+                         format=builder.format, weights=FileRef("new weights", "0" * 64) if weights else None)
     report = guard(guard_backend(data, fp32, bundle, builder.guard_device),
-                   guard_backend(engine_bytes, provisional, bundle, builder.guard_device),
+                   guard_backend(engine_bytes, provisional, bundle, builder.guard_device, backend, weights),
                    scorer, sets.holdout, sets.memory, key, limits)
     del data
     report["object"] = object_name
@@ -136,39 +136,48 @@ def _add_engine(root: Path, builder, precision: str, images: Path, object_name, 
         raise QuantizeError(f"the {precision} engine failed its accuracy guard: {'; '.join(report['failures'])}; "
                             "the bundle is unchanged (--accept-degraded adds it anyway)")
     digest = hashlib.sha256(engine_bytes).hexdigest()
-    name = f"{engine_file_name(precision)[:-5]}-{digest[:12]}.onnx"  # a new name: readers never see a half-swap
-    made_by = {"tool": "winclip-quantize", "precision": precision, "source_sha256": fp32.sha256,
-               "settings": builder.record(settings),
+    stem, suffix = engine_file_name(precision, builder.format).rsplit(".", 1)
+    name = f"{stem}-{digest[:12]}.{suffix}"  # a new name: readers never see a half-swap
+    weights_ref = None
+    if weights is not None:
+        weights_ref = FileRef(f"{stem}-{digest[:12]}{WEIGHTS_SUFFIX}", hashlib.sha256(weights).hexdigest())
+    made_by = {"tool": "winclip-quantize", "backend": backend, "precision": precision, "source_sha256": fp32.sha256,
+               "settings": {**builder.record(settings), **(notes or {})}, "cpu": cpu.current().record(),
                "frames": {"folder": display_path(images), "seed": seed, "holdout": len(sets.holdout),
                           "calibration": len(sets.calibration), "skipped": len(sets.skipped)},
                "seconds": round(made_s, 1), "versions": _versions(),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     engine = Engine(file=name, precision=precision, sha256=digest, made_by=made_by, guard=report,
-                    accepted_degraded=not report["passed"])
-    install_engine(bundle, engine, engine_bytes)
+                    accepted_degraded=not report["passed"], format=builder.format, weights=weights_ref)
+    install_engine(bundle, engine, engine_bytes, weights)
     return engine
 
 
-def install_engine(bundle: Bundle, engine: Engine, data: bytes) -> None:
-    """Write the engine file, then the manifest that names it; drop the engine it replaces.
+def install_engine(bundle: Bundle, engine: Engine, data: bytes, weights: bytes | None = None) -> None:
+    """Write the engine's files, then the manifest that names them; drop the engine it replaces.
 
     Call under the bundle's writer lock. Engine files the manifest does not name are what a write killed
     between its two steps left behind: they are removed first, and said so.
     """
     root = bundle.root
     named = {ref.file for ref in bundle.manifest.files()}
-    orphans = [p.name for p in root.glob(ENGINE_GLOB) if p.name not in named]
+    orphans = [p.name for pattern in ENGINE_GLOBS for p in root.glob(pattern) if p.name not in named]
     remove_leftovers(root, [*orphans, ".tmp-*.part"], f"the bundle {root}")
-    old = next((e for e in bundle.manifest.engines if e.precision == engine.precision), None)
-    target = root / engine.file
+    old = next((e for e in bundle.manifest.engines if e.key == engine.key), None)
+    old_files = {ref.file for ref in old.files()} if old is not None else set()
+    writes = [(engine.file, data), *([(engine.weights.file, weights)] if engine.weights is not None else [])]
+    written = []
     try:
-        write_atomic(target, data, sync=True)
+        for name, content in writes:
+            write_atomic(root / name, content, sync=True)
+            written.append(name)
         write_manifest(root, bundle.manifest.with_engine(engine))
     except BaseException as exc:
-        if target.exists() and (old is None or old.file != engine.file):
-            target.unlink()
+        for name in written:
+            if name not in old_files:
+                (root / name).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise QuantizeError(f"cannot write into the bundle {root}: {exc.strerror or exc}; nothing was changed") from None
         raise
-    if old is not None and old.file != engine.file:
-        (root / old.file).unlink(missing_ok=True)
+    for name in old_files - {ref.file for ref in engine.files()}:
+        (root / name).unlink(missing_ok=True)

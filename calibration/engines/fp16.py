@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from winclip.calibration.engines.frames import FrameSets
+from winclip.calibration.engines.int8 import need_quantize_tools
+from winclip.runtime.contract import FORMAT_ONNX
 
 FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt")
 
@@ -31,9 +33,14 @@ def make_fp16(fp32_path: Path, out_path: Path) -> None:
 class Fp16Builder:
     """The table row for fp16: made for CUDA, guarded on CUDA where there is one."""
 
+    backend = "onnxruntime"
     precision = "fp16"
+    format = FORMAT_ONNX
     guard_device = "auto"
     settings_type = Fp16Settings
+
+    def check_tools(self) -> None:
+        need_quantize_tools()
 
     def calibration_frames(self, settings: Fp16Settings) -> int:
         return 0

@@ -3,16 +3,21 @@
 After their pre-processing (shape inference + graph optimisation; without it
 dynamic quantisation leaves weights in fp32): dynamic quantisation (the default:
 fastest here, needs no calibration) or static quantisation fed by the line's own
-frames through `CalibrationDataReader`.
+frames through `CalibrationDataReader`. Weights are full-range 8-bit where the
+CPU has an int8 dot-product instruction (VNNI, ARM dot-product) and 7-bit
+elsewhere, unless asked; the engine's record keeps the CPU it was made on.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import FrameSets, frame_reader
+from winclip.runtime import cpu
+from winclip.runtime.contract import FORMAT_ONNX
+from winclip.runtime.errors import MissingExtra
 
 QUANT_METHODS = ("dynamic", "static")
 QUANT_FORMATS = ("qoperator", "qdq")
@@ -27,7 +32,7 @@ class Int8Settings:
     quant_format: str = "qoperator"  # static only: qoperator | qdq
     quantize_attention: bool = False  # also the activation x activation MatMuls of attention
     fp32_blocks: tuple[int, ...] = ()  # transformer blocks (1-based) left in fp32
-    reduce_range: bool = True  # 7-bit weights: without VNNI, AVX2 u8 x s8 kernels saturate on 8-bit ones
+    reduce_range: bool | None = None  # 7-bit weights; None: only where the CPU has no int8 dot product (VNNI)
     calibration_frames: int = 8  # static only
 
     def check(self, layers: int) -> None:
@@ -39,6 +44,27 @@ class Int8Settings:
             raise QuantizeError("static quantization needs at least one calibration frame")
         if any(b > layers for b in self.fp32_blocks):
             raise QuantizeError(f"--fp32-blocks {list(self.fp32_blocks)}: the model has blocks 1..{layers}")
+
+
+def need_quantize_tools() -> None:
+    """MissingExtra unless ONNX Runtime's quantization tools (onnx, onnxruntime.quantization) import."""
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime import quantization  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra(f"the quantization tools are missing ({exc.name}): "
+                           "pip install 'winclip-edge[quantize]'") from None
+
+
+def for_this_cpu(settings: Int8Settings, machine: cpu.CpuInfo | None = None) -> Int8Settings:
+    """The settings with reduce_range decided: 7-bit weights unless the CPU has an int8 dot-product instruction.
+
+    Without one (AVX2 only) ONNX Runtime adds pairs of u8 x s8 products in a saturating
+    16-bit register: full-range weights lose the map there, 7-bit ones stay exact.
+    """
+    if settings.reduce_range is not None:
+        return settings
+    return replace(settings, reduce_range=(machine or cpu.current()).int8_dot is None)
 
 
 def _block_nodes(model, blocks: tuple[int, ...]) -> list[str]:
@@ -78,22 +104,30 @@ def make_int8(fp32_path: Path, out_path: Path, settings: Int8Settings, reader=No
 class Int8Builder:
     """The table row for int8: made for, and guarded on, the CPU provider."""
 
+    backend = "onnxruntime"
     precision = "int8"
+    format = FORMAT_ONNX
     guard_device = "cpu"
     settings_type = Int8Settings
+
+    def check_tools(self) -> None:
+        need_quantize_tools()
 
     def calibration_frames(self, settings: Int8Settings) -> int:
         return settings.calibration_frames if settings.method == "static" else 0
 
     def describe(self, settings: Int8Settings) -> str:
-        return f"{settings.method}, per-{'channel' if settings.per_channel else 'tensor'}"
+        settings, dot = for_this_cpu(settings), cpu.current().int8_dot
+        return (f"{settings.method}, per-{'channel' if settings.per_channel else 'tensor'}, "
+                f"{'7-bit' if settings.reduce_range else 'full-range'} weights "
+                f"(this CPU has {dot or 'no int8 dot product'})")
 
     def make(self, fp32: Path, out: Path, settings: Int8Settings, frames: FrameSets, input_name: str) -> None:
         reader = frame_reader(frames.calibration, input_name) if settings.method == "static" else None
-        make_int8(fp32, out, settings, reader)
+        make_int8(fp32, out, for_this_cpu(settings), reader)
 
     def record(self, settings: Int8Settings) -> dict:
-        return asdict(settings)
+        return asdict(for_this_cpu(settings))
 
 
 BUILDER = Int8Builder()

@@ -3,7 +3,9 @@
 `BACKENDS` maps a backend's name to the class that runs it, as an import path
 so that nothing is imported until a backend is chosen (`import winclip.runtime`
 pulls no inference library). A new backend is one module in this package (a
-`Backend` subclass, see base.py) and one row here.
+`Backend` subclass, see base.py) and one row here. The row "auto" is not a
+library: it measures the local backends on this machine and opens the fastest
+(auto.py).
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 from importlib import import_module
 
 from winclip.runtime.backends.base import Backend, BackendOptions
-from winclip.runtime.errors import BundleError
+from winclip.runtime.errors import BundleError, MissingExtra
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "winclip.runtime.backends.onnxruntime:OnnxRuntimeBackend",
     "triton": "winclip.runtime.backends.triton:TritonBackend",
+    "openvino": "winclip.runtime.backends.openvino:OpenVinoBackend",
+    "auto": "winclip.runtime.backends.auto:MeasuredChoice",
 }
 # what to install for each backend's library, named in the error when it is missing
 EXTRAS = {"onnxruntime": "pip install 'winclip-edge[cpu]' (or [gpu] on a CUDA box)",
-          "triton": "pip install 'winclip-edge[triton-client]'"}
+          "triton": "pip install 'winclip-edge[triton-client]'",
+          "openvino": "pip install 'winclip-edge[openvino]'"}
 DEFAULT_BACKEND = "onnxruntime"
 # a served engine's address scheme -> the backend that speaks to it (--engine triton://HOST:PORT/MODEL)
 SCHEMES: dict[str, str] = {"triton": "triton"}
@@ -28,14 +33,14 @@ __all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "backend_fo
 
 
 def backend_class(name: str) -> type[Backend]:
-    """The Backend subclass of a table row; BundleError for an unknown name or a missing library."""
+    """The Backend subclass of a table row; BundleError for an unknown name, MissingExtra for a missing library."""
     if name not in BACKENDS:
         raise BundleError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
     module, _, cls = BACKENDS[name].partition(":")
     try:
         return getattr(import_module(module), cls)
     except ImportError as exc:
-        raise BundleError(f"the {name} backend needs {exc.name}: {EXTRAS.get(name, 'see the docs')}") from None
+        raise MissingExtra(f"the {name} backend needs {exc.name}: {EXTRAS.get(name, 'see the docs')}") from None
 
 
 def backend_for_address(address: str) -> str:

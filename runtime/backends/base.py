@@ -10,6 +10,7 @@ the engine (`policy.py`), preprocessing and scoring stay outside, shared by all.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from winclip.runtime.contract import Engine, Manifest
+from winclip.runtime.contract import FORMAT_ONNX, Engine, Manifest
 from winclip.runtime.errors import BundleError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,16 +35,19 @@ class BackendOptions:
     cache_dir: Path | None = None  # default: $XDG_CACHE_HOME/winclip-edge
     endpoint: str | None = None  # a served engine's address (triton://HOST:PORT/MODEL), for a remote backend
     wait: bool = False  # a remote backend: keep trying a server that cannot be reached at start
+    engine_sha256: str | None = None  # run this engine where the bundle has it (a line profile's engine)
+    inference_precision: str | None = None  # OpenVINO: f32 | bf16 compute for an fp32 engine (default f32)
 
 
 class Backend(ABC):
     """One engine of a bundle, ready to run batches.
 
-    Subclasses set `name` (the table's key) and implement `open`, `device` and
-    `run`. `engine` is the manifest entry that runs and `reason` why it was chosen.
+    Subclasses set `name` (the table's key) and `formats` (the engine formats
+    they run) and implement `open`, `device` and `run`. `engine` is the manifest entry that runs and `reason` why it was chosen.
     """
 
     name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]] = (FORMAT_ONNX,)  # engine formats it runs, best first
 
     def __init__(self, engine: Engine, reason: str):
         self.engine = engine
@@ -67,7 +73,7 @@ class Backend(ABC):
 
     def describe(self) -> str:
         """One line for people: which engine, why, on what."""
-        return f"{self.engine.precision} engine ({self.reason}) on {self.device}"
+        return f"{self.engine.label} engine ({self.reason}) on {self.name} {self.device}"
 
     def close(self) -> None:
         """Free what the library holds (a no-op where the garbage collector does it)."""

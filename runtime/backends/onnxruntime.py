@@ -29,7 +29,7 @@ from winclip.runtime.cache import cache_path, prune_cache, touch
 from winclip.runtime.contract import Engine, Manifest
 from winclip.runtime.defaults import PROVIDERS
 from winclip.runtime.errors import BundleError, first_line
-from winclip.runtime.graph_check import GraphFormatError, external_tensors
+from winclip.runtime.graph_check import require_inline_weights
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -125,7 +125,8 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def _open_on(cls, bundle, options: BackendOptions, providers: list[str], note: str) -> "OnnxRuntimeBackend":
-        engine, reason = choose_engine(bundle.manifest, options.precision, "cuda" if providers[0] == CUDA else "cpu")
+        engine, reason = choose_engine(bundle.manifest, options.precision, "cuda" if providers[0] == CUDA else "cpu",
+                                       engine_sha256=options.engine_sha256)
         graph, sha256 = bundle.read_engine(engine)
         return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason + (f"; {note}" if note else ""),
                               sha256)
@@ -136,13 +137,7 @@ class OnnxRuntimeBackend(Backend):
                    ) -> "OnnxRuntimeBackend":
         """A backend over graph bytes (an engine of a bundle, or one being made and guarded)."""
         providers = providers or choose_providers(options.device)[0]
-        try:
-            external = external_tensors(graph)
-        except GraphFormatError as exc:
-            raise BundleError(f"{engine.file} is not a well-formed ONNX model: {exc}") from None
-        if external:
-            raise BundleError(f"{engine.file} points at external data for {len(external)} tensors "
-                              f"(e.g. {external[0]!r}); a bundle's graphs must hold their weights inline")
+        require_inline_weights(graph, engine.file)
         # Only the CPU provider's graph is cached, and only at the EXTENDED level: the
         # ALL level adds layout rewrites tuned to this CPU's vector width, which must
         # not follow the cache to another box. Loading the cached graph with ALL

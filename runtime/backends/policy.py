@@ -1,18 +1,26 @@
 """Which engine of a bundle runs where: the `--precision auto` policy, as a table, and whom it trusts.
 
-A precision asked for by name runs if the bundle has it (with a warning when
-its record does not vouch for it). `auto` walks the row of the device the
-backend runs on and takes the first precision whose engine is *vouched for*:
-made by this project's tools, and whose recorded accuracy guard passed limits
-at least as strict as today's defaults. Otherwise fp32, the engine the export
-verified against torch, and failing that the bundle's only engine.
+A backend offers the engine formats it can run, best first (ONNX Runtime: ONNX;
+OpenVINO: its IR, then ONNX), and the policy only ever picks among those. A
+precision asked for by name runs if the bundle has it (with a warning when its
+record does not vouch for it). `auto` walks the row of the device the backend
+runs on and takes the first precision whose engine is *vouched for* — made by
+this project's tools, with a recorded accuracy guard that passed limits at
+least as strict as today's defaults — and whose guard holds on this CPU.
+Otherwise fp32, the engine the export verified against torch, and failing that
+the bundle's only engine the backend runs.
+
+An int8 engine's guard holds for the kind of CPU it ran on: full-range weights
+made where the CPU has an int8 dot-product instruction (VNNI) can saturate on a
+CPU without one. Such an engine is warned about, and `auto` passes it over.
 """
 
 from __future__ import annotations
 
 import logging
 
-from winclip.runtime.contract import Engine, Manifest
+from winclip.runtime import cpu as cpus
+from winclip.runtime.contract import FORMAT_ONNX, Engine, Manifest
 from winclip.runtime.defaults import GUARD_LIMITS, PRECISIONS
 from winclip.runtime.errors import BundleError
 
@@ -77,25 +85,63 @@ def admitted(engine: Engine | None) -> bool:
     return engine is not None and distrust(engine) is None
 
 
-def choose_engine(manifest: Manifest, precision: str, device_kind: str) -> tuple[Engine, str]:
-    """The engine to run and why; BundleError when a precision asked for is unknown or absent."""
+def isa_problem(engine: Engine, cpu: cpus.CpuInfo) -> str | None:
+    """Why `engine`'s guard does not hold on `cpu`, or None: full-range int8 weights made on a CPU with an
+    int8 dot-product instruction, run on one without."""
+    made_on = (engine.made_by or {}).get("cpu") or {}
+    settings = (engine.made_by or {}).get("settings") or {}
+    if (engine.precision != "int8" or engine.format != FORMAT_ONNX or settings.get("reduce_range") is not False
+            or not made_on.get("int8_dot") or cpu.int8_dot):
+        return None
+    return (f"the int8 engine {engine.file} has full-range weights made on a CPU with {made_on['int8_dot']}, and "
+            f"this CPU ({cpu.model or cpu.machine}) has no int8 dot-product instruction: its products can "
+            "saturate here and its accuracy guard does not hold; re-run winclip-quantize on this machine "
+            "(it picks 7-bit weights without VNNI)")
+
+
+def choose_engine(manifest: Manifest, precision: str, device_kind: str, formats: tuple[str, ...] = (FORMAT_ONNX,),
+                  engine_sha256: str | None = None, cpu: cpus.CpuInfo | None = None) -> tuple[Engine, str]:
+    """The engine to run and why, among the engines of `formats` (a backend's, best first).
+
+    engine_sha256: run this very engine when the bundle has it (a line profile's). BundleError when
+    a precision asked for is unknown or absent, or no engine has a format the backend runs.
+    """
+    cpu = cpu or cpus.current()
+    runnable = sorted((e for e in manifest.engines if e.format in formats), key=lambda e: formats.index(e.format))
+    if not runnable:
+        raise BundleError(f"this bundle has no engine this backend can run (it runs {', '.join(formats)}; "
+                          f"the bundle has: {', '.join(manifest.labels)})")
+    pinned = next((e for e in runnable if engine_sha256 and e.sha256 == engine_sha256), None)
+    if pinned is not None:
+        _warn_isa(pinned, cpu)
+        return pinned, "chosen by the line profile"
     if precision != "auto":
         if precision not in PRECISIONS:
             raise BundleError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS)}")
-        try:
-            engine = manifest.engine(precision)
-        except KeyError:
-            raise BundleError(f"this bundle has no {precision} engine (it has: {', '.join(manifest.precisions)}); "
-                              f"add one with winclip-quantize BUNDLE --precision {precision}") from None
+        engine = next((e for e in runnable if e.precision == precision), None)
+        if engine is None:
+            elsewhere = " this backend runs" if precision in manifest.precisions else ""
+            raise BundleError(f"this bundle has no {precision} engine{elsewhere} (it has: {', '.join(manifest.labels)}); "
+                              f"add one with winclip-quantize BUNDLE --precision {precision}")
         problem = distrust(engine)
         if problem:
             log.warning("the %s engine of this bundle is not vouched for: %s; it runs because it was asked for "
                         "by name", precision, problem)
+        _warn_isa(engine, cpu)
         return engine, "asked for"
-    by_precision = {e.precision: e for e in manifest.engines}
     for wanted, why in AUTO_PRECISIONS.get(device_kind, ()):
-        if admitted(by_precision.get(wanted)):
-            return by_precision[wanted], f"auto: {why}"
-    if "fp32" in by_precision:
-        return by_precision["fp32"], "auto: fp32"
-    return manifest.engines[0], f"auto: the bundle's only engine ({manifest.engines[0].precision})"
+        for engine in (e for e in runnable if e.precision == wanted and admitted(e)):
+            problem = isa_problem(engine, cpu)
+            if problem is None:
+                return engine, f"auto: {why}"
+            log.warning("%s; auto passes it over", problem)
+    fp32 = next((e for e in runnable if e.precision == "fp32"), None)
+    if fp32 is not None:
+        return fp32, "auto: fp32"
+    return runnable[0], f"auto: the only engine this backend runs ({runnable[0].label})"
+
+
+def _warn_isa(engine: Engine, cpu: cpus.CpuInfo) -> None:
+    problem = isa_problem(engine, cpu)
+    if problem is not None:
+        log.warning("%s; running it as asked", problem)

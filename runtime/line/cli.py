@@ -82,8 +82,11 @@ def _sink_options(command):
               help="Image score in [0, 1] at or above which a part is anomalous.")
 @click.option("--pixel-threshold", type=float, default=None, callback=_threshold,
               help="Map value in [0, 1] at or above which pixels form defect regions (listed for anomalous frames).")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
-@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND, help="Inference backend.")
+@click.option("--provider", "--device", "provider", default="auto",
+              help=f"What the backend runs on: onnxruntime {'|'.join(PROVIDERS)}; openvino CPU|GPU|NPU "
+                   "(any device name OpenVINO has).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND,
+              help="Inference backend; auto times the installed ones on this machine once and remembers the fastest.")
 @click.option("--engine", "engine_address", default=None, metavar="URL",
               help="Run the bundle's engine on a server: triton://HOST[:PORT]/MODEL (winclip-serve or Triton, its "
                    "gRPC port); preprocessing and scoring (text, profile, thresholds) stay here. "

@@ -1,0 +1,100 @@
+"""What this CPU is: its model name and the instruction-set features our engines care about.
+
+int8 engines depend on the CPU they run on: with an int8 dot-product instruction
+(x86 AVX512-VNNI or AVX-VNNI, ARM's dot-product extension) u8 x s8 products add
+up exactly, so full-range 8-bit weights are both faster and closer to fp32;
+without one (AVX2 only) ONNX Runtime's kernels add pairs of products in a
+saturating 16-bit register and need 7-bit weights to stay exact. The answer is
+read once from /proc/cpuinfo (Linux) or sysctl (macOS); elsewhere the flags are
+unknown and the safe choice (7-bit weights) follows. Tests inject the text.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# the features every report names, where the CPU has them (x86 flags and ARM features alike)
+REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+                  "asimd", "asimddp", "i8mm", "sve", "bf16")
+# int8 dot-product instructions, best first: the name a provenance record keeps
+INT8_DOT_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "asimddp")
+# bf16 arithmetic the CPU does natively (OpenVINO's bf16 inference hint needs one)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+# macOS sysctl names -> the Linux flag they stand for
+MACOS_FEATURES = {"hw.optional.arm.FEAT_DotProd": "asimddp", "hw.optional.arm.FEAT_I8MM": "i8mm",
+                  "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.avx2_0": "avx2",
+                  "hw.optional.avx512f": "avx512f"}
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """A CPU's model name, architecture and feature flags (lower case, as Linux names them)."""
+
+    model: str
+    machine: str
+    flags: frozenset[str]
+
+    @property
+    def int8_dot(self) -> str | None:
+        """The int8 dot-product instruction this CPU has (e.g. "avx512_vnni"), or None."""
+        return next((f for f in INT8_DOT_FLAGS if f in self.flags), None)
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the CPU computes in bfloat16 natively."""
+        return any(f in self.flags for f in BF16_FLAGS)
+
+    @property
+    def reported_flags(self) -> list[str]:
+        """The flags of REPORTED_FLAGS this CPU has, in that order."""
+        return [f for f in REPORTED_FLAGS if f in self.flags]
+
+    def describe(self) -> str:
+        """One line for people and tables: model, architecture, the flags that matter."""
+        flags = " ".join(self.reported_flags) or "no SIMD flags known"
+        return f"{self.model or 'unknown CPU'} ({self.machine}; {flags})"
+
+    def record(self) -> dict:
+        """What an engine's provenance keeps of the CPU it was made on."""
+        return {"model": self.model, "machine": self.machine, "int8_dot": self.int8_dot,
+                "flags": self.reported_flags}
+
+
+def parse_cpuinfo(text: str, machine: str = "") -> CpuInfo:
+    """CpuInfo from /proc/cpuinfo text (x86 "flags" / ARM "Features" lines)."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not model:
+            model = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    return CpuInfo(model=model, machine=machine or platform.machine(), flags=frozenset(f.lower() for f in flags))
+
+
+def _macos() -> CpuInfo:
+    def sysctl(name: str) -> str:
+        try:
+            return subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    flags = {flag for name, flag in MACOS_FEATURES.items() if sysctl(name) == "1"}
+    return CpuInfo(sysctl("machdep.cpu.brand_string"), platform.machine(), frozenset(flags))
+
+
+@functools.lru_cache(maxsize=1)
+def current() -> CpuInfo:
+    """This machine's CPU, read once per process."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        return _macos()
+    return CpuInfo(platform.processor(), platform.machine(), frozenset())

@@ -1,0 +1,160 @@
+"""ISA-aware int8 and `--backend auto`: the CPU decides the weight range, auto measures once and remembers.
+
+The CPU is injected (`winclip.runtime.cpu.current`), never taken from the machine the tests run on.
+"""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, textile_images
+from winclip.calibration.engines.build import add_engine
+from winclip.calibration.engines.int8 import Int8Settings
+from winclip.runtime import Detector, cpu
+from winclip.runtime.backends import auto
+from winclip.runtime.bundle import Bundle
+
+VNNI_BOX = """processor : 0
+model name : Test EPYC with VNNI
+flags : fpu sse2 avx2 fma avx512f avx512_vnni avx_vnni avx512_bf16
+"""
+AVX2_BOX = """processor : 0
+model name : Test EPYC, AVX2 only
+flags : fpu sse2 avx2 fma
+"""
+ARM_BOX = """processor : 0
+BogoMIPS : 50.00
+Features : fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer : 0x41
+"""
+
+
+def as_cpu(monkeypatch, text, machine="x86_64"):
+    info = cpu.parse_cpuinfo(text, machine)
+    monkeypatch.setattr(cpu, "current", lambda: info)
+    return info
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("auto-line")
+    for kind in ("nominal", "local"):
+        for p in textile_images(kind, 5):
+            shutil.copy(p, folder / f"{kind}-{p.name}")
+    return folder
+
+
+def test_cpuinfo_is_read_for_int8_dot_product_and_bf16():
+    vnni, avx2, arm = (cpu.parse_cpuinfo(t, m) for t, m in ((VNNI_BOX, "x86_64"), (AVX2_BOX, "x86_64"),
+                                                             (ARM_BOX, "aarch64")))
+    assert vnni.int8_dot == "avx512_vnni" and vnni.bf16 and vnni.model == "Test EPYC with VNNI"
+    assert avx2.int8_dot is None and not avx2.bf16 and avx2.reported_flags == ["avx2", "fma"]
+    assert arm.int8_dot == "asimddp" and "asimddp" in arm.describe()
+    assert cpu.parse_cpuinfo("flags : avx2 avx_vnni\n").int8_dot == "avx_vnni"
+    assert cpu.current().machine  # the real machine reads without error
+
+
+def test_weight_range_follows_the_cpu_and_is_recorded(tiny_bundle, frames, tmp_path, monkeypatch):
+    made = {}
+    for name, text in (("vnni", VNNI_BOX), ("avx2", AVX2_BOX)):
+        as_cpu(monkeypatch, text)
+        copy = shutil.copytree(tiny_bundle, tmp_path / name)
+        made[name] = add_engine(copy, "int8", frames)
+    assert made["vnni"].made_by["settings"]["reduce_range"] is False  # full-range: exact and faster with VNNI
+    assert made["avx2"].made_by["settings"]["reduce_range"] is True  # 7-bit: AVX2 kernels saturate on 8-bit
+    assert made["vnni"].made_by["cpu"] == {"model": "Test EPYC with VNNI", "machine": "x86_64",
+                                           "int8_dot": "avx512_vnni",
+                                           "flags": ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
+                                                     "avx512_bf16"]}
+    assert made["avx2"].made_by["cpu"]["int8_dot"] is None
+    as_cpu(monkeypatch, VNNI_BOX)  # asked for, the range is kept whatever the CPU
+    forced = add_engine(shutil.copytree(tiny_bundle, tmp_path / "forced"), "int8", frames,
+                        settings=Int8Settings(reduce_range=True))
+    assert forced.made_by["settings"]["reduce_range"] is True
+    proc = run_cli("winclip-quantize", str(tmp_path / "forced"), "--precision", "int8", "--images", str(frames),
+                   "--full-range", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert Bundle.load(tmp_path / "forced").manifest.engine("int8").made_by["settings"]["reduce_range"] is False
+
+
+def test_a_vnni_engine_on_a_cpu_without_vnni_is_warned_about_and_still_correct(tiny_bundle, frames, tmp_path,
+                                                                               monkeypatch, caplog):
+    as_cpu(monkeypatch, VNNI_BOX)
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    add_engine(copy, "int8", frames)
+    frame = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    fp32 = Detector.from_bundle(copy, object="bottle", precision="fp32", cache=False)(frame)[0]
+    with caplog.at_level(logging.WARNING):
+        on_vnni = Detector.from_bundle(copy, object="bottle", cache=False)
+    assert on_vnni.engine.precision == "int8" and "VNNI" not in caplog.text
+    as_cpu(monkeypatch, AVX2_BOX)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        det = Detector.from_bundle(copy, object="bottle", cache=False)
+    assert det.engine.precision == "fp32"  # auto passes over an engine whose guard does not hold here
+    assert "made on a CPU with avx512_vnni" in caplog.text and "auto passes it over" in caplog.text
+    assert det(frame)[0].image_score == fp32.image_score
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        asked = Detector.from_bundle(copy, object="bottle", precision="int8", cache=False)
+    assert asked.engine.precision == "int8" and "running it as asked" in caplog.text
+    assert abs(asked(frame)[0].image_score - fp32.image_score) < 0.05
+
+
+def test_auto_times_each_candidate_once_and_remembers_the_fastest(tiny_bundle, frames, tmp_path, monkeypatch,
+                                                                 caplog):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    as_cpu(monkeypatch, VNNI_BOX)
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    add_engine(copy, "int8", frames)
+    cache = tmp_path / "cache"
+    timed = []
+    real_measure = auto.measure
+    monkeypatch.setattr(auto, "measure", lambda backend, batch: timed.append(backend.name) or real_measure(backend, batch))
+    with caplog.at_level(logging.INFO):
+        det = Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache)
+    # fp32 is not a candidate where a guarded int8 exists; the ONNX int8 engine runs on both backends
+    assert sorted(timed) == ["onnxruntime", "openvino"] and det.engine.precision == "int8"
+    assert "the fastest of 2 measured on this machine" in det.backend.reason and "timing 2 engines" in caplog.text
+    remembered = json.loads(next(cache.glob("auto-*.json")).read_text())
+    assert remembered["backend"] == det.backend.name and remembered["engine_sha256"] == det.engine.sha256
+    assert set(remembered["seconds"]) == {"onnxruntime int8", "openvino int8"}
+    timed.clear()
+    again = Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache)
+    assert timed == [] and again.backend.name == det.backend.name and "when measured" in again.backend.reason
+    frame = np.random.default_rng(1).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    assert np.isfinite(again(frame)[0].image_score)
+    as_cpu(monkeypatch, VNNI_BOX.replace("avx512_bf16", "amx_int8"))  # another CPU: measured again
+    Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache)
+    assert len(timed) == 2 and len(list(cache.glob("auto-*.json"))) == 2
+    timed.clear()  # --precision still forces a choice: fp32 on both backends
+    forced = Detector.from_bundle(copy, object="bottle", backend="auto", precision="fp32", cache_dir=cache)
+    assert forced.engine.precision == "fp32" and sorted(timed) == ["onnxruntime", "openvino"]
+
+
+def test_auto_with_one_candidate_does_not_measure(tiny_bundle, monkeypatch, tmp_path):
+    monkeypatch.setattr(auto, "MEASURED", {"onnxruntime": "onnxruntime"})
+    monkeypatch.setattr(auto, "measure", lambda backend, batch: pytest.fail("measured a single candidate"))
+    det = Detector.from_bundle(tiny_bundle, object="bottle", backend="auto", cache_dir=tmp_path)
+    assert det.backend.name == "onnxruntime" and "the only candidate here" in det.backend.reason
+    assert not list(tmp_path.glob("auto-*.json"))
+
+
+def test_inspect_takes_the_backend_and_device_from_the_command_line(tiny_bundle, frames, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    common = ("--source", str(frames), "--object", "bottle")
+    proc = run_cli("winclip-inspect", str(tiny_bundle), *common, "--out", str(tmp_path / "ov"),
+                   "--backend", "openvino", "--device", "CPU")
+    assert proc.returncode == 0, proc.stderr
+    assert "on openvino CPU" in proc.stderr and len((tmp_path / "ov" / "events.jsonl").read_text().splitlines()) == 10
+    proc = run_cli("winclip-inspect", str(tiny_bundle), *common, "--out", str(tmp_path / "tpu"),
+                   "--backend", "openvino", "--device", "TPU")
+    assert proc.returncode != 0 and "OpenVINO has no device 'TPU' here; it has: CPU" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("winclip-inspect", str(tiny_bundle), *common, "--out", str(tmp_path / "auto"), "--backend", "auto",
+                   env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "auto: the fastest of 2 measured on this machine" in proc.stderr  # fp32 on each backend

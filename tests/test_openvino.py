@@ -1,0 +1,243 @@
+"""The OpenVINO backend and its NNCF int8 engines, on the tiny model: made, guarded, stored, loaded, refused."""
+
+import hashlib
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, textile_images
+from winclip.runtime import Detector
+from winclip.runtime.backends import BackendOptions, backend_class, open_backend
+from winclip.runtime.bundle import Bundle
+from winclip.runtime.errors import BundleError, MissingExtra
+
+ov = pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+pytest.importorskip("nncf", reason="the openvino extra is not installed (pip install '.[openvino]')")
+
+
+def _frame(seed=0, shape=(70, 90, 3)):
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def _manifest(root):
+    return json.loads((root / "manifest.json").read_text())
+
+
+def _write_manifest(root, m):
+    (root / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def _rehash(root, m, name):
+    digest = hashlib.sha256((root / name).read_bytes()).hexdigest()
+    for e in m["engines"]:
+        if e["file"] == name:
+            e["sha256"] = digest
+        if (e.get("weights") or {}).get("file") == name:
+            e["weights"]["sha256"] = digest
+    _write_manifest(root, m)
+
+
+@pytest.fixture(scope="session")
+def line_images(tmp_path_factory):
+    """16 real frames: 6 held out for the guard, 1 for its memory, 8 to calibrate NNCF on, 1 spare."""
+    folder = tmp_path_factory.mktemp("ov-line")
+    for kind in ("nominal", "local"):
+        for p in textile_images(kind, 8):
+            shutil.copy(p, folder / f"{kind}-{p.name}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ir_bundle(tiny_bundle, line_images, tmp_path_factory):
+    """The tiny bundle with an NNCF int8 IR beside an ONNX Runtime int8 engine (made once per session)."""
+    root = tmp_path_factory.mktemp("ir") / "bundle"
+    shutil.copytree(tiny_bundle, root)
+    proc = run_cli("winclip-quantize", str(root), "--backend", "openvino", "--precision", "int8",
+                   "--images", str(line_images), "--keep-float", "attention", "--accept-degraded")
+    assert proc.returncode == 0, proc.stderr
+    assert "added visual-int8-openvino-" in proc.stdout and "| zero-shot |" in proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 1  # NNCF's progress bars stay off the result line
+    proc = run_cli("winclip-quantize", str(root), "--precision", "int8", "--images", str(line_images))
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+@pytest.fixture
+def ir_copy(ir_bundle, tmp_path):
+    return shutil.copytree(ir_bundle, tmp_path / "bundle")
+
+
+def test_openvino_runs_the_fp32_graph_as_onnxruntime_does(tiny_bundle, tmp_path):
+    frames = [_frame(0), _frame(1, (120, 60, 3))]
+    ort = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", precision="fp32", cache=False)
+    det = Detector.from_bundle(tiny_bundle, object="bottle", backend="openvino", provider="cpu", precision="fp32",
+                               cache_dir=tmp_path)
+    assert det.backend.name == "openvino" and det.backend.device == "CPU" and "f32 compute" in det.describe()
+    for a, b in zip(ort(frames), det(frames)):
+        # f32 compute: the same numbers to rounding (OpenVINO's CPU default would be bf16 on such CPUs)
+        # (measured: f32 2e-8 / 6e-8; bf16 5e-5 / 6e-4 on the tiny model)
+        assert abs(a.image_score - b.image_score) < 1e-5
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() < 1e-4
+    outputs, _ = det.embed(frames)
+    det.backend.check_outputs(outputs, det.bundle.manifest, 2)
+
+
+def test_the_int8_ir_is_stored_checked_and_chosen_by_backend(ir_bundle):
+    m = _manifest(ir_bundle)
+    assert m["schema_version"] == 3
+    ir = next(e for e in m["engines"] if e.get("format") == "openvino-ir")
+    assert ir["file"].endswith(".xml") and ir["weights"]["file"].endswith(".bin")
+    assert ir["weights"]["sha256"] == hashlib.sha256((ir_bundle / ir["weights"]["file"]).read_bytes()).hexdigest()
+    assert ir["made_by"]["backend"] == "openvino" and ir["made_by"]["settings"]["ignore"] == ["attention"]
+    assert ir["made_by"]["settings"]["float_matmuls"] > 0 and ir["made_by"]["cpu"]["flags"] is not None
+    assert set(ir["guard"]["embedding_cosine_min"]) == {"image_embedding", "window_embeddings_2",
+                                                       "window_embeddings_3", "patch_features"}
+    b = Bundle.load(ir_bundle)
+    assert b.manifest.labels == ["fp32", "int8 openvino-ir", "int8"] and b.manifest.precisions == ["fp32", "int8"]
+    frame = _frame(2)
+    on_ov = Detector.from_bundle(ir_bundle, object="bottle", backend="openvino", precision="int8", cache=False)
+    on_ort = Detector.from_bundle(ir_bundle, object="bottle", backend="onnxruntime", precision="int8", cache=False)
+    assert on_ov.engine.format == "openvino-ir" and on_ort.engine.format == "onnx"  # each runs its own format
+    fp32 = Detector.from_bundle(ir_bundle, object="bottle", precision="fp32", cache=False)(frame)[0]
+    for det in (on_ov, on_ort):
+        result = det(frame)[0]
+        assert abs(result.image_score - fp32.image_score) < 0.05
+
+
+def test_onnxruntime_is_never_offered_an_ir(ir_copy):
+    m = _manifest(ir_copy)
+    m["engines"] = [e for e in m["engines"] if e.get("format") == "openvino-ir" or e["precision"] == "fp32"]
+    _write_manifest(ir_copy, m)
+    det = Detector.from_bundle(ir_copy, object="bottle", backend="onnxruntime", cache=False)
+    assert det.engine.precision == "fp32"  # auto: the IR int8 is not for onnxruntime
+    with pytest.raises(BundleError, match="no int8 engine this backend runs .*int8 openvino-ir"):
+        Detector.from_bundle(ir_copy, object="bottle", backend="onnxruntime", precision="int8", cache=False)
+
+
+def test_ir_weights_are_checksummed_and_old_versions_refuse_an_ir(ir_copy):
+    m = _manifest(ir_copy)
+    ir = next(e for e in m["engines"] if e.get("format") == "openvino-ir")
+    weights = ir_copy / ir["weights"]["file"]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"checksum mismatch for bundle file {ir['weights']['file']}"):
+        Detector.from_bundle(ir_copy, object="bottle", backend="openvino", precision="int8", cache=False)
+    m["schema_version"] = 2
+    _write_manifest(ir_copy, m)
+    with pytest.raises(BundleError, match="needs bundle schema version 3"):
+        Bundle.load(ir_copy)
+    m["schema_version"] = 3
+    del ir["weights"]
+    _write_manifest(ir_copy, m)
+    with pytest.raises(BundleError, match="needs its weights file"):
+        Bundle.load(ir_copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda xml: xml.replace('version="opset1"', 'version="my_extension"', 1), "uses a custom operation"),
+    (lambda xml: '<?xml version="1.0"?>\n<!DOCTYPE net [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
+     + xml.split("\n", 1)[1], "declares XML entities"),
+    (lambda xml: "<model/>", "is not an OpenVINO IR"),
+])
+def test_an_ir_that_is_not_plain_openvino_is_refused(ir_copy, edit, message):
+    m = _manifest(ir_copy)
+    ir = next(e for e in m["engines"] if e.get("format") == "openvino-ir")
+    path = ir_copy / ir["file"]
+    path.write_text(edit(path.read_text()))
+    _rehash(ir_copy, m, ir["file"])
+    with pytest.raises(BundleError, match=message):
+        Detector.from_bundle(ir_copy, object="bottle", backend="openvino", precision="int8", cache=False)
+
+
+def test_a_device_openvino_does_not_have_is_refused_with_the_list(tiny_bundle):
+    with pytest.raises(BundleError, match=r"OpenVINO has no device 'TPU' here; it has: .*CPU"):
+        Detector.from_bundle(tiny_bundle, object="bottle", backend="openvino", provider="TPU", cache=False)
+    with pytest.raises(BundleError, match=r"OpenVINO does not drive CUDA.*CPU"):
+        Detector.from_bundle(tiny_bundle, object="bottle", backend="openvino", provider="cuda", cache=False)
+    if "NPU" not in ov.Core().available_devices:
+        with pytest.raises(BundleError, match=r"no device 'npu'.*it has: .*CPU"):
+            Detector.from_bundle(tiny_bundle, object="bottle", backend="openvino", provider="npu", cache=False)
+
+
+def test_bf16_compute_is_asked_for_and_refused_where_the_cpu_has_none(tiny_bundle, monkeypatch):
+    b = Bundle.load(tiny_bundle)
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        backend = open_backend(b, "openvino", BackendOptions(device="cpu", precision="fp32", cache=False,
+                                                              inference_precision="bf16"))
+        assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    monkeypatch.setattr(ov.Core, "get_property", lambda self, device, name: ["FP32", "INT8"])
+    with pytest.raises(BundleError, match="no bf16 arithmetic"):
+        open_backend(b, "openvino", BackendOptions(device="cpu", precision="fp32", cache=False,
+                                                    inference_precision="bf16"))
+
+
+def test_compiled_blobs_live_in_the_users_cache_and_a_stale_one_is_rebuilt(tiny_bundle, tmp_path):
+    cache = tmp_path / "cache"
+    other = cache / "openvino-2020.1.0"  # what an older OpenVINO left behind
+    other.mkdir(parents=True)
+    (other / "123.blob").write_bytes(b"old")
+    options = dict(object="bottle", backend="openvino", precision="fp32", cache_dir=cache, self_check=False)
+    frame = _frame(3)
+    first = Detector.from_bundle(tiny_bundle, **options)
+    assert not first.backend.loaded_from_cache and not other.exists()
+    blobs = list(cache.glob("openvino-*/*.blob"))
+    assert len(blobs) == 1 and not list(tiny_bundle.glob("*.blob"))
+    want = first(frame)[0].image_score
+    assert Detector.from_bundle(tiny_bundle, **options).backend.loaded_from_cache
+    # the blob as another OpenVINO release would have written it: its header names that version
+    version = ov.__version__.split("-")[0].encode()
+    blob = blobs[0]
+    blob.chmod(0o644)
+    data = blob.read_bytes()
+    assert version in data
+    blob.write_bytes(data.replace(version, b"2020.1.0"[:len(version)].ljust(len(version), b"0")))
+    stale = Detector.from_bundle(tiny_bundle, **options)
+    assert not stale.backend.loaded_from_cache and stale(frame)[0].image_score == pytest.approx(want, abs=1e-6)
+    assert Detector.from_bundle(tiny_bundle, **options).backend.loaded_from_cache  # rebuilt, then used
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:1000])  # a truncated blob (a full disk, a crash)
+    cut = Detector.from_bundle(tiny_bundle, **options)
+    assert not cut.backend.loaded_from_cache and cut(frame)[0].image_score == pytest.approx(want, abs=1e-6)
+
+
+def test_without_openvino_the_extra_names_itself(tiny_bundle, line_images, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` sees where it is not installed
+    monkeypatch.delitem(sys.modules, "winclip.runtime.backends.openvino", raising=False)
+    with pytest.raises(MissingExtra, match=r"openvino backend needs openvino: pip install 'winclip-edge\[openvino\]'"):
+        backend_class("openvino")
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    from winclip.calibration.engines.build import add_engine
+
+    with pytest.raises(MissingExtra, match=r"OpenVINO int8 engines need openvino: pip install 'winclip-edge\[openvino\]'"):
+        add_engine(copy, "int8", line_images, backend="openvino")
+    assert _manifest(copy) == _manifest(tiny_bundle)
+
+
+def test_quantize_openvino_bad_input_is_one_line(tiny_bundle_copy, line_images):
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--backend", "openvino", "--precision", "fp16",
+                   "--images", str(line_images))
+    assert proc.returncode != 0 and "no builder makes a fp16 engine for openvino" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--backend", "openvino", "--precision", "int8",
+                   "--images", str(line_images), "--keep-float", "everything")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--backend", "openvino", "--precision", "int8",
+                   "--images", str(line_images), "--smooth-quant-alpha", "1.5")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_an_onnx_graph_with_external_data_is_refused_by_openvino_too(tiny_bundle_copy, tmp_path, monkeypatch):
+    import onnx
+
+    graph = tiny_bundle_copy / "visual.onnx"
+    onnx.save_model(onnx.load(str(graph)), str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    _rehash(tiny_bundle_copy, _manifest(tiny_bundle_copy), "visual.onnx")
+    for cwd in (tmp_path, tiny_bundle_copy):  # whatever the working directory, weights.bin never loads
+        monkeypatch.chdir(cwd)
+        with pytest.raises(BundleError, match="visual.onnx points at external data"):
+            Detector.from_bundle(tiny_bundle_copy, object="bottle", backend="openvino", cache=False)
