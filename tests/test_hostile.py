@@ -257,6 +257,7 @@ def test_a_full_disk_while_quantizing_is_one_line(tiny_bundle_copy, tmp_path, mo
 
     from winclip.calibration.engines import build
     from winclip.calibration.engines.build import QuantizeError, add_engine
+    from winclip.calibration.engines.guard import GuardLimits
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -268,7 +269,8 @@ def test_a_full_disk_while_quantizing_is_one_line(tiny_bundle_copy, tmp_path, mo
 
     monkeypatch.setattr(build, "write_atomic", full)
     with pytest.raises(QuantizeError, match="File too large; nothing was changed"):
-        add_engine(tiny_bundle_copy, "int8", folder)
+        add_engine(tiny_bundle_copy, "int8", folder, limits=GuardLimits(map_pearson_median=0.0, map_pearson_min=0.0,
+                                                                         score_spearman=0.0, embedding_cosine_min=0.0))
     assert [e["precision"] for e in _manifest(tiny_bundle_copy)["engines"]] == ["fp32"]
 
 
