@@ -1,18 +1,27 @@
 """The ONNX Runtime backend: providers, session options, the optimised-graph cache, IO binding.
 
-The session is made from the engine's checked bytes, never from its path, so
-what was hashed is what runs; a graph that names external data is refused first
-(onnxruntime would resolve such a reference against the working directory).
-On the CPU provider the EXTENDED-level optimised graph is cached in the user's
-cache, keyed by the engine's sha256 and the onnxruntime version, so later starts
-skip the optimisation. On CUDA, IO binding copies the batch to the device once
-and the outputs straight back into host arrays.
+What runs is what was hashed: the session is made from a private copy of the
+engine written as it is streamed and checked (`Bundle.engine_copy`), or from
+checked bytes, never from the bundle's path; a graph that names external data is
+refused first (onnxruntime would resolve such a reference against the working
+directory). On the CPU provider the EXTENDED-level optimised graph is cached in
+the user's cache, keyed by the engine's sha256 and the onnxruntime version (a
+folder holding the graph and its weights beside it), so later starts only hash
+the engine and skip the optimisation. On CUDA, IO binding
+copies the batch to the device once and the outputs straight back into host arrays.
+
+Memory: no copy of the graph is held in this process while onnxruntime reads
+it, what onnxruntime frees while it makes the session goes back to the system
+(heap.py), and the session options below leave out the memory pattern's extra
+block and, for fp32, the pre-packed second copy of the weights (docs/speed.md
+has the numbers).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,7 +34,8 @@ from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import Engine, Manifest
 from winclip.runtime.defaults import PROVIDERS
 from winclip.runtime.errors import BundleError, first_line
-from winclip.runtime.graph_check import GraphFormatError, external_tensors
+from winclip.runtime.graph_check import GraphFormatError, external_tensors, external_tensors_in_file
+from winclip.runtime.heap import release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +57,31 @@ def choose_providers(provider: str) -> list[str]:
     return PROVIDER_LISTS[provider]
 
 
+# Pre-packing copies every weight into its kernel's own layout while the session is made, and
+# both copies live until the session is ready: it doubles the start-up peak. int8 kernels run
+# markedly faster with it; fp32 ones no faster, so fp32 skips it (benchmarks/bench_memory.py
+# --parts settings measures both in one run).
+PREPACK_WEIGHTS = {"fp32": False, "fp16": True, "int8": True}
+
+
 def session_options(threads: int | None, precision: str = "fp32", providers=(CPU,),
-                    level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
-    """Session options; threads None: all cores.
+                    level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, prepack: bool | None = None) -> ort.SessionOptions:
+    """Session options; threads None: all cores; prepack None: as PREPACK_WEIGHTS says for the precision.
 
     fp16 graphs on the CPU provider stop at the EXTENDED level: onnxruntime 1.32's
     CPU layout rewrites (ALL) crash the process on them (a segmentation fault at
-    session creation, seen on x86-64).
+    session creation, seen on x86-64). The memory pattern is off: it plans one
+    more block per input shape beside the arena (about 90 MB on ViT-B-16+ int8)
+    and saves no time per frame here.
     """
     options = ort.SessionOptions()
     if precision == "fp16" and providers[0] == CPU:
         level = min(level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, key=int)
     options.graph_optimization_level = level
     options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
+    options.enable_mem_pattern = False
+    if not (PREPACK_WEIGHTS.get(precision, True) if prepack is None else prepack):
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = int(threads)
     return options
@@ -82,8 +104,7 @@ class OnnxRuntimeBackend(Backend):
         engine, reason = choose_engine(bundle.manifest, options.precision, "cuda" if providers[0] == CUDA else "cpu")
         if options.device == "auto" and providers == [CPU]:
             reason += "; provider auto: this onnxruntime has no CUDA, so the CPU"
-        graph, sha256 = bundle.read_engine(engine)
-        backend = cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason, sha256)
+        backend = cls.from_engine_file(bundle, engine, options, providers, reason)
         if engine.accepted_degraded:
             failures = "; ".join((engine.guard or {}).get("failures") or []) or "no guard record"
             log.warning("the %s engine of this bundle FAILED its accuracy guard and was added with "
@@ -91,39 +112,40 @@ class OnnxRuntimeBackend(Backend):
         return backend
 
     @classmethod
+    def from_engine_file(cls, bundle, engine: Engine, options: BackendOptions, providers: list[str],
+                         reason: str = "") -> "OnnxRuntimeBackend":
+        """A backend over one engine of a bundle, without ever holding the graph's bytes.
+
+        With the optimised graph cached, the engine is hashed as it streams past and
+        the cached graph loads. Otherwise onnxruntime reads a private copy written as
+        the engine was hashed (in the cache folder, or the temporary folder without a
+        cache); where no copy can be written, it reads the checked bytes.
+        """
+        sha256 = bundle.hash_engine(engine)
+        cached = _cache_entry(sha256, options, providers)
+        session_opts = session_options(options.threads, engine.precision, providers)
+        session = _cached_session(cached, session_opts, providers)
+        if session is None:
+            try:
+                with bundle.engine_copy(engine, cached.parent if cached else Path(tempfile.gettempdir())) as (copy, got):
+                    if got != sha256:
+                        raise BundleError(f"{engine.file} changed while it was being read")
+                    session = _checked_session(copy, engine, session_opts, providers, cached)
+            except OSError:  # no room or no write access for a copy
+                graph, _ = bundle.read_engine(engine)
+                return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason, sha256)
+        check_graph_io(bundle.manifest, session, engine.file)
+        return cls(session, engine, reason)
+
+    @classmethod
     def from_bytes(cls, graph: bytes, engine: Engine, manifest: Manifest, options: BackendOptions = BackendOptions(),
                    providers: list[str] | None = None, reason: str = "", sha256: str | None = None,
                    ) -> "OnnxRuntimeBackend":
         """A backend over graph bytes (an engine of a bundle, or one being made and guarded)."""
         providers = providers or choose_providers(options.device)
-        try:
-            external = external_tensors(graph)
-        except GraphFormatError as exc:
-            raise BundleError(f"{engine.file} is not a well-formed ONNX model: {exc}") from None
-        if external:
-            raise BundleError(f"{engine.file} points at external data for {len(external)} tensors "
-                              f"(e.g. {external[0]!r}); a bundle's graphs must hold their weights inline")
-        # Only the CPU provider's graph is cached, and only at the EXTENDED level: the
-        # ALL level adds layout rewrites tuned to this CPU's vector width, which must
-        # not follow the cache to another box. Loading the cached graph with ALL
-        # redoes just those cheap rewrites.
         session_opts = session_options(options.threads, engine.precision, providers)
-        cached = None
-        if options.cache and providers == [CPU] and sha256 is not None:
-            cached = cache_path(f"{sha256}-ort{ort.__version__}.onnx", options.cache_dir)
-        if cached is not None and not cached.is_file():
-            _write_cache(graph, cached)
-        session = None
-        if cached is not None and cached.is_file():
-            try:
-                session = ort.InferenceSession(str(cached), session_opts, providers=providers)
-            except Exception:
-                cached.unlink(missing_ok=True)  # broken: rebuilt on the next start
-        if session is None:
-            try:
-                session = ort.InferenceSession(graph, session_opts, providers=providers)
-            except Exception as exc:
-                raise BundleError(f"onnxruntime cannot load {engine.file}: {first_line(exc)}") from None
+        cached = _cache_entry(sha256, options, providers) if sha256 is not None else None
+        session = _checked_session(graph, engine, session_opts, providers, cached)
         check_graph_io(manifest, session, engine.file)
         return cls(session, engine, reason)
 
@@ -149,22 +171,85 @@ class OnnxRuntimeBackend(Backend):
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: batch})))
 
 
-def _write_cache(graph: bytes, cached: Path) -> None:
+CACHED_GRAPH, CACHED_WEIGHTS = "graph.onnx", "graph.onnx.data"  # the files of a cache entry
+
+
+def _cache_entry(sha256: str, options: BackendOptions, providers: list[str]) -> Path | None:
+    """The cache folder of the engine with this sha256 (its optimised graph and weights); None without a cache.
+
+    Only the CPU provider's graph is cached, and only at the EXTENDED level: the
+    ALL level adds layout rewrites tuned to this CPU's vector width, which must
+    not follow the cache to another box. Loading the cached graph with ALL
+    redoes just those cheap rewrites.
+    """
+    if not options.cache or providers != [CPU]:
+        return None
+    return cache_path(f"{sha256}-ort{ort.__version__}", options.cache_dir)
+
+
+def _cached_session(entry: Path | None, session_opts, providers) -> ort.InferenceSession | None:
+    """A session over a cached optimised graph, or None when there is none (a broken entry is dropped)."""
+    if entry is None:
+        return None
+    if not (entry / CACHED_GRAPH).is_file():
+        shutil.rmtree(entry, ignore_errors=True)  # an entry with a part missing
+        return None
     try:
-        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=cached.parent)
+        session = ort.InferenceSession(str(entry / CACHED_GRAPH), session_opts, providers=providers)
+    except Exception:
+        shutil.rmtree(entry, ignore_errors=True)  # broken: rebuilt from the engine
+        return None
+    release_free_heap()
+    return session
+
+
+def _checked_session(graph: bytes | Path, engine: Engine, session_opts, providers,
+                     cached: Path | None) -> ort.InferenceSession:
+    """A session over checked graph bytes, or a private checked copy of them: refused if it names external
+    data; through the optimised-graph cache where there is one."""
+    try:
+        external = external_tensors_in_file(graph) if isinstance(graph, Path) else external_tensors(graph)
+    except GraphFormatError as exc:
+        raise BundleError(f"{engine.file} is not a well-formed ONNX model: {exc}") from None
+    if external:
+        raise BundleError(f"{engine.file} points at external data for {len(external)} tensors "
+                          f"(e.g. {external[0]!r}); a bundle's graphs must hold their weights inline")
+    if cached is not None:
+        _write_cache(graph, cached)
+        session = _cached_session(cached, session_opts, providers)
+        if session is not None:
+            return session
+    try:
+        session = ort.InferenceSession(str(graph) if isinstance(graph, Path) else graph, session_opts,
+                                       providers=providers)
+    except Exception as exc:
+        raise BundleError(f"onnxruntime cannot load {engine.file}: {first_line(exc)}") from None
+    release_free_heap()
+    return session
+
+
+def _write_cache(graph: bytes | Path, entry: Path) -> None:
+    """Write the EXTENDED-level optimised graph as the cache entry `entry`: in a temporary folder, renamed
+    into place whole (a concurrent start that got there first keeps its own, as good)."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     except OSError:
         return
-    os.close(fd)
-    options = session_options(None, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-    options.optimized_model_filepath = tmp
+    # this session only writes the optimised graph and never runs: no pre-packed copy of the weights
+    options = session_options(None, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, prepack=False)
+    options.optimized_model_filepath = str(tmp / CACHED_GRAPH)
+    # Weights go to a file beside the graph as they are written; written inline, the whole graph
+    # would be serialised in memory with them, a second copy of every weight at the peak.
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHED_WEIGHTS)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
-        ort.InferenceSession(graph, options, providers=[CPU])
-        os.replace(tmp, cached)
+        ort.InferenceSession(str(graph) if isinstance(graph, Path) else graph, options, providers=[CPU])
+        os.rename(tmp, entry)
     except Exception:
         pass  # the cache only saves start-up time; running without it is fine
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        release_free_heap()
 
 
 def check_graph_io(manifest: Manifest, session: ort.InferenceSession, name: str) -> None:
