@@ -350,7 +350,8 @@ def _child(kind: str, cfg: dict, env: dict, work: Path) -> dict:
 
 
 def _env(cache_home: Path, tree: Path | None = None) -> dict:
-    """The children's environment: their own cache folder; with a tree, the project imported from there."""
+    """The children's environment: their own cache folder; with a tree, the project imported from there
+    (all but this benchmark's own code, which measures it)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
     if tree is not None:
         shim = cache_home / "shim" / "winclip"
@@ -358,7 +359,7 @@ def _env(cache_home: Path, tree: Path | None = None) -> dict:
         for room in ("runtime", "calibration", "export", "benchmarks"):
             link = shim / room
             if not link.exists():
-                link.symlink_to(Path(tree).resolve() / room)
+                link.symlink_to(Path(__file__).resolve().parent if room == "benchmarks" else Path(tree).resolve() / room)
         env["PYTHONPATH"] = os.pathsep.join([str(shim.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -515,10 +516,13 @@ def main(bundle, precision, shots, frames, threads, images, normal, object_name,
                     vs_defaults=statistics.median(a / b for a, b in zip(ms, lat[first])))
         if "trace" in parts:
             result["traces"] = {}
-            cache = work / "cache-trace"
-            for name in ("empty", "warm"):  # the first start on a box, then every later one
-                click.echo(f"trace, {name} cache", err=True)
-                result["traces"][name] = _child("trace", {**cfg, "cache": "on", "cache_dir": None}, _env(cache), work)
+            trees = {"": None, **({f"baseline ({baseline_tree.name}), ": baseline_tree} if baseline_tree else {})}
+            for i, (label, tree) in enumerate(trees.items()):
+                env = _env(work / f"cache-trace-{i}", tree)
+                for name in ("empty", "warm"):  # the first start on a box, then every later one
+                    click.echo(f"trace, {label}{name} cache", err=True)
+                    result["traces"][label + name] = _child("trace", {**cfg, "cache": "on", "cache_dir": None}, env,
+                                                            work)
         if "inspect" in parts:
             frames_dir = _link_folder(frame_paths, work / "frames")
             normals_dir = _link_folder(normal_paths[:max(shots, 1)], work / "normals")

@@ -26,7 +26,7 @@ import click
 import cv2
 import numpy as np
 
-from winclip.benchmarks.rss import rss_mib, status
+from winclip.benchmarks.rss import rss_mib, status as proc_status
 
 SAMPLE_EVERY = 100  # frames
 WARMUP_FRAMES = 200  # allocator pools, ONNX Runtime arenas and caches fill up before this
@@ -149,7 +149,7 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
                         "warmup_frames": after_warmup["frames"], "last": samples[-1]["rss_mib"],
                         "max": max(s["rss_mib"] for s in samples),
                         "growth_after_warmup": round(samples[-1]["rss_mib"] - after_warmup["rss_mib"], 1),
-                        "peak": round(status()["VmHWM"], 1)},
+                        "peak": round(proc_status()["VmHWM"], 1)},
             "engine": detector.engine.file, "shots": shots}
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import read, textile_images
+from test_live_loop import BackendSpy
 from winclip.runtime import Detector
 from winclip.runtime.backends import BackendOptions, open_backend
 from winclip.runtime.bundle import Bundle
@@ -23,33 +24,21 @@ from winclip.runtime.contract import window_output_name
 from winclip.runtime.memory import FewShotMemory
 
 
-class OutputsSpy:
-    """Stands in for detector.backend: records each call's batch size and how many of the
-    window outputs earlier calls returned are still alive when the next call starts."""
+class OutputsSpy(BackendSpy):
+    """BackendSpy (batch sizes) that also counts, as each call starts, how many of the window
+    outputs earlier calls returned are still alive."""
 
     def __init__(self, detector):
-        self.detector, self.backend = detector, detector.backend
-        self.batch_sizes: list[int] = []
+        super().__init__(detector)
         self.alive_at_call: list[int] = []
         self._returned: list[weakref.ref] = []
 
-    def __enter__(self):
-        self.detector.backend = self
-        return self
-
-    def __exit__(self, *exc):
-        self.detector.backend = self.backend
-
     def run(self, batch):
         self.alive_at_call.append(sum(ref() is not None for ref in self._returned))
-        self.batch_sizes.append(batch.shape[0])
-        outputs = self.backend.run(batch)
+        outputs = super().run(batch)
         windows = [window_output_name(k) for k in self.detector.bundle.manifest.scales]
         self._returned += [weakref.ref(outputs[name]) for name in windows]
         return outputs
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
 
 
 @pytest.fixture(scope="module")
