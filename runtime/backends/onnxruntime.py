@@ -126,8 +126,9 @@ class OnnxRuntimeBackend(Backend):
         session_opts = session_options(options.threads, engine.precision, providers)
         session = _cached_session(cached, session_opts, providers)
         if session is None:
+            folder = cached.parent if cached else Path(tempfile.gettempdir())
             try:
-                with bundle.engine_copy(engine, cached.parent if cached else Path(tempfile.gettempdir())) as (copy, got):
+                with bundle.engine_copy(engine, folder) as (copy, got):
                     if got != sha256:
                         raise BundleError(f"{engine.file} changed while it was being read")
                     session = _checked_session(copy, engine, session_opts, providers, cached)
