@@ -239,7 +239,25 @@ def markdown(result: dict) -> str:
             lines.append(f"against anomalib (batch {a['batch']}, {a['shots']}-shot): {', '.join(faster)}")
     if result.get("anomalib_note"):
         lines.append(f"\nanomalib WinCLIP: {result['anomalib_note']}")
-    return "\n".join(lines)
+    return "\n".join(lines + stage_peak_lines(result["rows"]))
+
+
+def stage_peak_lines(rows: list[dict]) -> list[str]:
+    """Peak resident memory of each stage of every runtime configuration (each in a process of its own)."""
+    measured = [r for r in rows if r.get("peak_mib")]
+    if not measured:
+        return []
+    from winclip.benchmarks.measure import STAGES
+
+    stages = [stage for stage in STAGES if any(stage in r["peak_mib"] for r in measured)]
+    lines = ["", "peak resident memory per stage, MiB (the optimised-graph cache warm):", "",
+             "| engine | provider | batch | shots | " + " | ".join(stages) + " | whole run |",
+             "|" + "---|" * (len(stages) + 5)]
+    for r in measured:
+        cells = [f"{r['peak_mib'][s]:.0f}" if s in r["peak_mib"] else "-" for s in stages]
+        lines.append(f"| {r['precision']} | {r['provider']} | {r['batch']} | {r['shots']} | {' | '.join(cells)} | "
+                     f"{r['peak_rss_mib']:.0f} |")
+    return lines
 
 
 @click.command(cls=Command, context_settings=CONTEXT)

@@ -4,15 +4,24 @@
 
 CONFIG: {"engine": "runtime" | "torch", "bundle", "backend", "precision", "provider", "batch", "shots",
 "frames", "warmup", "threads", "images": [...], "normals": [...], "object", "checkpoint"}.
+A runtime configuration also gives the peak resident memory of each stage (load, first frame,
+memory build, steady state), its first start running in a process of its own before.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+
+from winclip.benchmarks.rss import StagePeaks
+
+STAGES = ("load", "first frame", "memory build", "steady state")  # the stages a runtime row gives a peak for
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -40,17 +49,17 @@ def measure_runtime(cfg: dict) -> dict:
     object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]  # the same object as the torch side
     options = dict(object=object_name, provider=cfg["provider"], precision=cfg["precision"],
                    threads=cfg.get("threads"), backend=cfg.get("backend", "onnxruntime"))
+    first_start_s = _first_start(cfg)  # may write the optimised-graph cache; the cache is warm after it
+    peaks = StagePeaks()
     t0 = time.perf_counter()
-    det = Detector.from_bundle(cfg["bundle"], **options)  # may write the optimised-graph cache
-    det(images[0])
-    first_start = time.perf_counter() - t0
-    del det
-    t0 = time.perf_counter()
-    det = Detector.from_bundle(cfg["bundle"], **options)  # the cache is warm now
+    det = Detector.from_bundle(cfg["bundle"], **options)
+    peaks.mark(STAGES[0])
     det(images[0])
     cold_start = time.perf_counter() - t0
+    peaks.mark(STAGES[1])
     if normals:
         det.build_memory(normals)
+        peaks.mark(STAGES[2])
     for batch in _batches(images, cfg["batch"], cfg["warmup"]):
         det(batch)
     totals, stages = [], {}
@@ -60,10 +69,37 @@ def measure_runtime(cfg: dict) -> dict:
         totals.append((time.perf_counter() - t) / len(batch))
         for name, ms in results[0].timings_ms.items():
             stages.setdefault(name, []).append(ms / 1000.0)
+    peaks.mark(STAGES[3])
     return {"engine_file": det.engine.file, "engine_files": [ref.file for ref in det.engine.files()],
             "engine_label": det.engine.label, "precision": det.engine.precision, "providers": det.providers,
-            "first_start_s": first_start, "cold_start_s": cold_start, "frame_s": totals,
-            "stages_s": {k: statistics.median(v) for k, v in stages.items()}}
+            "first_start_s": first_start_s, "cold_start_s": cold_start, "frame_s": totals,
+            "stages_s": {k: statistics.median(v) for k, v in stages.items()}, "peak_mib": peaks.peaks}
+
+
+def first_start(cfg: dict) -> float:
+    """Seconds from nothing to a first scored frame, the optimised-graph cache written on the way if it was not there."""
+    from winclip.runtime import Detector
+    from winclip.runtime.bundle import Bundle
+    from winclip.runtime.images import read_image
+
+    image = read_image(cfg["images"][0])
+    object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]
+    t0 = time.perf_counter()
+    Detector.from_bundle(cfg["bundle"], object=object_name, provider=cfg["provider"], precision=cfg["precision"],
+                         threads=cfg.get("threads"), backend=cfg.get("backend", "onnxruntime"))(image)
+    return time.perf_counter() - t0
+
+
+def _first_start(cfg: dict) -> float:
+    """first_start in a process of its own, so that the measured process's memory is only its own run's."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(cfg, fh)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "winclip.benchmarks.measure", "--first-start", fh.name],
+                              capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(fh.name)
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def measure_torch(cfg: dict) -> dict:
@@ -105,11 +141,16 @@ def summarize(raw: dict) -> dict:
     frame = raw.pop("frame_s")
     out = {**raw, "p50_s": statistics.median(frame), "p95_s": _percentile(frame, 0.95), "fps": 1.0 / statistics.median(frame),
            "timed_frames": len(frame)}
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # resetting VmHWM per stage also resets what getrusage reports: the run's peak is the highest of both
+    out["peak_rss_mib"] = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                               *raw.get("peak_mib", {}).values()])
     return out
 
 
 def main(argv: list[str]) -> int:
+    if argv[1] == "--first-start":
+        print(first_start(json.loads(open(argv[2], encoding="utf-8").read())))
+        return 0
     cfg = json.loads(open(argv[1], encoding="utf-8").read())
     raw = measure_torch(cfg) if cfg["engine"] == "torch" else measure_runtime(cfg)
     print(json.dumps(summarize(raw)))

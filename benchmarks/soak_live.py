@@ -8,7 +8,8 @@ cameras serve one, and scored by the same loop `winclip-inspect` runs:
 reader thread, newest-frame slot, one batch per round, a size-rotated event
 log, an overlay saved for every frame and the live page's preview. VmRSS from
 /proc/self/status is sampled every 100 frames; the table and the first,
-after-warm-up, last and highest values are printed.
+after-warm-up, last and highest values are printed, and the process's peak
+(VmHWM: start-up and memory build included).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import click
 import cv2
 import numpy as np
 
+from winclip.benchmarks.rss import rss_mib, status as proc_status
 from winclip.runtime.command import CONTEXT, Command, Finite, Whole
 
 SAMPLE_EVERY = 100  # frames
@@ -91,17 +93,9 @@ class MjpegServer:
             time.sleep(0.1)  # the handler threads see `stopping` and drop their clients
 
 
-def rss_mib() -> float:
-    """This process's resident memory now (VmRSS), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int | None = None,
-         object_name: str | None = None) -> dict:
-    """Run the loop for `frames` scored frames; RSS samples and the run's numbers."""
+         object_name: str | None = None, shots: int = 0) -> dict:
+    """Run the loop for `frames` scored frames (WinCLIP+ with `shots` normals); RSS samples and the run's numbers."""
     from winclip.calibration.evaluation.datasets import textile_images
     from winclip.runtime import Detector
     from winclip.runtime.line.events import LiveOverlayWriter
@@ -114,6 +108,8 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
     images = [cv2.imread(str(p)) for kind in ("nominal", "local") for p in textile_images(kind, 8)]
     server = MjpegServer(images, fps=fps).start()
     detector = Detector.from_bundle(bundle, object=object_name, provider="cpu", threads=threads, threshold=0.0)
+    if shots:
+        detector.build_memory(cv2.imread(str(p)) for p in textile_images("nominal", 8 + shots)[8:])
     samples: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="winclip-soak-") as tmp:
         specs = parse_sources([server.url])
@@ -153,7 +149,9 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
             "rss_mib": {"first": samples[0]["rss_mib"], "after_warmup": after_warmup["rss_mib"],
                         "warmup_frames": after_warmup["frames"], "last": samples[-1]["rss_mib"],
                         "max": max(s["rss_mib"] for s in samples),
-                        "growth_after_warmup": round(samples[-1]["rss_mib"] - after_warmup["rss_mib"], 1)}}
+                        "growth_after_warmup": round(samples[-1]["rss_mib"] - after_warmup["rss_mib"], 1),
+                        "peak": round(proc_status()["VmHWM"], 1)},
+            "engine": detector.engine.file, "shots": shots}
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
@@ -162,19 +160,22 @@ def soak(bundle: str | Path, frames: int = 2000, fps: float = 60.0, threads: int
 @click.option("--fps", type=Finite(1.0, 1000.0), default=60.0, help="Frame rate of the served stream.")
 @click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--object", "object_name", default=None, help="Object whose text embeddings to use.")
+@click.option("--shots", type=click.IntRange(min=0), default=0,
+              help="WinCLIP+ with this many normal textiles (not among the streamed ones) in the memory.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the results here.")
-def main(bundle, frames, fps, threads, object_name, json_out):
+def main(bundle, frames, fps, threads, object_name, shots, json_out):
     """Soak the live loop on BUNDLE and report resident memory every 100 frames."""
     from winclip.runtime.command import setup_logging
 
     setup_logging()
-    result = soak(bundle, frames, fps, threads, object_name)
+    result = soak(bundle, frames, fps, threads, object_name, shots)
     click.echo(f"{'frames':>7} {'seconds':>8} {'RSS MiB':>8} {'dropped':>8} {'fps':>7}")
     for s in result["samples"]:
         click.echo(f"{s['frames']:>7} {s['seconds']:>8.1f} {s['rss_mib']:>8.1f} {s['dropped']:>8} {s['fps']:>7.1f}")
     rss = result["rss_mib"]
     click.echo(f"RSS MiB: first {rss['first']}, after warm-up ({rss['warmup_frames']} frames) {rss['after_warmup']}, "
-               f"last {rss['last']}, max {rss['max']}; growth after warm-up {rss['growth_after_warmup']}")
+               f"last {rss['last']}, max {rss['max']}; growth after warm-up {rss['growth_after_warmup']}; "
+               f"process peak (VmHWM) {rss['peak']}")
     click.echo(f"{result['frames']} frames in {result['seconds']} s ({result['fps']} fps), "
                f"{result['dropped']} dropped, "
                f"{result['errors']} errors, {result['overlays']} overlays, {result['log_rotations']} log rotations; "

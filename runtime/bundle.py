@@ -12,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -23,6 +27,9 @@ from winclip.runtime.defaults import MAX_ENGINE_BYTES, MAX_TEXT_BYTES
 from winclip.runtime.errors import BundleError
 from winclip.runtime.files import FileRefused, read_regular
 from winclip.runtime.validation import SchemaError, plain_file_name, read_json
+
+STREAM_CHUNK = 1 << 20  # bytes of an engine held at a time while it is hashed or copied
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -65,6 +72,37 @@ def read_checked(root: Path, name: str, sha256: str, verify: bool = True, max_by
     return data
 
 
+def stream_checked(root: Path, name: str, sha256: str, verify: bool = True, out: BinaryIO | None = None) -> str:
+    """A bundle file's sha256, hashed chunk by chunk as it is read (and written to `out` when given).
+
+    One chunk is held at a time, so a large engine costs no memory of its own.
+    BundleError unless the bytes hash to `sha256` (when verifying).
+    """
+    path = resolve_inside(root, name)
+    digest = hashlib.sha256()
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise BundleError(f"bundle file missing: {name}") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle file {name}: {exc.strerror or exc}") from None
+    with fh:
+        while True:
+            try:
+                block = fh.read(STREAM_CHUNK)
+            except OSError as exc:
+                raise BundleError(f"cannot read bundle file {name}: {exc.strerror or exc}") from None
+            if not block:
+                break
+            digest.update(block)
+            if out is not None:
+                out.write(block)
+    actual = digest.hexdigest()
+    if verify and actual != sha256:
+        raise BundleError(f"checksum mismatch for bundle file {name}: the bundle is corrupt or was edited")
+    return actual
+
+
 def parse_npy(data: bytes, name: str, shape_check, dtypes=("float32", "float64", "float16")) -> np.ndarray:
     """An .npy array from bytes, header checked before any data is allocated; never unpickled."""
     buf = io.BytesIO(data)
@@ -92,7 +130,8 @@ class Bundle:
 
     Text prototypes are read once, here, from verified bytes. Engines are large
     and a box runs one of them: each is hashed when a session reads it
-    (`read_engine`), never trusted from an earlier check.
+    (`read_engine` for its bytes, `engine_copy` for a private checked copy to load
+    from, `hash_engine` for the hash alone), never trusted from an earlier check.
     """
 
     root: Path
@@ -154,6 +193,28 @@ class Bundle:
                 f"this bundle has no {precision} engine (it has: {', '.join(self.manifest.precisions)}); "
                 f"add one with: winclip-quantize {self.root} --precision {precision} --calibration DIR"
             ) from None
+
+    def hash_engine(self, engine: Engine) -> str:
+        """The engine file's sha256, streamed (nothing of it is kept) and checked against the manifest."""
+        return stream_checked(self.root, engine.file, engine.sha256, self.verify_checksums)
+
+    @contextmanager
+    def engine_copy(self, engine: Engine, folder: Path) -> Iterator[tuple[Path, str]]:
+        """A private copy of the engine (a new 0600 file in `folder`) and its sha256, removed on exit.
+
+        The copy is written as the engine is streamed and hashed, and refused unless
+        it matches the manifest: a library that reads a model from a path then runs
+        exactly the checked bytes (the copy is this process's own; the bundle's file
+        could change under it), and this process never holds the bytes whole.
+        OSError when the copy cannot be written.
+        """
+        fd, name = tempfile.mkstemp(prefix=".engine-", suffix=Path(engine.file).suffix, dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                sha256 = stream_checked(self.root, engine.file, engine.sha256, self.verify_checksums, out=out)
+            yield Path(name), sha256
+        finally:
+            Path(name).unlink(missing_ok=True)
 
     def read_engine(self, engine: Engine) -> tuple[bytes, str]:
         """The engine's bytes and their sha256, checked against the manifest as read."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,12 @@ def touch(path: Path) -> None:
 
 
 def prune_cache(folder: Path, keep: Path | None = None, limit: int | None = None) -> int:
-    """Delete the least recently used entries until the folder is within `limit`; never `keep`. Bytes freed."""
+    """Delete the least recently used entries (files, or folders such as an optimised graph with its weights)
+    until the folder is within `limit`; never `keep`. Bytes freed."""
     limit = cache_limit() if limit is None else limit
     try:
-        entries = [(e.stat().st_mtime, e.stat().st_size, Path(e.path)) for e in os.scandir(folder)
-                   if e.is_file(follow_symlinks=False)]
+        entries = [(e.stat(follow_symlinks=False).st_mtime, _size(Path(e.path)), Path(e.path))
+                   for e in os.scandir(folder) if not e.is_symlink()]
     except OSError:
         return 0
     total = sum(size for _, size, _ in entries)
@@ -67,7 +69,7 @@ def prune_cache(folder: Path, keep: Path | None = None, limit: int | None = None
         if keep is not None and path == keep:
             continue
         try:
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
             freed += size
         except OSError:
             pass
@@ -75,3 +77,10 @@ def prune_cache(folder: Path, keep: Path | None = None, limit: int | None = None
         log.info("the cache %s was over %.1f GB: removed %.0f MB of the entries used least recently",
                  folder, limit / 2**30, freed / 2**20)
     return freed
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -176,14 +177,19 @@ class Detector:
         t2 = time.perf_counter()
         return outputs, {"preprocess": t1 - t0, "engine": t2 - t1}
 
-    def build_memory(self, normal_frames, color_order: str = "bgr", batch_size: int = 4) -> FewShotMemory:
-        """Build and use the WinCLIP+ memory from K >= 1 normal frames."""
-        frames = list(normal_frames)
-        if not frames:
-            raise ValueError("a few-shot memory needs at least one normal image")
-        chunks = [self.embed(frames[i:i + batch_size], color_order)[0] for i in range(0, len(frames), batch_size)]
-        merged = {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
-        self.set_memory(FewShotMemory.from_outputs(merged, self.memory_key))
+    def build_memory(self, normal_frames, color_order: str = "bgr", batch_size: int = 1) -> FewShotMemory:
+        """Build and use the WinCLIP+ memory from K >= 1 normal frames (any iterable of them).
+
+        The frames go through the engine `batch_size` at a time and each batch is
+        reduced to the memory's unit vectors before the next one runs: the engine's
+        working memory stays that of one batch whatever K is (one frame by default;
+        on a CPU a larger batch is no faster per frame).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        frames = iter(normal_frames)
+        batches = (self.embed(batch, color_order)[0] for batch in iter(lambda: list(islice(frames, batch_size)), []))
+        self.set_memory(FewShotMemory.from_batches(batches, self.memory_key))
         return self.memory
 
     def set_memory(self, memory: FewShotMemory | None) -> None:

@@ -8,9 +8,16 @@ such a reference against the current working directory when a model is loaded
 from bytes: bytes that were never checksummed would run, depending on where the
 command was started. Field numbers are those of onnx.proto (ModelProto.graph 7,
 GraphProto.initializer 5, TensorProto.data_location 14, ...).
+
+The walk slices views of the buffer and copies nothing; a model file is walked
+through a read-only memory map, so checking a 450 MB graph costs no memory of
+its own (only the pages of the message headers it reads are touched).
 """
 
 from __future__ import annotations
+
+import mmap
+from pathlib import Path
 
 from winclip.runtime.errors import BundleError, WinclipError
 
@@ -97,12 +104,26 @@ def external_tensors(model: bytes) -> list[str]:
     return found
 
 
-def require_inline_weights(model: bytes, name: str) -> None:
-    """BundleError unless the ONNX graph is well formed and holds every tensor inline (any backend's rule)."""
+def require_inline_weights(model: bytes | Path, name: str) -> None:
+    """BundleError unless the ONNX graph (bytes, or a file walked through a memory map) is well formed and holds
+    every tensor inline (any backend's rule)."""
     try:
-        external = external_tensors(model)
+        external = external_tensors_in_file(model) if isinstance(model, Path) else external_tensors(model)
     except GraphFormatError as exc:
         raise BundleError(f"{name} is not a well-formed ONNX model: {exc}") from None
     if external:
         raise BundleError(f"{name} points at external data for {len(external)} tensors "
                           f"(e.g. {external[0]!r}); a bundle's graphs must hold their weights inline")
+
+
+def external_tensors_in_file(path: str | Path) -> list[str]:
+    """`external_tensors` of a model file, walked through a read-only memory map."""
+    with open(path, "rb") as fh:
+        if fh.seek(0, 2) == 0:
+            return external_tensors(b"")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            try:
+                return external_tensors(mapped)
+            except GraphFormatError as exc:
+                problem = str(exc)  # leaving this block frees the traceback's views, so the map can close
+    raise GraphFormatError(problem)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -79,12 +80,30 @@ class FewShotMemory:
     @classmethod
     def from_outputs(cls, outputs: dict[str, np.ndarray], key: MemoryKey) -> "FewShotMemory":
         """From the graph's raw outputs for K normal images."""
-        def pooled(name: str) -> np.ndarray:  # (K, N, D) -> (K * N, D)
-            x = unit_rows(outputs[name])
-            return np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+        return cls.from_batches([outputs], key)
 
-        return cls(windows={k: pooled(window_output_name(k)) for k in key.scales}, patches=pooled(PATCH_FEATURES),
-                   shots=int(outputs[IMAGE_EMBEDDING].shape[0]), key=key)
+    @classmethod
+    def from_batches(cls, batches: Iterable[dict[str, np.ndarray]], key: MemoryKey) -> "FewShotMemory":
+        """From the graph's raw outputs for K normal images, one batch of images after another.
+
+        Each batch is reduced to the unit vectors the scorer reads (windows of each
+        scale, patch features) and dropped before the next one is taken, so a lazy
+        iterable (a generator that runs the engine) never has two batches' raw
+        outputs alive at once. ValueError when there is no image.
+        """
+        names = {**{k: window_output_name(k) for k in key.scales}, PATCH_FEATURES: PATCH_FEATURES}
+        rows: dict = {part: [] for part in names}
+        shots = 0
+        for outputs in batches:
+            for part, name in names.items():
+                x = unit_rows(outputs[name])  # (B, N, D) -> (B * N, D)
+                rows[part].append(x.reshape(-1, x.shape[-1]))
+            shots += int(outputs[IMAGE_EMBEDDING].shape[0])
+            del outputs  # before the next batch is computed
+        if not shots:
+            raise ValueError("a few-shot memory needs at least one normal image")
+        pooled = {part: np.ascontiguousarray(np.concatenate(r) if len(r) > 1 else r[0]) for part, r in rows.items()}
+        return cls(windows={k: pooled[k] for k in key.scales}, patches=pooled[PATCH_FEATURES], shots=shots, key=key)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {**{f"windows_{k}": v for k, v in self.windows.items()}, "patches": self.patches}

@@ -23,12 +23,17 @@ def test_bench_writes_a_table_and_json(tiny_bundle, tmp_path):
         assert 0 < row["p50_ms"] <= row["p95_ms"] and row["fps"] > 0 and row["cold_start_s"] > 0
         assert set(row["stages_ms"]) == {"preprocess", "engine", "scoring", "upsample"}
         assert row["peak_rss_mib"] > 50 and row["engine_mib"] > 0 and row["gflops"] > 0
+        # peak resident memory per stage, each no higher than the run's
+        stages = ["load", "first frame", *(["memory build"] if row["shots"] else []), "steady state"]
+        assert list(row["peak_mib"]) == stages
+        assert all(50 < v <= row["peak_rss_mib"] for v in row["peak_mib"].values()), row["peak_mib"]
         assert row["speedup_vs_fp32"] == 1.0 and row["speedup_vs_torch"] > 0
     for row in result["torch"]:
         assert "error" not in row, row
         assert row["p50_ms"] > 0
     header = [line for line in proc.stdout.splitlines() if line.startswith("| engine |")]
-    assert len(header) == 1 and len([line for line in proc.stdout.splitlines() if line.startswith("| fp32 |")]) == 4
+    assert len(header) == 2 and header[1].endswith("| load | first frame | memory build | steady state | whole run |")
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("| fp32 |")]) == 4 + 4
 
 
 def test_bench_refuses_what_it_cannot_measure(tiny_bundle):

@@ -586,3 +586,4 @@ def test_resident_memory_stays_flat_over_a_soak(tiny_bundle):
     frame_kib = max(read(p).nbytes for kind in ("nominal", "local") for p in textile_images(kind, 8)) / 1024
     per_frame_kib = rss["growth_after_warmup"] * 1024 / (result["frames"] - rss["warmup_frames"])
     assert per_frame_kib < frame_kib / 8, (per_frame_kib, frame_kib, result["samples"])
+    assert rss["peak"] >= rss["max"]  # the process's peak, start-up included

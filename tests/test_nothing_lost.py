@@ -231,8 +231,13 @@ def test_the_graph_cache_is_bounded_least_recently_used_first(tmp_path):
         path = tmp_path / f"graph-{i}.onnx"
         path.write_bytes(b"x" * 1000)
         os.utime(path, (now - 100 + i, now - 100 + i))  # graph-0 used longest ago
+    entry = tmp_path / "engine-5-ort"  # a cache entry may be a folder (an optimised graph with its weights)
+    entry.mkdir()
+    (entry / "graph.onnx").write_bytes(b"x" * 400)
+    (entry / "graph.onnx.data").write_bytes(b"x" * 600)
+    os.utime(entry, (now - 200, now - 200))  # used before all the others
     keep = tmp_path / "graph-0.onnx"
-    assert prune_cache(tmp_path, keep=keep, limit=2500) == 3000
+    assert prune_cache(tmp_path, keep=keep, limit=2500) == 4000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["graph-0.onnx", "graph-4.onnx"]
 
 

@@ -134,8 +134,9 @@ def test_optimised_graph_is_cached_for_the_next_start(tiny_bundle_copy, tmp_path
     cache = tmp_path / "cache"
     before = sorted(p.relative_to(tiny_bundle_copy) for p in tiny_bundle_copy.rglob("*"))
     Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
-    cached = list(cache.glob("*.onnx"))
+    cached = list(cache.glob("*/graph.onnx"))  # a folder per engine: the graph, its weights beside it
     assert len(cached) == 1 and cached[0].stat().st_size > 0
+    assert sorted(p.name for p in cached[0].parent.iterdir()) == ["graph.onnx", "graph.onnx.data"]
     # the cache is the user's, never the bundle's: nothing is written into the bundle
     assert sorted(p.relative_to(tiny_bundle_copy) for p in tiny_bundle_copy.rglob("*")) == before
     inode, content = cached[0].stat().st_ino, cached[0].read_bytes()
@@ -145,15 +146,17 @@ def test_optimised_graph_is_cached_for_the_next_start(tiny_bundle_copy, tmp_path
     # --no-cache's path: neither read nor written
     cached[0].unlink()
     Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False, cache_dir=cache)
-    assert not list(cache.glob("*.onnx"))
+    assert not list(cache.glob("*/graph.onnx"))
+    # an entry with a part missing is replaced
     Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
-    cached = list(cache.glob("*.onnx"))
-    # a broken cache file is dropped, the checked graph runs, the next start rebuilds it
+    cached = list(cache.glob("*/graph.onnx"))
+    assert len(cached) == 1
+    # a broken cache file is dropped, the checked graph runs, and the entry is rebuilt
     cached[0].write_bytes(b"garbage")
     det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
     assert det(np.zeros((90, 90, 3), np.uint8))[0].anomaly_map.shape == (90, 90)
-    Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache_dir=cache)
     assert cached[0].stat().st_size > 100
+    assert not list(cache.glob(".*"))  # no temporary copy or half-written entry left behind
 
 
 def test_graph_with_external_data_is_refused(tiny_bundle_copy, tmp_path, monkeypatch):

@@ -1,12 +1,20 @@
 """The ONNX Runtime backend: providers, session options, the optimised-graph cache, IO binding.
 
-The session is made from the engine's checked bytes, never from its path, so
-what was hashed is what runs; a graph that names external data is refused first
-(onnxruntime would resolve such a reference against the working directory).
-On the CPU provider the EXTENDED-level optimised graph is cached in the user's
-cache, keyed by the engine's sha256 and the onnxruntime version, so later starts
-skip the optimisation. On CUDA, IO binding copies the batch to the device once
-and the outputs straight back into host arrays.
+What runs is what was hashed: the session is made from a private copy of the
+engine written as it is streamed and checked (`Bundle.engine_copy`), or from
+checked bytes, never from the bundle's path; a graph that names external data is
+refused first (onnxruntime would resolve such a reference against the working
+directory). On the CPU provider the EXTENDED-level optimised graph is cached in
+the user's cache, keyed by the engine's sha256 and the onnxruntime version (a
+folder holding the graph and its weights beside it), so later starts only hash
+the engine and skip the optimisation. On CUDA, IO binding
+copies the batch to the device once and the outputs straight back into host arrays.
+
+Memory: no copy of the graph is held in this process while onnxruntime reads
+it, what onnxruntime frees while it makes the session goes back to the system
+(heap.py), and the session options below leave out the memory pattern's extra
+block and, for fp32, the pre-packed second copy of the weights (docs/speed.md
+has the numbers).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import functools
 import io
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +39,7 @@ from winclip.runtime.contract import Engine, Manifest
 from winclip.runtime.defaults import PROVIDERS
 from winclip.runtime.errors import BundleError, first_line
 from winclip.runtime.graph_check import require_inline_weights
+from winclip.runtime.heap import release_free_heap
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -84,19 +94,31 @@ def cuda_libraries_problem() -> str | None:
     return None
 
 
+# Pre-packing copies every weight into its kernel's own layout while the session is made, and
+# both copies live until the session is ready: it doubles the start-up peak. int8 kernels run
+# markedly faster with it; fp32 ones no faster, so fp32 skips it (benchmarks/bench_memory.py
+# --parts settings measures both in one run).
+PREPACK_WEIGHTS = {"fp32": False, "fp16": True, "int8": True}
+
+
 def session_options(threads: int | None, precision: str = "fp32", providers=(CPU,),
-                    level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
-    """Session options; threads None: all cores.
+                    level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, prepack: bool | None = None) -> ort.SessionOptions:
+    """Session options; threads None: all cores; prepack None: as PREPACK_WEIGHTS says for the precision.
 
     fp16 graphs on the CPU provider stop at the EXTENDED level: onnxruntime 1.32's
     CPU layout rewrites (ALL) crash the process on them (a segmentation fault at
-    session creation, seen on x86-64).
+    session creation, seen on x86-64). The memory pattern is off: it plans one
+    more block per input shape beside the arena (about 90 MB on ViT-B-16+ int8)
+    and saves no time per frame here.
     """
     options = ort.SessionOptions()
     if precision == "fp16" and providers[0] == CPU:
         level = min(level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, key=int)
     options.graph_optimization_level = level
     options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
+    options.enable_mem_pattern = False
+    if not (PREPACK_WEIGHTS.get(precision, True) if prepack is None else prepack):
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = int(threads)
     return options
@@ -127,9 +149,35 @@ class OnnxRuntimeBackend(Backend):
     def _open_on(cls, bundle, options: BackendOptions, providers: list[str], note: str) -> "OnnxRuntimeBackend":
         engine, reason = choose_engine(bundle.manifest, options.precision, "cuda" if providers[0] == CUDA else "cpu",
                                        engine_sha256=options.engine_sha256)
-        graph, sha256 = bundle.read_engine(engine)
-        return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason + (f"; {note}" if note else ""),
-                              sha256)
+        return cls.from_engine_file(bundle, engine, options, providers, reason + (f"; {note}" if note else ""))
+
+    @classmethod
+    def from_engine_file(cls, bundle, engine: Engine, options: BackendOptions, providers: list[str],
+                         reason: str = "") -> "OnnxRuntimeBackend":
+        """A backend over one engine of a bundle, without ever holding the graph's bytes.
+
+        With the optimised graph cached, the engine is hashed as it streams past and
+        the cached graph loads. Otherwise onnxruntime reads a private copy written as
+        the engine was hashed (in the cache folder, or the temporary folder without a
+        cache); where no copy can be written, it reads the checked bytes.
+        """
+        sha256 = bundle.hash_engine(engine)
+        cached = _cache_entry(sha256, options, providers)
+        session_opts = session_options(options.threads, engine.precision, providers)
+        session = _cached_session(cached, session_opts, providers)
+        if session is None:
+            folder = cached.parent if cached else Path(tempfile.gettempdir())
+            try:
+                with bundle.engine_copy(engine, folder) as (copy, got):
+                    if got != sha256:
+                        raise BundleError(f"{engine.file} changed while it was being read")
+                    session = _checked_session(copy, engine, session_opts, providers, cached)
+            except OSError:  # no room or no write access for a copy
+                graph, _ = bundle.read_engine(engine)
+                return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason, sha256)
+        check_graph_io(bundle.manifest, session, engine.file)
+        _check_provider(session, providers, engine)
+        return cls(session, engine, reason)
 
     @classmethod
     def from_bytes(cls, graph: bytes, engine: Engine, manifest: Manifest, options: BackendOptions = BackendOptions(),
@@ -137,35 +185,11 @@ class OnnxRuntimeBackend(Backend):
                    ) -> "OnnxRuntimeBackend":
         """A backend over graph bytes (an engine of a bundle, or one being made and guarded)."""
         providers = providers or choose_providers(options.device)[0]
-        require_inline_weights(graph, engine.file)
-        # Only the CPU provider's graph is cached, and only at the EXTENDED level: the
-        # ALL level adds layout rewrites tuned to this CPU's vector width, which must
-        # not follow the cache to another box. Loading the cached graph with ALL
-        # redoes just those cheap rewrites.
         session_opts = session_options(options.threads, engine.precision, providers)
-        cached = None
-        if options.cache and providers == [CPU] and sha256 is not None:
-            cached = cache_path(f"{sha256}-ort{ort.__version__}.onnx", options.cache_dir)
-        if cached is not None and not cached.is_file():
-            _write_cache(graph, cached)
-            prune_cache(cached.parent, keep=cached)
-        session = None
-        if cached is not None and cached.is_file():
-            try:
-                session = ort.InferenceSession(str(cached), session_opts, providers=providers)
-                touch(cached)
-            except Exception:
-                cached.unlink(missing_ok=True)  # broken: rebuilt on the next start
-        if session is None:
-            try:
-                session = ort.InferenceSession(graph, session_opts, providers=providers)
-            except Exception as exc:
-                raise BundleError(f"onnxruntime cannot load {engine.file}: {first_line(exc)}") from None
+        cached = _cache_entry(sha256, options, providers) if sha256 is not None else None
+        session = _checked_session(graph, engine, session_opts, providers, cached)
         check_graph_io(manifest, session, engine.file)
-        if providers[0] == CUDA and session.get_providers()[0] != CUDA:  # what the session got, not what it was offered
-            raise CudaDidNotStart(f"CUDA was asked for, but onnxruntime started {engine.file} on "
-                                  f"{session.get_providers()[0].replace('ExecutionProvider', '')} instead (no usable "
-                                  "GPU, driver or CUDA library); use --provider cpu, or fix the CUDA install")
+        _check_provider(session, providers, engine)
         return cls(session, engine, reason)
 
     @property
@@ -190,22 +214,89 @@ class OnnxRuntimeBackend(Backend):
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: batch})))
 
 
-def _write_cache(graph: bytes, cached: Path) -> None:
+CACHED_GRAPH, CACHED_WEIGHTS = "graph.onnx", "graph.onnx.data"  # the files of a cache entry
+
+
+def _cache_entry(sha256: str, options: BackendOptions, providers: list[str]) -> Path | None:
+    """The cache folder of the engine with this sha256 (its optimised graph and weights); None without a cache.
+
+    Only the CPU provider's graph is cached, and only at the EXTENDED level: the
+    ALL level adds layout rewrites tuned to this CPU's vector width, which must
+    not follow the cache to another box. Loading the cached graph with ALL
+    redoes just those cheap rewrites.
+    """
+    if not options.cache or providers != [CPU]:
+        return None
+    return cache_path(f"{sha256}-ort{ort.__version__}", options.cache_dir)
+
+
+def _cached_session(entry: Path | None, session_opts, providers) -> ort.InferenceSession | None:
+    """A session over a cached optimised graph, or None when there is none (a broken entry is dropped)."""
+    if entry is None:
+        return None
+    if not (entry / CACHED_GRAPH).is_file():
+        shutil.rmtree(entry, ignore_errors=True)  # an entry with a part missing
+        return None
     try:
-        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=cached.parent)
+        session = ort.InferenceSession(str(entry / CACHED_GRAPH), session_opts, providers=providers)
+    except Exception:
+        shutil.rmtree(entry, ignore_errors=True)  # broken: rebuilt from the engine
+        return None
+    touch(entry)  # used now: the cache prunes the entries used least recently
+    release_free_heap()
+    return session
+
+
+def _checked_session(graph: bytes | Path, engine: Engine, session_opts, providers,
+                     cached: Path | None) -> ort.InferenceSession:
+    """A session over checked graph bytes, or a private checked copy of them: refused if it names external
+    data; through the optimised-graph cache where there is one."""
+    require_inline_weights(graph, engine.file)
+    if cached is not None:
+        _write_cache(graph, cached)
+        prune_cache(cached.parent, keep=cached)
+        session = _cached_session(cached, session_opts, providers)
+        if session is not None:
+            return session
+    try:
+        session = ort.InferenceSession(str(graph) if isinstance(graph, Path) else graph, session_opts,
+                                       providers=providers)
+    except Exception as exc:
+        raise BundleError(f"onnxruntime cannot load {engine.file}: {first_line(exc)}") from None
+    release_free_heap()
+    return session
+
+
+def _write_cache(graph: bytes | Path, entry: Path) -> None:
+    """Write the EXTENDED-level optimised graph as the cache entry `entry`: in a temporary folder, renamed
+    into place whole (a concurrent start that got there first keeps its own, as good)."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     except OSError:
         return
-    os.close(fd)
-    options = session_options(None, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-    options.optimized_model_filepath = tmp
+    # this session only writes the optimised graph and never runs: no pre-packed copy of the weights
+    options = session_options(None, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, prepack=False)
+    options.optimized_model_filepath = str(tmp / CACHED_GRAPH)
+    # Weights go to a file beside the graph as they are written; written inline, the whole graph
+    # would be serialised in memory with them, a second copy of every weight at the peak.
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHED_WEIGHTS)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
-        ort.InferenceSession(graph, options, providers=[CPU])
-        os.replace(tmp, cached)
+        ort.InferenceSession(str(graph) if isinstance(graph, Path) else graph, options, providers=[CPU])
+        os.rename(tmp, entry)
     except Exception:
         pass  # the cache only saves start-up time; running without it is fine
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        release_free_heap()
+
+
+def _check_provider(session: ort.InferenceSession, providers: list[str], engine: Engine) -> None:
+    """What the session got, not what it was offered: offered CUDA and started elsewhere is CudaDidNotStart."""
+    if providers[0] == CUDA and session.get_providers()[0] != CUDA:
+        raise CudaDidNotStart(f"CUDA was asked for, but onnxruntime started {engine.file} on "
+                              f"{session.get_providers()[0].replace('ExecutionProvider', '')} instead (no usable "
+                              "GPU, driver or CUDA library); use --provider cpu, or fix the CUDA install")
 
 
 def check_graph_io(manifest: Manifest, session: ort.InferenceSession, name: str) -> None:
