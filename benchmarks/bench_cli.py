@@ -255,7 +255,7 @@ def stage_peak_lines(rows: list[dict]) -> list[str]:
              "|" + "---|" * (len(stages) + 5)]
     for r in measured:
         cells = [f"{r['peak_mib'][s]:.0f}" if s in r["peak_mib"] else "-" for s in stages]
-        lines.append(f"| {r['precision']} | {r['provider']} | {r['batch']} | {r['shots']} | {' | '.join(cells)} | "
+        lines.append(f"| {engine_label(r)} | {r['provider']} | {r['batch']} | {r['shots']} | {' | '.join(cells)} | "
                      f"{r['peak_rss_mib']:.0f} |")
     return lines
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from winclip.benchmarks.rss import StagePeaks
+from winclip.benchmarks.rss import StagePeaks, status
 
 STAGES = ("load", "first frame", "memory build", "steady state")  # the stages a runtime row gives a peak for
 
@@ -142,8 +142,14 @@ def summarize(raw: dict) -> dict:
     out = {**raw, "p50_s": statistics.median(frame), "p95_s": _percentile(frame, 0.95), "fps": 1.0 / statistics.median(frame),
            "timed_frames": len(frame)}
     # resetting VmHWM per stage also resets what getrusage reports: the run's peak is the highest of both
-    out["peak_rss_mib"] = max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                               *raw.get("peak_mib", {}).values()])
+    # Not ru_maxrss: Linux carries it across exec, so a child would report its parent's peak at fork time.
+    # VmHWM belongs to this process's own memory since exec (the stages reset it, each keeping its peak).
+    hwm = status().get("VmHWM")
+    stages = list(raw.get("peak_mib", {}).values())
+    if stages:
+        out["peak_rss_mib"] = max([*stages, hwm or 0.0])
+    else:
+        out["peak_rss_mib"] = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return out
 
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +25,13 @@ from winclip.runtime import contract, defaults
 from winclip.runtime.atomic import replace_dir
 from winclip.runtime.bundle import sha256_file, write_manifest
 from winclip.runtime.errors import first_line
+from winclip.runtime.provenance import package_versions
 
 
 log = logging.getLogger(__name__)
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("winclip-edge", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions("winclip-edge", "torch", "open_clip_torch", "onnx", "onnxruntime", "onnxruntime-gpu")
 
 
 def check_inputs(opts: ExportOptions) -> list[str]:

@@ -97,6 +97,14 @@ def run_cli(name: str, *args: str, check: bool = False, env: dict | None = None,
     return proc
 
 
+def line_frames(folder: Path, per_kind: int) -> Path:
+    """A folder of a line's real frames: `per_kind` good textiles and as many with local defects."""
+    for kind in ("nominal", "local"):
+        for p in textile_images(kind, per_kind):
+            shutil.copy(p, folder / f"{kind}-{p.name}")
+    return folder
+
+
 def read(path: Path) -> np.ndarray:
     """An image as the runtime reads it (OpenCV, as stored)."""
     import cv2

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli, textile_images
+from conftest import line_frames, run_cli
 from winclip.calibration.engines.build import add_engine
 from winclip.calibration.engines.int8 import Int8Settings
 from winclip.runtime import Detector, cpu
@@ -40,11 +40,7 @@ def as_cpu(monkeypatch, text, machine="x86_64"):
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("auto-line")
-    for kind in ("nominal", "local"):
-        for p in textile_images(kind, 5):
-            shutil.copy(p, folder / f"{kind}-{p.name}")
-    return folder
+    return line_frames(tmp_path_factory.mktemp("auto-line"), 5)
 
 
 def test_cpuinfo_is_read_for_int8_dot_product_and_bf16():

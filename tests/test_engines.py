@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import TINY_CONFIG, make_model, read, run_cli, textile_images
+from conftest import TINY_CONFIG, line_frames, make_model, read, run_cli, textile_images
 from winclip.calibration.engines import BUILDERS
 from winclip.calibration.engines.guard import GuardLimits, pearson_rows, spearman
 from winclip.calibration.engines.build import QuantizeError, add_engine
@@ -35,11 +35,7 @@ IMPOSSIBLE = GuardLimits(map_pearson_median=1.0, map_pearson_min=1.0, score_spea
 
 @pytest.fixture(scope="module")
 def line_images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("line")
-    for kind in ("nominal", "local"):
-        for p in textile_images(kind, 5):
-            shutil.copy(p, folder / f"{kind}-{p.name}")
-    return folder
+    return line_frames(tmp_path_factory.mktemp("line"), 5)
 
 
 def _snapshot(folder):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_cli, textile_images
+from conftest import line_frames, run_cli
 from winclip.runtime import Detector
 from winclip.runtime.backends import BackendOptions, backend_class, open_backend
 from winclip.runtime.bundle import Bundle
@@ -43,11 +43,7 @@ def _rehash(root, m, name):
 @pytest.fixture(scope="session")
 def line_images(tmp_path_factory):
     """16 real frames: 6 held out for the guard, 1 for its memory, 8 to calibrate NNCF on, 1 spare."""
-    folder = tmp_path_factory.mktemp("ov-line")
-    for kind in ("nominal", "local"):
-        for p in textile_images(kind, 8):
-            shutil.copy(p, folder / f"{kind}-{p.name}")
-    return folder
+    return line_frames(tmp_path_factory.mktemp("ov-line"), 8)
 
 
 @pytest.fixture(scope="session")

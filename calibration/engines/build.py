@@ -14,7 +14,6 @@ import os
 import tempfile
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from winclip.calibration.engines import BUILDERS
@@ -31,6 +30,7 @@ from winclip.runtime.images import display_path
 from winclip.runtime.locks import writer_lock
 from winclip.runtime.memory import MemoryKey
 from winclip.runtime.preprocess import Preprocessor
+from winclip.runtime.provenance import package_versions
 from winclip.runtime.scoring import WinClipScorer
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,7 @@ ENGINE_GLOBS = ("visual-*.onnx", "visual-*.xml", "visual-*.bin")  # how derived 
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("winclip-edge", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "nncf"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions("winclip-edge", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "nncf")
 
 
 def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str, backend: str = "onnxruntime",

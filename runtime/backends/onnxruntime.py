@@ -108,8 +108,9 @@ def session_options(threads: int | None, precision: str = "fp32", providers=(CPU
     fp16 graphs on the CPU provider stop at the EXTENDED level: onnxruntime 1.32's
     CPU layout rewrites (ALL) crash the process on them (a segmentation fault at
     session creation, seen on x86-64). The memory pattern is off: it plans one
-    more block per input shape beside the arena (about 90 MB on ViT-B-16+ int8)
-    and saves no time per frame here.
+    more block per input shape beside the arena (about 90 MB on ViT-B-16+ int8);
+    that costs int8 about 4 % per frame on a quiet VNNI CPU and fp32 nothing, and
+    the memory is the scarcer resource on an edge box (docs/speed.md).
     """
     options = ort.SessionOptions()
     if precision == "fp16" and providers[0] == CPU:
