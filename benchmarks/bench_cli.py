@@ -183,8 +183,9 @@ def anomalib_interpreter(python: Path | None) -> tuple[str | None, str]:
         note = f"skipped: anomalib is not installed for {exe}; {ANOMALIB_HOWTO}"
         click.echo(f"warning: --compare-anomalib {note}", err=True)
         return None, note
+    where = "this interpreter" if exe == sys.executable else "an interpreter of its own"  # no build-machine paths
     return exe, (f"anomalib {proc.stdout.strip()} (its fixed ViT-B-16+ backbone, torch, random weights), "
-                 f"timed in {exe}")
+                 f"timed in {where}")
 
 
 def run_anomalib_child(python: str, cfg: dict, work: Path) -> dict:

@@ -235,14 +235,18 @@ def child_bare(cfg: dict) -> dict:
 
 
 # ONNX Runtime session settings compared by --parts settings: memory pattern, pre-packed weights,
-# CPU arena, and whether the heap onnxruntime freed while making the session is returned (heap.py)
+# CPU arena, the arena shrunk after every run, and whether the heap onnxruntime freed while making
+# the session is returned (heap.py)
+_BASE = {"pattern": True, "prepack": True, "arena": True, "trim": False, "shrink": False}
 SETTINGS = {
-    "onnxruntime's defaults": {"pattern": True, "prepack": True, "arena": True, "trim": False},
-    "no memory pattern": {"pattern": False, "prepack": True, "arena": True, "trim": False},
-    "no memory pattern, heap returned": {"pattern": False, "prepack": True, "arena": True, "trim": True},
-    "no memory pattern, no pre-packing, heap returned": {"pattern": False, "prepack": False, "arena": True,
-                                                         "trim": True},
-    "no memory pattern, no arena, heap returned": {"pattern": False, "prepack": True, "arena": False, "trim": True},
+    "onnxruntime's defaults": _BASE,
+    "no memory pattern": {**_BASE, "pattern": False},
+    "no memory pattern, heap returned": {**_BASE, "pattern": False, "trim": True},
+    "no memory pattern, no pre-packing, heap returned": {**_BASE, "pattern": False, "prepack": False, "trim": True},
+    "no memory pattern, no arena, heap returned": {**_BASE, "pattern": False, "arena": False, "trim": True},
+    # the pattern's speed without its block beside the arena's: the first run's arena chunks go back after it
+    "memory pattern, arena shrunk after each run, heap returned": {**_BASE, "shrink": True, "trim": True},
+    "memory pattern, no arena, heap returned": {**_BASE, "arena": False, "trim": True},
 }
 
 
@@ -256,7 +260,7 @@ def runtime_setting(precision: str) -> str | None:
     except RuntimeError:  # not set
         prepack = True
     mine = {"pattern": options.enable_mem_pattern, "arena": options.enable_cpu_mem_arena, "trim": True,
-            "prepack": prepack}
+            "prepack": prepack, "shrink": False}
     return next((name for name, s in SETTINGS.items() if s == mine), None)
 
 
@@ -279,6 +283,15 @@ def _settings_session(path: str, setting: dict, threads: int | None):
     return session
 
 
+def _run_options(setting: dict):
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    if setting["shrink"]:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 def _real_batch(cfg: dict):
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.images import read_image
@@ -292,12 +305,14 @@ def child_setting_memory(cfg: dict) -> dict:
     """One session with one SETTINGS row over the engine file: its start-up peak, then three frames."""
     bundle, batch = _real_batch(cfg)
     reset_peak()
-    session = _settings_session(str(bundle.root / bundle.manifest.engine(cfg["precision"]).file),
-                                SETTINGS[cfg["setting"]], cfg.get("threads"))
+    setting = SETTINGS[cfg["setting"]]
+    session = _settings_session(str(bundle.root / bundle.manifest.engine(cfg["precision"]).file), setting,
+                                cfg.get("threads"))
+    run_options = _run_options(setting)
     made = proc_status()
     reset_peak()
     for _ in range(3):
-        session.run(None, {session.get_inputs()[0].name: batch})
+        session.run(None, {session.get_inputs()[0].name: batch}, run_options)
     ran = proc_status()
     return {"session_peak_mib": made["VmHWM"], "session_rss_mib": made["VmRSS"], "frames_peak_mib": ran["VmHWM"],
             "frames_rss_mib": ran["VmRSS"]}
@@ -312,13 +327,14 @@ def child_setting_latency(cfg: dict) -> dict:
     path = str(bundle.root / bundle.manifest.engine(cfg["precision"]).file)
     sessions = {name: _settings_session(path, setting, cfg.get("threads")) for name, setting in SETTINGS.items()}
     feeds = {name: {s.get_inputs()[0].name: batch} for name, s in sessions.items()}
+    run_options = {name: _run_options(setting) for name, setting in SETTINGS.items()}
     for name, session in sessions.items():
-        session.run(None, feeds[name])
+        session.run(None, feeds[name], run_options[name])
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for r in range(cfg["setting_rounds"]):
         for name in (list(sessions) if r % 2 == 0 else list(sessions)[::-1]):
             t0 = time.perf_counter()
-            sessions[name].run(None, feeds[name])
+            sessions[name].run(None, feeds[name], run_options[name])
             times[name].append(1000 * (time.perf_counter() - t0))
     return {"frame_ms": times}
 
@@ -411,7 +427,8 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"machine: {m.get('cpu', '')} ({m['machine']}, {m['cores']} cores, {' '.join(m.get('cpu_features', []))}); "
              f"onnxruntime {m['onnxruntime']}; engine {result['engine']} ({result['engine_mib']:.0f} MiB); "
-             f"{result['shots']}-shot, {result['frames']} frames"]
+             f"{result['shots']}-shot, {result['frames']} frames; load average at the start "
+             f"{result.get('load_average', float('nan')):.2f}" + (f"; {result['note']}" if result.get("note") else "")]
     bare = result.get("bare")
     if bare:
         lines.append(f"\nbare onnxruntime.InferenceSession on the engine file: peak {bare['session_peak_mib']:.0f} MiB "
@@ -431,7 +448,7 @@ def markdown(result: dict) -> str:
     if settings:
         lines += ["", "### ONNX Runtime session settings (each row's memory in a process of its own; latency of all "
                   "rows in one process, a frame each in turn"
-                  f"{', under load: compare within this table only' if result.get('under_load') else ''})", "",
+                  ": compare latency within this table only)", "",
                   "| setting | session peak MiB | RSS after session | peak over 3 frames | RSS after | "
                   "frame p50 ms | x defaults (per round, median) |", "|---|---|---|---|---|---|---|"]
         for name, row in settings["rows"].items():
@@ -442,7 +459,7 @@ def markdown(result: dict) -> str:
     inspect = result.get("inspect")
     if inspect:
         lines += ["", f"### whole `winclip-inspect` runs, {result['rounds']} interleaved rounds"
-                  f"{' (under load: compare latency within this table only)' if result.get('under_load') else ''}", "",
+                  " (compare latency within this table only)", "",
                   "| code | peak RSS MiB (max over rounds) | per-round peaks | frame p50 ms | engine p50 ms |",
                   "|---|---|---|---|---|"]
         for name, row in inspect.items():
@@ -473,8 +490,9 @@ def markdown(result: dict) -> str:
                    "runs in the same rounds.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the results here.")
 @click.option("--md", "md_out", type=click.Path(path_type=Path), default=None, help="Write the tables here.")
+@click.option("--note", default="", help="Recorded with the results (say 'under load' on a shared box).")
 def main(bundle, precision, shots, frames, threads, images, normal, object_name, parts, rounds, baseline_tree,
-         json_out, md_out):
+         json_out, md_out, note):
     """Trace BUNDLE's resident memory per step and measure whole winclip-inspect runs' peaks."""
     from winclip.benchmarks.bench_cli import machine
     from winclip.runtime.bundle import Bundle
@@ -495,7 +513,7 @@ def main(bundle, precision, shots, frames, threads, images, normal, object_name,
                "normals": [str(p) for p in normal_paths[:shots]]}
         result = {"machine": machine(), "engine": engine.file, "engine_mib": (bundle / engine.file).stat().st_size / MIB,
                   "precision": precision, "shots": shots, "frames": frames, "rounds": rounds,
-                  "load_average": os.getloadavg()[0], "under_load": os.getloadavg()[0] > 0.5}
+                  "load_average": os.getloadavg()[0], "note": note}
         if "bare" in parts:
             click.echo("bare session", err=True)
             result["bare"] = _child("bare", cfg, _env(work / "cache-bare"), work)

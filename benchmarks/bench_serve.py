@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from winclip.benchmarks.bench_cli import machine
+from winclip.benchmarks.bench_cli import machine, portable_path
 from winclip.benchmarks.measure import _percentile as percentile
 from winclip.calibration.evaluation.datasets import elpv_images
 from winclip.runtime.images import read_image
@@ -137,7 +137,7 @@ def main(bundle, clients, object_name, frames, warmup, max_batch, max_queue_dela
 
     object_name = object_name or Bundle.load(bundle).objects[0]
     images = [read_image(p) for p in elpv_images(max(16, max(counts) * 2), start=100)]
-    result = {"bundle": str(bundle), "machine": machine(), "note": note, "frames_per_client": frames,
+    result = {"bundle": portable_path(bundle), "machine": machine(), "note": note, "frames_per_client": frames,
               "max_batch": max_batch, "max_queue_delay_us": max_queue_delay_us, "rows": []}
     result["load_before"] = [round(x, 2) for x in os.getloadavg()]
     for c in counts:

@@ -102,3 +102,34 @@ def test_without_room_for_a_copy_the_checked_bytes_load(tiny_bundle, tmp_path, m
     backend = open_backend(bundle, options=BackendOptions(device="cpu", cache=False))
     outputs = backend.run(np.zeros((1, 3, *bundle.manifest.preprocess.input_size), np.float32))
     backend.check_outputs(outputs, bundle.manifest, 1)
+
+
+def test_bench_memory_settings_rows_name_the_runtime(tiny_bundle, tmp_path):
+    """`bench_memory --parts settings` measures every ONNX Runtime setting row in processes of its own,
+    and one row is exactly the runtime's own session options (so the table compares against what runs)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from winclip.benchmarks import bench_memory
+
+    for precision in ("fp32", "int8"):
+        assert bench_memory.runtime_setting(precision) in bench_memory.SETTINGS
+    frames = sorted(textile_images("nominal", 2))
+    images = tmp_path / "frames"
+    images.mkdir()
+    for p in frames:
+        (images / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "settings.json"
+    result = CliRunner().invoke(bench_memory.main, [str(tiny_bundle), "--precision", "fp32", "--parts", "settings",
+                                                    "--frames", "2", "--rounds", "1", "--images", str(images),
+                                                    "--shots", "0", "--json", str(out), "--md", str(tmp_path / "s.md")])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(out.read_text())["settings"]
+    assert set(settings["rows"]) == set(bench_memory.SETTINGS)
+    assert settings["runtime"] == bench_memory.runtime_setting("fp32")
+    for name, row in settings["rows"].items():
+        assert row["frames_peak_mib"] >= row["session_rss_mib"] > 0, name
+        assert row["frame_p50_ms"] > 0, name
+    assert settings["rows"]["onnxruntime's defaults"]["vs_defaults"] == 1.0
+    assert "(the runtime's)" in (tmp_path / "s.md").read_text()

@@ -109,7 +109,7 @@ def session_options(threads: int | None, precision: str = "fp32", providers=(CPU
     CPU layout rewrites (ALL) crash the process on them (a segmentation fault at
     session creation, seen on x86-64). The memory pattern is off: it plans one
     more block per input shape beside the arena (about 90 MB on ViT-B-16+ int8);
-    that costs int8 about 4 % per frame on a quiet VNNI CPU and fp32 nothing, and
+    that costs int8 2-5 % per frame on a quiet VNNI CPU and fp32 nothing, and
     the memory is the scarcer resource on an edge box (docs/speed.md).
     """
     options = ort.SessionOptions()
