@@ -55,6 +55,7 @@ def ir_bundle(tiny_bundle, line_images, tmp_path_factory):
                    "--images", str(line_images), "--keep-float", "attention", "--accept-degraded")
     assert proc.returncode == 0, proc.stderr
     assert "added visual-int8-openvino-" in proc.stdout and "| zero-shot |" in proc.stderr
+    assert "guarded at bf16 compute" in proc.stderr or "guarded at f32 compute" in proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 1  # NNCF's progress bars stay off the result line
     proc = run_cli("winclip-quantize", str(root), "--precision", "int8", "--images", str(line_images))
     assert proc.returncode == 0, proc.stderr
@@ -169,6 +170,39 @@ def test_bf16_compute_is_asked_for_and_refused_where_the_cpu_has_none(tiny_bundl
     with pytest.raises(BundleError, match="no bf16 arithmetic"):
         open_backend(b, "openvino", BackendOptions(device="cpu", precision="fp32", cache=False,
                                                     inference_precision="bf16"))
+
+
+def test_an_engine_runs_at_the_compute_precision_its_guard_measured(ir_bundle, ir_copy, monkeypatch):
+    from winclip.runtime.backends.openvino import cpu_computes_bf16
+
+    has_bf16 = cpu_computes_bf16()
+    ir = next(e for e in _manifest(ir_bundle)["engines"] if e.get("format") == "openvino-ir")
+    assert ir["guard"]["compute"] == ("bf16" if has_bf16 else "f32")  # the guard ran it as this CPU will
+
+    def hint(root, **extra):
+        backend = open_backend(Bundle.load(root), "openvino", BackendOptions(device="cpu", precision="int8",
+                                                                            cache=False, **extra))
+        return backend.compiled.get_property("INFERENCE_PRECISION_HINT"), backend.reason
+
+    m = _manifest(ir_copy)
+    record = next(e for e in m["engines"] if e.get("format") == "openvino-ir")["guard"]
+    record.update(compute="bf16", passed=True, failures=[])
+    _write_manifest(ir_copy, m)
+    if has_bf16:
+        got, reason = hint(ir_copy)
+        assert got == ov.Type.bf16 and "bf16 compute, as guarded" in reason
+        assert hint(ir_copy, inference_precision="f32")[0] == ov.Type.f32  # forcing still wins
+    record.update(passed=False)  # a guard that failed vouches for nothing: f32, the closer one
+    _write_manifest(ir_copy, m)
+    assert hint(ir_copy)[0] == ov.Type.f32
+    record.update(compute="f32", passed=True)
+    _write_manifest(ir_copy, m)
+    got, reason = hint(ir_copy)
+    assert got == ov.Type.f32 and "f32 compute, as guarded" in reason
+    record.update(compute="bf16")  # guarded at bf16, run where the CPU has none: f32, never refused
+    _write_manifest(ir_copy, m)
+    monkeypatch.setattr(ov.Core, "get_property", lambda self, device, name: ["FP32", "INT8"])
+    assert hint(ir_copy)[0] == ov.Type.f32
 
 
 def test_compiled_blobs_live_in_the_users_cache_and_a_stale_one_is_rebuilt(tiny_bundle, tmp_path):

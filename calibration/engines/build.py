@@ -45,11 +45,13 @@ def _versions() -> dict[str, str]:
 
 
 def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str, backend: str = "onnxruntime",
-                  weights: bytes | None = None):
-    """A backend of the table over an engine's bytes, for the guard (no cache: a candidate is not installed yet)."""
+                  weights: bytes | None = None, compute: str | None = None):
+    """A backend of the table over an engine's bytes, for the guard (no cache: a candidate is not installed yet).
+    compute: the compute precision to run it at, where the backend has that choice."""
     extra = {"weights": weights} if weights is not None else {}
     return backend_class(backend).from_bytes(graph, engine, bundle.manifest,
-                                             BackendOptions(device=device, cache=False), **extra)
+                                             BackendOptions(device=device, cache=False, inference_precision=compute),
+                                             **extra)
 
 
 def add_engine(bundle_root: str | Path, precision: str, images: Path, *, backend: str = "onnxruntime",
@@ -121,11 +123,15 @@ def _add_engine(root: Path, builder, backend: str, precision: str, images: Path,
     key = MemoryKey(fp32.sha256, precision, object_name, tuple(m.scales), m.stride, m.patch_layer, m.patch_ln_post)
     provisional = Engine(file=f"new {precision} engine", precision=precision, sha256="0" * 64, made_by={},
                          format=builder.format, weights=FileRef("new weights", "0" * 64) if weights else None)
+    # an engine whose backend chooses its compute precision is guarded at the one it will run at (and says which)
+    compute = builder.guard_compute() if hasattr(builder, "guard_compute") else None
     report = guard(guard_backend(data, fp32, bundle, builder.guard_device),
-                   guard_backend(engine_bytes, provisional, bundle, builder.guard_device, backend, weights),
+                   guard_backend(engine_bytes, provisional, bundle, builder.guard_device, backend, weights, compute),
                    scorer, sets.holdout, sets.memory, key, limits)
     del data
     report["object"] = object_name
+    if compute is not None:
+        report["compute"] = compute
     if not report["passed"] and not accept_degraded:
         raise QuantizeError(f"the {precision} engine failed its accuracy guard: {'; '.join(report['failures'])}; "
                             "the bundle is unchanged (--accept-degraded adds it anyway)")

@@ -49,7 +49,8 @@ def guard_table(report: dict) -> str:
         rows.append(f"| {mode} | {n['map_pearson_median']:.4f} | {n['map_pearson_min']:.4f} | "
                     f"{n['score_spearman']:.4f} | {n['score_max_abs_diff']:.2e} | {n['map_max_abs_diff']:.2e} |")
     cos = ", ".join(f"{k} {v:.4f}" for k, v in report["embedding_cosine_min"].items())
-    return "\n".join(rows) + f"\nembedding cosine (min): {cos}"
+    compute = f"\nguarded at {report['compute']} compute" if report.get("compute") else ""
+    return "\n".join(rows) + f"\nembedding cosine (min): {cos}" + compute
 
 
 @click.command(cls=Command, context_settings=CONTEXT)

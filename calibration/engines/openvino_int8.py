@@ -181,6 +181,14 @@ class OpenVinoInt8Builder:
     def make(self, fp32: Path, out: Path, settings: NncfSettings, frames: FrameSets, input_name: str) -> dict:
         return {"float_matmuls": make_openvino_int8(fp32, out, settings, frames)}
 
+    def guard_compute(self) -> str:
+        """The compute precision the guard runs the engine at, recorded with its numbers: bf16 for the
+        floating-point parts where this CPU has it (OpenVINO's own default there, about 5-8 % faster),
+        f32 elsewhere. A box without bf16 runs the engine at f32, closer to the fp32 reference."""
+        from winclip.runtime.backends.openvino import cpu_computes_bf16
+
+        return "bf16" if cpu_computes_bf16() else "f32"
+
     def record(self, settings: NncfSettings) -> dict:
         return {**asdict(settings), "ignore": list(settings.ignore), "model_type": "transformer"}
 

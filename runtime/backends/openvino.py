@@ -11,8 +11,10 @@ another version wrote is never offered to this one; folders of other versions
 are removed), never into the bundle.
 
 OpenVINO's CPU plugin computes in bf16 by default on CPUs that have it; an
-engine here runs at the precision it was guarded at (f32 compute for its
-floating-point parts) unless `inference_precision="bf16"` asks for more speed.
+engine here runs at the compute precision its guard measured: bf16 where the
+guard record says so ("compute": "bf16") and this CPU has bf16 arithmetic, f32
+otherwise (closer to the fp32 reference, never further). `inference_precision`
+forces either; the fp32 graph has no guard and runs f32 unless asked.
 """
 
 from __future__ import annotations
@@ -140,14 +142,20 @@ class OpenVinoBackend(Backend):
         hint = options.inference_precision
         if hint is not None and hint not in INFERENCE_PRECISIONS:
             raise BundleError(f"unknown inference precision {hint!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
+        said = ""
         if device == "CPU":
-            hint = INFERENCE_PRECISIONS[hint or "f32"]
-            if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            has_bf16 = cpu_computes_bf16(core)
+            if hint is None:
+                hint = "bf16" if guarded_compute(engine) == "bf16" and has_bf16 else "f32"
+                said = ", as guarded" if guarded_compute(engine) == hint else ""
+            hint = INFERENCE_PRECISIONS[hint]
+            if hint == "bf16" and not has_bf16:
                 raise BundleError("bf16 inference was asked for, but this CPU has no bf16 arithmetic "
                                   "(AVX512-BF16 or AMX); use f32")
         if hint is not None:
             config["INFERENCE_PRECISION_HINT"] = INFERENCE_PRECISIONS[hint]
-            reason = f"{reason}; {INFERENCE_PRECISIONS[hint]} compute" if reason else f"{INFERENCE_PRECISIONS[hint]} compute"
+            what = f"{INFERENCE_PRECISIONS[hint]} compute{said}"
+            reason = f"{reason}; {what}" if reason else what
         config["PERFORMANCE_HINT"] = "LATENCY"
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = int(options.threads)
@@ -178,6 +186,18 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def guarded_compute(engine: Engine) -> str:
+    """The compute precision an engine's accuracy guard ran it at: "bf16" or "f32" (also for an engine
+    without a guard record, or one guarded before the record named it)."""
+    record = engine.guard or {}
+    return "bf16" if record.get("compute") == "bf16" and record.get("passed") else "f32"
+
+
+def cpu_computes_bf16(core: ov.Core | None = None) -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 arithmetic here (AVX512-BF16 or AMX)."""
+    return "BF16" in (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def check_model_io(manifest: Manifest, model: ov.Model, name: str) -> None:
