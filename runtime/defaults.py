@@ -41,6 +41,12 @@ GUARD_CLOSE_ENOUGH = 1e-3  # maps/scores within this of fp32 everywhere pass wha
 OPEN_ATTEMPTS = 3  # tries at start before giving up (unless told to wait: --wait-for-source)
 BACKOFF_S = (0.5, 30.0)  # reconnect waits: the first, doubling up to the longest
 
+
+def next_wait(delay: float, backoff: tuple[float, float] = BACKOFF_S) -> float:
+    """The wait after `delay` in a backoff schedule: double it, up to the longest."""
+    return min(delay * 2, backoff[1])
+
+
 # --- served engines (winclip-serve, Triton Inference Server; docs/serving.md)
 TRITON_SCHEME = "triton"  # --engine triton://HOST[:PORT]/MODEL, spoken over Triton's gRPC protocol
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults

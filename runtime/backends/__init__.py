@@ -13,6 +13,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from winclip.runtime.backends.base import Backend, BackendOptions
+from winclip.runtime.defaults import TRITON_SCHEME
 from winclip.runtime.errors import BundleError, MissingExtra
 
 BACKENDS: dict[str, str] = {
@@ -27,7 +28,7 @@ EXTRAS = {"onnxruntime": "pip install 'winclip-edge[cpu]' (or [gpu] on a CUDA bo
           "openvino": "pip install 'winclip-edge[openvino]'"}
 DEFAULT_BACKEND = "onnxruntime"
 # a served engine's address scheme -> the backend that speaks to it (--engine triton://HOST:PORT/MODEL)
-SCHEMES: dict[str, str] = {"triton": "triton"}
+SCHEMES: dict[str, str] = {TRITON_SCHEME: "triton"}
 
 __all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "backend_for_address", "open_backend"]
 

@@ -10,7 +10,6 @@ the engine (`policy.py`), preprocessing and scoring stay outside, shared by all.
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 from winclip.runtime.contract import FORMAT_ONNX, Engine, Manifest
 from winclip.runtime.errors import BundleError
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -159,22 +159,27 @@ class OnnxRuntimeBackend(Backend):
 
         With the optimised graph cached, the engine is hashed as it streams past and
         the cached graph loads. Otherwise onnxruntime reads a private copy written as
-        the engine was hashed (in the cache folder, or the temporary folder without a
+        the engine was hashed (one read of the engine either way) (in the cache folder, or the temporary folder without a
         cache); where no copy can be written, it reads the checked bytes.
         """
-        sha256 = bundle.hash_engine(engine)
-        cached = _cache_entry(sha256, options, providers)
+        cached = _cache_entry(engine.sha256, options, providers)
+        if cached is not None and (cached / CACHED_GRAPH).is_file():
+            # the cached graph stands for these very bytes: they are checked as they stream past (once;
+            # without a cached graph the copy below checks them as it is written)
+            sha256 = bundle.hash_engine(engine)
+            if sha256 != engine.sha256:  # a bundle loaded without checksum verification
+                cached = _cache_entry(sha256, options, providers)
         session_opts = session_options(options.threads, engine.precision, providers)
         session = _cached_session(cached, session_opts, providers)
         if session is None:
             folder = cached.parent if cached else Path(tempfile.gettempdir())
             try:
                 with bundle.engine_copy(engine, folder) as (copy, got):
-                    if got != sha256:
-                        raise BundleError(f"{engine.file} changed while it was being read")
+                    if cached is not None and got != engine.sha256:
+                        cached = _cache_entry(got, options, providers)
                     session = _checked_session(copy, engine, session_opts, providers, cached)
             except OSError:  # no room or no write access for a copy
-                graph, _ = bundle.read_engine(engine)
+                graph, sha256 = bundle.read_engine(engine)
                 return cls.from_bytes(graph, engine, bundle.manifest, options, providers, reason, sha256)
         check_graph_io(bundle.manifest, session, engine.file)
         _check_provider(session, providers, engine)

@@ -19,7 +19,6 @@ forces either; the fp32 graph has no guard and runs f32 unless asked.
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import xml.etree.ElementTree as ElementTree
@@ -34,7 +33,6 @@ from winclip.runtime.contract import FORMAT_ONNX, FORMAT_OPENVINO_IR, Engine, Ma
 from winclip.runtime.errors import BundleError, first_line
 from winclip.runtime.graph_check import require_inline_weights
 
-log = logging.getLogger(__name__)
 
 # our device words -> OpenVINO's; any other name passes through upper-cased (GPU, GPU.1, NPU, AUTO:GPU,CPU)
 DEVICE_ALIASES = {"auto": "CPU", "cpu": "CPU"}
@@ -146,8 +144,9 @@ class OpenVinoBackend(Backend):
         if device == "CPU":
             has_bf16 = cpu_computes_bf16(core)
             if hint is None:
-                hint = "bf16" if guarded_compute(engine) == "bf16" and has_bf16 else "f32"
-                said = ", as guarded" if guarded_compute(engine) == hint else ""
+                guarded = guarded_compute(engine)
+                hint = guarded if has_bf16 else "f32"
+                said = ", as guarded" if guarded == hint else ""
             hint = INFERENCE_PRECISIONS[hint]
             if hint == "bf16" and not has_bf16:
                 raise BundleError("bf16 inference was asked for, but this CPU has no bf16 arithmetic "

@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException
 
 from winclip.runtime.backends.base import Backend, BackendOptions
 from winclip.runtime.contract import Engine, Manifest
-from winclip.runtime.defaults import BACKOFF_S, OPEN_ATTEMPTS, SERVED_TIMEOUT_S
+from winclip.runtime.defaults import BACKOFF_S, OPEN_ATTEMPTS, SERVED_TIMEOUT_S, next_wait
 from winclip.runtime.errors import BundleError, EngineUnavailable, first_line
 from winclip.runtime.served import ENGINE_SHA256_PARAMETER, ServedAddress, served_version
 
@@ -172,7 +172,7 @@ class TritonBackend(Backend):
                                             "--wait-for-source keeps trying") from None
                 log.warning("%s; next try in %.1f s", exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, BACKOFF_S[1])
+                delay = next_wait(delay)
         try:
             engine, reason = choose_served_engine(address, bundle.manifest, served, options.precision)
         except BaseException:
@@ -249,7 +249,7 @@ class TritonBackend(Backend):
                 client.close()
                 raise
         except (EngineUnavailable, BundleError) as exc:
-            self._delay = min(self._delay * 2, BACKOFF_S[1])
+            self._delay = next_wait(self._delay)
             self._next_try = time.monotonic() + self._delay
             raise EngineUnavailable(f"served engine still away: {exc}; next try in {self._delay:.1f} s") from None
         down = time.monotonic() - (self._down_since or time.monotonic())
