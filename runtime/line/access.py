@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from winclip.runtime.errors import WinclipError
+from winclip.runtime.files import FileRefused, read_regular
 from winclip.runtime.line import defaults
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,10 @@ def load_token(path: Path | None, environ=None) -> str | None:
     if path is not None:
         path = Path(path)
         try:
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode):
-                raise TokenError(f"--operator-token-file {path} is not a regular file")
-            if info.st_size > MAX_TOKEN_FILE_BYTES:
-                raise TokenError(f"--operator-token-file {path} is larger than a token ({info.st_size} bytes)")
-            text = path.read_text(encoding="utf-8")
+            text = read_regular(path, MAX_TOKEN_FILE_BYTES, "--operator-token-file").decode("utf-8")
+            info = path.stat()  # who else may read it
+        except FileRefused as exc:
+            raise TokenError(str(exc)) from None
         except OSError as exc:
             raise TokenError(f"cannot read --operator-token-file {path}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:

@@ -231,7 +231,7 @@ def _output_lock(out):
 
     with one_line_errors(f"cannot write to {out}"):
         out.mkdir(parents=True, exist_ok=True)
-    with one_line_errors(), writer_lock(out / LOCK_NAME, f"the output folder {out}"):
+    with writer_lock(out / LOCK_NAME, f"the output folder {out}"):  # a refusal: one line, as every error
         yield
 
 
@@ -346,27 +346,23 @@ def _plan_live(ctx, out, overlays, serve, sink_values: dict) -> dict:
 
 def _operator_token(ctx, serve, token_file) -> str | None:
     """The page's operator token (from --operator-token-file or the environment), checked before anything slow."""
-    from winclip.runtime.line.access import TokenError, load_token
+    from winclip.runtime.line.access import load_token
 
     if serve is None:
         if _given(ctx, "operator_token_file"):
             raise click.UsageError("--operator-token-file needs --serve PORT")
         return None
-    try:
-        return load_token(token_file)
-    except TokenError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_token(token_file)  # a TokenError ends the command in one line (Command)
 
 
 def _open_desk(detector, status, sinks, out, plan, opened: list, server=None):
     """The operator desk (history, teaching, drift), attached to the live page when there is one."""
     from winclip.runtime.line.operator import OperatorDesk
 
-    with one_line_errors():
-        desk = OperatorDesk(detector, status, sinks, profile_path=plan["profile"], token=plan["token"],
-                            history=plan["serve"] is not None,
-                            overlay_root=out / "overlays" if plan["overlays"] != "none" else None,
-                            keep_threshold=plan["keep_thresholds"][0], keep_pixel_threshold=plan["keep_thresholds"][1])
+    desk = OperatorDesk(detector, status, sinks, profile_path=plan["profile"], token=plan["token"],
+                        history=plan["serve"] is not None,
+                        overlay_root=out / "overlays" if plan["overlays"] != "none" else None,
+                        keep_threshold=plan["keep_thresholds"][0], keep_pixel_threshold=plan["keep_thresholds"][1])
     opened.append(desk)
     if server is not None:
         server.desk = desk

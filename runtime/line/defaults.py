@@ -21,7 +21,7 @@ MQTT_PORT = 1883
 MQTT_TOPIC = "winclip/events"
 SINK_QUEUE = 1000  # events held per sink while its peer is away (the oldest are dropped beyond)
 WEBHOOK_TIMEOUT_S = 2.0
-WEBHOOK_RETRY_S = (0.5, 30.0)  # a failed POST is retried after this wait, doubling up to the longest
+WEBHOOK_RETRY_S = BACKOFF_S  # a failed POST is retried on the reconnect schedule: the first wait, doubling up to the longest
 SINK_CLOSE_TIMEOUT_S = 5.0  # at the end of a run, how long each sink may take to deliver what it holds (--flush-timeout)
 OUTAGE_QUIET_S = 60.0  # a sink's peer that fails again within this long after a warning is counted, not warned
 
@@ -29,6 +29,7 @@ OUTAGE_QUIET_S = 60.0  # a sink's peer that fails again within this long after a
 SERVE_HOST = "127.0.0.1"  # the page binds here unless told otherwise
 PREVIEW_WIDTH = 640  # px: the page's overlays are shrunk to this before drawing and encoding
 PREVIEW_INTERVAL_S = 0.2  # per source; anomalous frames are always shown at once
+PREVIEW_QUALITY = 80  # JPEG quality of the page's overlays (the live preview and the gallery share one picture)
 
 # --- the loop
 MAX_FAILED_BATCHES = 20  # in a row: the engine itself is broken, not one frame

@@ -57,11 +57,9 @@ class EventLog:
             self.kept_aside = self.partial.with_name(f"{self.partial.name}.{n}")
             os.replace(self.partial, self.kept_aside)
         self.fd: int | None = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.written = 0
 
     def write(self, event: dict) -> None:
         write_whole(self.fd, to_json_line(event).encode("utf-8"))  # a whole line per system call
-        self.written += 1
 
     def close(self, complete: bool) -> None:
         if self.fd is None:

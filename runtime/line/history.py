@@ -102,10 +102,12 @@ class Gallery:
         self._originals: OrderedDict[int, np.ndarray] = OrderedDict()
         self._original_bytes = 0
 
-    def add(self, frame, outcome, event: dict, version: int | None = None) -> Flagged:
-        """Keep an anomalous frame: its overlay (drawn here, at the page's width) and its original pixels."""
-        jpeg = jpeg_bytes(render_overlay(frame.image, outcome, max_width=self.width, captured=frame.captured),
-                          quality=80)
+    def add(self, frame, outcome, event: dict, version: int | None = None, jpeg: bytes | None = None) -> Flagged:
+        """Keep an anomalous frame: its overlay at the page's width (`jpeg` when the live preview already drew
+        it, else drawn here) and its original pixels."""
+        if jpeg is None:
+            jpeg = jpeg_bytes(render_overlay(frame.image, outcome, max_width=self.width, captured=frame.captured),
+                              quality=defaults.PREVIEW_QUALITY)
         item = Flagged(next(self._ids), frame.source, frame.index, frame.captured, time.time(), outcome.image_score,
                        event.get("threshold"), event.get("regions") or [], version, event.get("overlay"))
         with self._lock:

@@ -47,12 +47,12 @@ def score_each(detector, images: list) -> list[FrameResult | FrameError]:
 def frame_event(frame, outcome, threshold: float | None) -> dict:
     """The JSON event for one frame: its decision, or its error."""
     event = {"source": frame.source, "frame": frame.index, "time": round(frame.captured, 3)}
-    if getattr(frame, "roi", None) is not None:
+    if frame.roi is not None:
         event["roi"] = list(frame.roi)
     if frame.error is not None or isinstance(outcome, Exception):
         event["error"] = frame.error if frame.error is not None else str(outcome)
         return event
-    position = getattr(frame, "position_s", None)
+    position = frame.position_s
     if position is not None:  # a video file: where in the video, not how long ago (the file is not live)
         event["position_s"] = position
     else:

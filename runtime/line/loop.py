@@ -72,10 +72,12 @@ class LiveOutputs:
         self.overlay_failures = 0
         self._preview_at: dict[str, float] = {}
 
-    def __call__(self, frame, outcome, event: dict) -> None:
+    def __call__(self, frame, outcome, event: dict) -> bytes | None:
+        """Record the event, save its overlay, refresh the page's preview; returns the preview JPEG it drew
+        (None when it drew none), which the operator's gallery keeps instead of drawing it again."""
         self.status.record_event(event)
         if "error" in event:
-            return
+            return None
         if self.overlays is not None and (self.overlay_mode == "all" or
                                           (self.overlay_mode == "anomalous" and outcome.anomalous)):
             try:
@@ -90,10 +92,12 @@ class LiveOutputs:
                 self._preview_at[frame.source] = now
                 try:
                     jpeg = jpeg_bytes(render_overlay(frame.image, outcome, max_width=defaults.PREVIEW_WIDTH,
-                                                     captured=frame.captured), quality=80)
+                                                     captured=frame.captured), quality=defaults.PREVIEW_QUALITY)
                 except (OSError, cv2.error):  # the page keeps its previous overlay
-                    return
+                    return None
                 self.status.set_overlay(frame.source, jpeg, frame.captured)
+                return jpeg
+        return None
 
 
 class LiveLoop:

@@ -141,8 +141,7 @@ class OperatorDesk:
         """The Inspection's on_event: `outputs` (LiveOutputs) first, then history and drift on each scored frame."""
 
         def on_event(frame, outcome, event: dict) -> None:
-            if outputs is not None:
-                outputs(frame, outcome, event)
+            preview = outputs(frame, outcome, event) if outputs is not None else None
             if "error" in event:
                 return
             if self.version is not None:
@@ -152,7 +151,8 @@ class OperatorDesk:
                 self.trend.add(frame.source, score, anomalous, event.get("threshold"))
             if anomalous and self.gallery is not None:
                 try:
-                    self.gallery.add(frame, outcome, event, self.version)
+                    # the preview LiveOutputs drew is the gallery's picture (both at the page's width)
+                    self.gallery.add(frame, outcome, event, self.version, jpeg=preview)
                 except (OSError, ValueError) as exc:  # a picture that cannot be drawn: the page misses one item
                     log.debug("gallery: %s", first_line(exc))
             notice = self.drift.observe(frame.source, score, anomalous)

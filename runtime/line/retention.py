@@ -52,23 +52,20 @@ class OverlayRetention:
         files = freed = 0
         if self.keep_days is not None:
             cutoff = now - self.keep_days * 86400.0
+            last_day = None  # the first day that keeps a file: no later day can hold an older one
             for day in self._oldest_first():
-                removed = self._remove_files(day, lambda f: f.stat().st_mtime < cutoff)
-                files, freed = files + removed[0], freed + removed[1]
+                if last_day is not None and day.name > last_day:
+                    break
+                count, size, kept = self._remove_files(day, lambda f: f.stat().st_mtime < cutoff)
+                files, freed = files + count, freed + size
+                if kept and last_day is None:
+                    last_day = day.name
         if self.keep_bytes is not None:
             for day in self._oldest_first():
                 if self.total <= self.keep_bytes:
                     break
-                excess = [self.total - self.keep_bytes]
-
-                def over(f: Path, excess=excess) -> bool:
-                    if excess[0] <= 0:
-                        return False
-                    excess[0] -= _size(f)
-                    return True
-
-                removed = self._remove_files(day, over)
-                files, freed = files + removed[0], freed + removed[1]
+                count, size, _ = self._remove_files(day, lambda f: self.total > self.keep_bytes)
+                files, freed = files + count, freed + size
         if files:
             reasons = []
             if self.keep_days is not None:
@@ -81,11 +78,15 @@ class OverlayRetention:
     def _oldest_first(self) -> list[Path]:
         return sorted(self.days, key=lambda day: (day.name, day.parent.name))
 
-    def _remove_files(self, day: Path, doomed) -> tuple[int, int]:
+    def _remove_files(self, day: Path, doomed) -> tuple[int, int, bool]:
+        """Remove the day's files oldest first while `doomed` says so: (files, bytes, whether any stopped it)."""
         count = freed = 0
-        for path in sorted(_files(day)):  # names start with the capture time: oldest first
+        listed = sorted(_files(day))  # names start with the capture time: oldest first
+        kept = False
+        for path in listed:
             try:
                 if not doomed(path):
+                    kept = True
                     break
                 size = _size(path)
                 path.unlink()
@@ -93,10 +94,10 @@ class OverlayRetention:
                 continue
             count, freed = count + 1, freed + size
             self.days[day] = max(0, self.days.get(day, 0) - size)
-        if not any(True for _ in _files(day)):
+        if count == len(listed):  # every file gone (saves run on this thread: none arrived meanwhile)
             shutil.rmtree(day, ignore_errors=True)
             self.days.pop(day, None)
-        return count, freed
+        return count, freed, kept
 
 
 def _folders(folder: Path) -> list[Path]:

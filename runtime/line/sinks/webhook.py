@@ -11,6 +11,7 @@ import urllib.request
 
 import click
 
+from winclip.runtime.defaults import next_wait
 from winclip.runtime.line import defaults
 from winclip.runtime.line.redact import redact_url
 from winclip.runtime.line.sinks.base import QueuedSink, SinkKind
@@ -103,7 +104,7 @@ class WebhookSink(QueuedSink):
                     self._record_errors(1)
                 wait = min(delay, max(0.0, self._drain_until - time.monotonic())) if self._closing else delay
                 self._cond.wait(wait)
-            delay = min(delay * 2, defaults.WEBHOOK_RETRY_S[1])
+            delay = next_wait(delay, defaults.WEBHOOK_RETRY_S)
 
     def _post(self, payload: bytes, timeout: float) -> tuple[str | None, bool]:
         """POST one event: (None, False) when the receiver answered 2xx, else (what went wrong, worth a retry)."""

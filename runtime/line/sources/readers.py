@@ -16,6 +16,7 @@ from collections import deque
 
 import numpy as np
 
+from winclip.runtime.defaults import next_wait
 from winclip.runtime.line import defaults
 from winclip.runtime.line.frames import Frame
 from winclip.runtime.line.sources.base import SourceError, SourceSpec, cv2
@@ -192,7 +193,7 @@ class LiveReader(SourceReader):
             health = "lost" if attempts >= self.lost_after else "reconnecting"
             self.status.set_health(self.name, health, f"{reason}; next try in {delay:.1f} s")
             self._stopping.wait(delay)
-            delay = min(delay * 2, self.backoff_s[1])
+            delay = next_wait(delay, self.backoff_s)
 
     def _read_until_failure(self, cap) -> tuple[str | None, bool]:
         """Read until the source fails (its reason) or the reader stops (None); and whether frames came."""
