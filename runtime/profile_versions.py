@@ -35,12 +35,11 @@ from typing import Callable
 
 from winclip.runtime.atomic import staged_folder, write_atomic
 from winclip.runtime.defaults import PROFILE_KEEP_VERSIONS
-from winclip.runtime.profile import PROFILE_NAME, LineProfile, ProfileError
+from winclip.runtime.profile import PROFILE_NAME, VERSIONS_NAME, LineProfile, ProfileError
 from winclip.runtime.validation import Node, SchemaError, read_json
 
 log = logging.getLogger(__name__)
 
-VERSIONS_NAME = "versions.json"
 VERSIONS_FORMAT = "winclip-edge-line-profile-versions"
 VERSIONS_SCHEMA = 1
 LOCK_NAME = ".lock"
@@ -183,9 +182,10 @@ class ProfileStore:
         with self.locked():
             data = self._clean() if self.versioned else self.read()
             base = self.version(data=data)
-            change = make(LineProfile.load(base.folder), base)
+            current = LineProfile.load(base.folder)
+            change = make(current, base)
             if not self.versioned:  # only now that the change is made: a refused change leaves the folder as it was
-                data = self._convert(data)
+                data = self._convert(data, current.record)
                 base = self.version(data=data)
             number = max([e["version"] for e in data["versions"]] + self._folders()) + 1
             folder = self.root / f"v{number}"
@@ -233,9 +233,9 @@ class ProfileStore:
         write_atomic(self.root / VERSIONS_NAME, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode(),
                      sync=True)
 
-    def _convert(self, data: dict) -> dict:
-        """A single-version profile becomes v1 of one (its files hard-linked into v1/, then removed from the root)."""
-        record = LineProfile.load(self.root).record
+    def _convert(self, data: dict, record: dict) -> dict:
+        """A single-version profile (its `record`, already loaded) becomes v1 of one (its files hard-linked into
+        v1/, then removed from the root)."""
         moved = [p for p in self.root.iterdir() if p.is_file() and not p.is_symlink() and p.name != LOCK_NAME]
         if (self.root / "v1").exists():
             shutil.rmtree(self.root / "v1")  # a conversion that died before versions.json named it

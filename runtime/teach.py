@@ -111,9 +111,10 @@ def taught_change(detector, base: LineProfile, base_version: Version, parts: lis
     image_t, pixel_t, thresholds = derive_thresholds(base.record, scores, peaks,
                                                      (base.image_threshold, base.pixel_threshold))
     pngs = [(p, p.png()) for p in parts]
-    files = [{"file": f"{TAUGHT_FOLDER}/{hashlib.sha256(data).hexdigest()[:16]}.png",
-              "sha256": hashlib.sha256(data).hexdigest(), "name": p.name, "origin": p.origin} for p, data in pngs]
-    record = {k: v for k, v in base.record.items() if k not in ("memory", "reference", "histogram")}
+    digests = [hashlib.sha256(data).hexdigest() for _, data in pngs]
+    files = [{"file": f"{TAUGHT_FOLDER}/{digest[:16]}.png", "sha256": digest, "name": p.name, "origin": p.origin}
+             for (p, _), digest in zip(pngs, digests)]
+    record = {k: v for k, v in base.record.items() if k not in ("memory", "reference")}
     record.update(created=now_iso(), thresholds=thresholds,
                   taught=[*base.record.get("taught", []), *[{**f, "version_from": base_version.number} for f in files]]
                   [-RECORD_LIST_MAX:])

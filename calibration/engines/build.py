@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["QuantizeError", "add_engine", "install_engine"]
 LOCK_NAME = ".winclip-write.lock"  # inside the bundle: quantize changes files in it, never the folder itself
-ENGINE_GLOBS = ("visual-*.onnx", "visual-*.xml", "visual-*.bin")  # how derived engines are named
+# how derived engines are named (engine_file_name): every engine format's suffix, and an IR's weights
+ENGINE_GLOBS = tuple(f"visual-*{suffix}" for suffix in (*ENGINE_SUFFIX.values(), WEIGHTS_SUFFIX))
 
 
 def _versions() -> dict[str, str]:
