@@ -24,6 +24,7 @@ import click
 import numpy as np
 
 from winclip.runtime.command import CONTEXT, Command, Whole, require_onnxruntime
+from winclip.benchmarks.measure import frame_times
 from winclip.runtime.defaults import OPSET
 
 
@@ -148,15 +149,24 @@ def portable_path(path: str | Path) -> str:
         return path.name
 
 
+def last_error(stderr: str, returncode: int) -> str:
+    """A failed child's last non-blank line of stderr (its error), or its exit code."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {returncode}"
+
+
+def json_child(argv: list[str]) -> dict:
+    """Run a measuring child; its last line of stdout is one JSON object, or {"error": ...}."""
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": last_error(proc.stderr, proc.returncode)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_child(cfg: dict, work: Path) -> dict:
     path = work / f"config-{abs(hash(json.dumps(cfg, sort_keys=True)))}.json"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "winclip.benchmarks.measure", str(path)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json_child([sys.executable, "-m", "winclip.benchmarks.measure", str(path)])
 
 
 def engine_label(row: dict) -> str:
@@ -192,12 +202,8 @@ def run_anomalib_child(python: str, cfg: dict, work: Path) -> dict:
     """One anomalib configuration in its own interpreter (winclip.benchmarks.anomalib_child, run as a script)."""
     path = work / f"anomalib-{cfg['batch']}-{cfg['shots']}.json"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.run([python, str(Path(__file__).with_name("anomalib_child.py")), str(path)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = json_child([python, str(Path(__file__).with_name("anomalib_child.py")), str(path)])
+    return raw if "error" in raw else frame_times(raw)
 
 
 def markdown(result: dict) -> str:

@@ -43,6 +43,7 @@ from pathlib import Path
 import click
 
 from winclip.benchmarks.rss import reset_peak, status as proc_status
+from winclip.runtime.command import CONTEXT
 
 MIB = 1 << 20
 # (module, attribute, label): the parts of a step the trace marks, where the code has them
@@ -51,6 +52,7 @@ PROBES = (
     ("winclip.runtime.bundle", "stream_checked", "stream + hash the engine (copy)"),
     ("winclip.runtime.backends.onnxruntime", "external_tensors", "external-data check"),
     ("winclip.runtime.backends.onnxruntime", "external_tensors_in_file", "external-data check"),
+    ("winclip.runtime.backends.onnxruntime", "require_inline_weights", "external-data check"),
     ("winclip.runtime.backends.onnxruntime", "_write_cache", "write the optimised-graph cache"),
     ("winclip.runtime.backends.onnxruntime", "release_free_heap", "return freed heap (malloc_trim)"),
     ("winclip.runtime.detector", "Detector._self_check", "self-check frame"),
@@ -360,8 +362,9 @@ def _child(kind: str, cfg: dict, env: dict, work: Path) -> dict:
     path.write_text(json.dumps(cfg))
     r = run_measured([sys.executable, "-m", "winclip.benchmarks.bench_memory", "--child", kind, str(path)], env, work)
     if r["returncode"] != 0:
-        lines = [line for line in r["stderr"].splitlines() if line.strip()]
-        raise click.ClickException(f"the {kind} child failed: {lines[-1] if lines else r['returncode']}")
+        from winclip.benchmarks.bench_cli import last_error  # the parent's side only: children measure their imports
+
+        raise click.ClickException(f"the {kind} child failed: {last_error(r['stderr'], r['returncode'])}")
     return {**json.loads(r["stdout"].strip().splitlines()[-1]), "process_peak_mib": r["peak_rss_mib"]}
 
 
@@ -391,8 +394,9 @@ def inspect_run(cfg: dict, env: dict, work: Path, frames_dir: Path, normals_dir:
         cmd += ["--threads", str(cfg["threads"])]
     r = run_measured(cmd, env, work)
     if r["returncode"] != 0:
-        lines = [line for line in r["stderr"].splitlines() if line.strip()]
-        return {"error": lines[-1] if lines else f"exit code {r['returncode']}"}
+        from winclip.benchmarks.bench_cli import last_error
+
+        return {"error": last_error(r["stderr"], r["returncode"])}
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line.strip()]
     totals = [e["latency_ms"]["total"] for e in events if "latency_ms" in e]
     engine = [e["latency_ms"]["engine"] for e in events if "latency_ms" in e]
@@ -471,7 +475,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--precision", default="int8", type=click.Choice(("fp32", "int8", "fp16")), help="Engine to run.")
 @click.option("--shots", type=click.IntRange(min=0), default=4, help="Normal frames in the few-shot memory (0: zero-shot).")
@@ -511,7 +515,7 @@ def main(bundle, precision, shots, frames, threads, images, normal, object_name,
         cfg = {"bundle": str(bundle.resolve()), "precision": precision, "shots": shots, "frames": frames,
                "threads": threads, "object": object_name, "images": [str(p) for p in frame_paths],
                "normals": [str(p) for p in normal_paths[:shots]]}
-        result = {"machine": machine(), "engine": engine.file, "engine_mib": (bundle / engine.file).stat().st_size / MIB,
+        result = {"machine": machine(), "engine": engine.file, "engine_mib": sum((bundle / ref.file).stat().st_size for ref in engine.files()) / MIB,
                   "precision": precision, "shots": shots, "frames": frames, "rounds": rounds,
                   "load_average": os.getloadavg()[0], "note": note}
         if "bare" in parts:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from winclip.runtime.command import CONTEXT
 
 
 def _score(detector, outputs: dict, memory) -> np.ndarray:
@@ -76,7 +77,7 @@ def measure(bundle: Path, object_name: str | None, cap: int, taught: int, evalua
             "memories": {name: {k: v for k, v in r.items() if k not in ("good", "bad")} for name, r in results.items()}}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--object", "object_name", default=None, help="Object whose text embeddings to use.")
 @click.option("--cap", type=click.IntRange(min=1), default=16, help="Images' worth of rows the capped memory keeps.")

@@ -30,7 +30,9 @@ import click
 from winclip.benchmarks.bench_cli import machine, portable_path
 from winclip.benchmarks.measure import _percentile as percentile
 from winclip.calibration.evaluation.datasets import elpv_images
+from winclip.runtime.command import CONTEXT
 from winclip.runtime.images import read_image
+from winclip.serve import defaults
 from winclip.serve.process import ServeProcess, serve_python
 
 def row(mode: str, clients: int, frames: int, wall_s: float, latencies_s: list[float], batch: float | None) -> dict:
@@ -116,14 +118,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--clients", default="1,2,4,8", help="Client counts, comma separated.")
 @click.option("--object", "object_name", default=None, help="Object to score. [default: the bundle's first]")
 @click.option("--frames", type=click.IntRange(min=2), default=40, help="Timed frames per client.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, help="Untimed frames per client first.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, help="winclip-serve --max-batch.")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=1000, help="winclip-serve's queue delay.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=defaults.MAX_BATCH, help="winclip-serve --max-batch.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=defaults.MAX_QUEUE_DELAY_US,
+              help="winclip-serve's queue delay.")
 @click.option("--server-python", default=None, help="Interpreter with winclip-edge[serve]. [default: serve_python()]")
 @click.option("--note", default="", help="Recorded with the results (say 'under load' on a shared box).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write bench_serve.json and .md here.")

@@ -41,14 +41,11 @@ def _batches(images: list, batch: int, count: int):
 
 def measure_runtime(cfg: dict) -> dict:
     from winclip.runtime import Detector
-    from winclip.runtime.bundle import Bundle
     from winclip.runtime.images import read_image
 
     images = [read_image(p) for p in cfg["images"]]
     normals = [read_image(p) for p in cfg["normals"][:cfg["shots"]]]
-    object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]  # the same object as the torch side
-    options = dict(object=object_name, provider=cfg["provider"], precision=cfg["precision"],
-                   threads=cfg.get("threads"), backend=cfg.get("backend", "onnxruntime"))
+    options = _detector_options(cfg)
     first_start_s = _first_start(cfg)  # may write the optimised-graph cache; the cache is warm after it
     peaks = StagePeaks()
     t0 = time.perf_counter()
@@ -79,15 +76,22 @@ def measure_runtime(cfg: dict) -> dict:
 def first_start(cfg: dict) -> float:
     """Seconds from nothing to a first scored frame, the optimised-graph cache written on the way if it was not there."""
     from winclip.runtime import Detector
-    from winclip.runtime.bundle import Bundle
     from winclip.runtime.images import read_image
 
     image = read_image(cfg["images"][0])
-    object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]
+    options = _detector_options(cfg)
     t0 = time.perf_counter()
-    Detector.from_bundle(cfg["bundle"], object=object_name, provider=cfg["provider"], precision=cfg["precision"],
-                         threads=cfg.get("threads"), backend=cfg.get("backend", "onnxruntime"))(image)
+    Detector.from_bundle(cfg["bundle"], **options)(image)
     return time.perf_counter() - t0
+
+
+def _detector_options(cfg: dict) -> dict:
+    """Detector.from_bundle's options for a runtime row (the first start and the timed run alike)."""
+    from winclip.runtime.bundle import Bundle
+
+    object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]  # as the torch side
+    return dict(object=object_name, provider=cfg["provider"], precision=cfg["precision"], threads=cfg.get("threads"),
+                backend=cfg.get("backend", "onnxruntime"))
 
 
 def _first_start(cfg: dict) -> float:
@@ -137,10 +141,16 @@ def measure_torch(cfg: dict) -> dict:
     return {"frame_s": totals, "torch": torch.__version__}
 
 
-def summarize(raw: dict) -> dict:
+def frame_times(raw: dict) -> dict:
+    """A child's raw per-frame seconds ("frame_s") as the row's p50, p95, FPS and count."""
     frame = raw.pop("frame_s")
-    out = {**raw, "p50_s": statistics.median(frame), "p95_s": _percentile(frame, 0.95), "fps": 1.0 / statistics.median(frame),
-           "timed_frames": len(frame)}
+    return {**raw, "p50_s": statistics.median(frame), "p95_s": _percentile(frame, 0.95),
+            "fps": 1.0 / statistics.median(frame), "timed_frames": len(frame)}
+
+
+def summarize(raw: dict) -> dict:
+    """Run in the measured child: frame_times, and this process's peak resident memory."""
+    out = frame_times(raw)
     # resetting VmHWM per stage also resets what getrusage reports: the run's peak is the highest of both
     # Not ru_maxrss: Linux carries it across exec, so a child would report its parent's peak at fork time.
     # VmHWM belongs to this process's own memory since exec (the stages reset it, each keeping its peak).

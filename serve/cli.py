@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+from winclip.runtime.command import CONTEXT, one_line_errors, require_onnxruntime, setup_logging
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS, SERVED_MODEL_NAME, TRITON_PORTS
 from winclip.serve import defaults
 from winclip.serve.repository import DEFAULT_TARGET, TARGETS
@@ -27,7 +27,7 @@ PORT = click.IntRange(1, 65535)
 SERVER_ONLY = ("provider", "threads", "host", "http_port", "grpc_port", "metrics_port", "no_cache")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine to serve: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")

@@ -20,6 +20,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from winclip.runtime.defaults import SERVED_MODEL_NAME
+from winclip.runtime.served import ServedAddress
+from winclip.serve.defaults import HOST
+
 SERVE_PYTHON_VARIABLE = "WINCLIP_SERVE_PYTHON"
 _SAMPLE = re.compile(r'^(\w+)\{([^}]*)\}\s+(\S+)$')
 
@@ -36,7 +40,7 @@ def serve_python() -> str | None:
     return sys.executable
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+def free_ports(n: int, host: str = HOST) -> list[int]:
     """n ports nothing listens on now (held together while chosen, so they differ)."""
     sockets = []
     try:
@@ -63,8 +67,8 @@ def parse_metrics(text: str, model: str) -> dict[str, float]:
 class ServeProcess:
     """`winclip-serve BUNDLE ...` in its own process group, its output in LOG_DIR/serve.log."""
 
-    def __init__(self, python: str, bundle: Path, log_dir: Path, *args: str, host: str = "127.0.0.1",
-                 ports: list[int] | None = None, model: str = "winclip", env: dict | None = None):
+    def __init__(self, python: str, bundle: Path, log_dir: Path, *args: str, host: str = HOST,
+                 ports: list[int] | None = None, model: str = SERVED_MODEL_NAME, env: dict | None = None):
         self.python, self.bundle, self.args = python, Path(bundle), list(args)
         self.host, self.model = host, model
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3, host)
@@ -72,11 +76,10 @@ class ServeProcess:
         self.env = {**os.environ, **(env or {})}
         self.tmp: str | None = None  # the server's TMPDIR (PyTriton's workspace), removed when it ends
         self.proc: subprocess.Popen | None = None
-        self.started = 0
 
     @property
     def engine_url(self) -> str:
-        return f"triton://{self.host}:{self.grpc_port}/{self.model}"
+        return str(ServedAddress(self.host, self.grpc_port, self.model))
 
     def start(self, timeout: float = 180.0) -> "ServeProcess":
         """Start and wait until Triton says ready; RuntimeError with the log's tail when it does not."""
@@ -88,7 +91,6 @@ class ServeProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**self.env, "TMPDIR": self.tmp}, start_new_session=True)
-        self.started += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
