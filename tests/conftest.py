@@ -105,6 +105,17 @@ def line_frames(folder: Path, per_kind: int) -> Path:
     return folder
 
 
+def import_blocker(modules: tuple[str, ...], message: str = "{name} is not installed") -> str:
+    """Python source (for `python -c`) that makes the packages `modules` unimportable in that interpreter:
+    what a box without them would see. `message` may name the module ({name})."""
+    return ("import importlib.abc, sys\n"
+            "class Blocked(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {tuple(modules)!r}:\n"
+            f"            raise ImportError(f{message!r})\n"
+            "sys.meta_path.insert(0, Blocked())\n")
+
+
 def read(path: Path) -> np.ndarray:
     """An image as the runtime reads it (OpenCV, as stored)."""
     import cv2

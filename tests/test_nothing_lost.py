@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import elpv_images, read, run_cli, textile_images
+from conftest import elpv_images, import_blocker, read, run_cli, textile_images
 from test_live_cli import LiveProcess, error_lines, frame_lines, strict_lines
 from test_live_loop import paint_defect, textile_frames, wait_for, write_video
 from winclip.benchmarks.soak_live import MjpegServer
@@ -338,12 +338,7 @@ def test_eval_strict_fails_an_incomplete_run_and_names_the_skipped_files(tiny_bu
 
 
 def test_eval_without_scikit_learn_stops_before_any_work(tiny_bundle, tmp_path):
-    block = ("import importlib.abc, sys\n"
-             "class NoSklearn(importlib.abc.MetaPathFinder):\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name.split('.')[0] == 'sklearn':\n"
-             "            raise ImportError('no sklearn')\n"
-             "sys.meta_path.insert(0, NoSklearn())\n"
+    block = (import_blocker(("sklearn",)) +
              "import runpy; runpy.run_module('winclip.calibration.evaluation.cli', run_name='__main__')\n")
     import subprocess
     import sys
@@ -359,12 +354,7 @@ def test_bench_without_onnxruntime_is_one_line(tiny_bundle):
     import subprocess
     import sys
 
-    block = ("import importlib.abc, sys\n"
-             "class NoOrt(importlib.abc.MetaPathFinder):\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name.split('.')[0] == 'onnxruntime':\n"
-             "            raise ImportError('no onnxruntime')\n"
-             "sys.meta_path.insert(0, NoOrt())\n"
+    block = (import_blocker(("onnxruntime",)) +
              "import runpy; runpy.run_module('winclip.benchmarks.bench_cli', run_name='__main__')\n")
     proc = subprocess.run([sys.executable, "-c", block, str(tiny_bundle)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(error_lines(proc.stderr)) == 1

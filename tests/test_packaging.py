@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import import_blocker
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,14 +63,7 @@ def test_serving_libraries_come_only_with_their_extras(wheel):
     assert client and all(r.startswith("tritonclient[grpc]") for r in client)  # a client needs no server
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "open_clip", "torchvision"):
-            raise ImportError(f"{name} is not installed on an edge box")
-sys.meta_path.insert(0, NoTorch())
-"""
+BLOCK_TORCH = import_blocker(("torch", "open_clip", "torchvision"), "{name} is not installed on an edge box")
 
 
 def test_installed_copy_imports_and_runs_without_torch(wheel, tmp_path, tiny_bundle):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, run_cli
+from conftest import SCRIPTS, import_blocker, run_cli
 
 RUNTIME_ONLY = importlib.util.find_spec("torch") is None
 
@@ -91,12 +91,7 @@ def test_help_works_where_onnxruntime_is_missing():
     import subprocess
     import sys
 
-    block = ("import importlib.abc, sys\n"
-             "class NoOrt(importlib.abc.MetaPathFinder):\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name.split('.')[0] == 'onnxruntime':\n"
-             "            raise ImportError('no onnxruntime')\n"
-             "sys.meta_path.insert(0, NoOrt())\n")
+    block = import_blocker(("onnxruntime",))
     for module in ("winclip.runtime.line.cli", "winclip.calibration.profiles.cli", "winclip.calibration.engines.cli"):
         proc = subprocess.run([sys.executable, "-c", block + f"import runpy; runpy.run_module({module!r}, "
                                "run_name='__main__')", "--help"], capture_output=True, text=True)

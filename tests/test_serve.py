@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SCRIPTS, TINY, TINY_CONFIG, elpv_images, make_model, read, run_cli, save_checkpoint, textile_images
+from conftest import (SCRIPTS, TINY, TINY_CONFIG, elpv_images, import_blocker, make_model, read, run_cli, save_checkpoint,
+                      textile_images)
 from test_live_cli import strict_lines
 from test_live_loop import decoded_frames, textile_frames, wait_for, write_video
 from winclip.runtime.errors import BundleError
@@ -145,13 +146,7 @@ def test_scores_with_a_profile_through_the_cli(served, tiny_bundle, tmp_path):
                         local_detector(tiny_bundle, profile=profile, engine=served.engine_url)(frames))
 
 
-BLOCK_ENGINES = """
-import importlib.abc, sys
-class NoEngine(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("onnxruntime", "pytriton", "torch"):
-            raise ImportError(f"{name} is not installed on this edge client")
-sys.meta_path.insert(0, NoEngine())
+BLOCK_ENGINES = import_blocker(("onnxruntime", "pytriton", "torch"), "{name} is not installed on this edge client") + """
 sys.argv = ["winclip-inspect", *sys.argv[1:]]
 from winclip.runtime.line.cli import main
 main()
