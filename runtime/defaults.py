@@ -7,7 +7,7 @@ limits every reader enforces. Torch-free, so both sides import it.
 
 from __future__ import annotations
 
-from winclip.runtime.errors import SettingError
+from winclip.runtime.errors import SettingError, short_repr
 
 # --- WinCLIP algorithm defaults (docs/algorithm.md)
 WINDOW_SCALES = (2, 3)
@@ -74,9 +74,9 @@ def check_temperature(value) -> float:
     try:
         tau = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise SettingError(f"temperature must be a finite number > 0, got {_short(value)}") from None
+        raise SettingError(f"temperature must be a finite number > 0, got {short_repr(value)}") from None
     if not 0.0 < tau < float("inf"):
-        raise SettingError(f"temperature must be finite and > 0, got {_short(value)}")
+        raise SettingError(f"temperature must be finite and > 0, got {short_repr(value)}")
     return tau
 
 
@@ -89,10 +89,7 @@ def check_threshold(value, name: str = "threshold") -> float | None:
     except OverflowError:  # an integer too large for a float
         number = None
     if number is None or not 0.0 <= number <= 1.0:
-        raise SettingError(f"{name} must be a number in [0, 1], got {_short(value)}")
+        raise SettingError(f"{name} must be a number in [0, 1], got {short_repr(value)}")
     return number
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 24 else text[:20] + "..."

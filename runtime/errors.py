@@ -28,6 +28,12 @@ class MissingExtra(WinclipError, ImportError):
     """An optional dependency that is not installed; the message names the extra that brings it."""
 
 
+def short_repr(value: object) -> str:
+    """A value as an error message quotes it: its repr, cut after about 20 characters."""
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type name."""
     for line in str(exc).splitlines():

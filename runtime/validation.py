@@ -13,7 +13,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from winclip.runtime.defaults import MAX_JSON_BYTES, MAX_NAME_CHARS
-from winclip.runtime.errors import WinclipError, first_line
+from winclip.runtime.errors import WinclipError, first_line, short_repr
 from winclip.runtime.files import FileRefused, read_regular
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -166,7 +166,7 @@ def check_int(value: object, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaError(f"field {name} must be an integer, got {_kind(value)}")
     if not lo <= value <= hi:
-        raise SchemaError(f"field {name} is {_short(value)}, outside {lo}..{hi}")
+        raise SchemaError(f"field {name} is {short_repr(value)}, outside {lo}..{hi}")
     return value
 
 
@@ -176,10 +176,10 @@ def check_float(value: object, name: str, lo: float, hi: float, lo_open: bool = 
     try:
         value = float(value)
     except OverflowError:  # an integer too large for a float
-        raise SchemaError(f"field {name} is {_short(value)}, outside [{lo}, {hi}]") from None
+        raise SchemaError(f"field {name} is {short_repr(value)}, outside [{lo}, {hi}]") from None
     if not math.isfinite(value) or value > hi or value < lo or (lo_open and value == lo):
         bracket = "(" if lo_open else "["
-        raise SchemaError(f"field {name} is {_short(value)}, outside {bracket}{lo}, {hi}]")
+        raise SchemaError(f"field {name} is {short_repr(value)}, outside {bracket}{lo}, {hi}]")
     return value
 
 
@@ -188,6 +188,3 @@ def _kind(value: object) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 24 else text[:20] + "..."
