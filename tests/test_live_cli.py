@@ -55,6 +55,11 @@ class LiveProcess:
         self._reader.join(10)
         return code, out, "".join(self.stderr_lines)
 
+    def stop(self, timeout: float = 60) -> tuple[int, str, str]:
+        """SIGTERM, as a service manager stops it, then finish()."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.finish(timeout)
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -142,8 +147,7 @@ def test_a_stream_that_stays_connected_but_sends_nothing_is_lost_after_the_stall
                       "--stall-timeout", "1", "--provider", "cpu")
     try:
         assert wait_for(lambda: log.exists() and log.read_text().count('"source_lost"') >= 2, 90), run.stderr_lines
-        run.proc.send_signal(signal.SIGTERM)
-        code, _, stderr = run.finish()
+        code, _, stderr = run.stop()
     finally:
         run.kill()
         camera.stop()
@@ -188,8 +192,7 @@ def test_credentials_in_a_stream_url_reach_no_output(tiny_bundle, tmp_path):
         assert wait_for(lambda: log.read_text().count('"source_recovered"') >= 1, 30)
         for path in ("", "status.json", "metrics"):
             get(path)
-        run.proc.send_signal(signal.SIGTERM)
-        code, _, stderr = run.finish()
+        code, _, stderr = run.stop()
     finally:
         run.kill()
         server.stop()
@@ -321,8 +324,7 @@ def test_mqtt_and_the_live_page_on_a_live_stream(tiny_bundle, stream, tmp_path):
         with urllib.request.urlopen(url + "metrics", timeout=5) as response:
             metrics = response.read().decode()
         assert "winclip" in metrics
-        run.proc.send_signal(signal.SIGTERM)
-        code, _, stderr = run.finish()
+        code, _, stderr = run.stop()
     finally:
         run.kill()
         subscriber.close()

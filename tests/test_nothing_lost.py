@@ -173,8 +173,7 @@ def test_a_signal_in_folder_mode_finishes_the_batch_and_says_so(tiny_bundle, tmp
     try:
         partial = out / "events.jsonl.partial"
         assert wait_for(lambda: partial.exists() and partial.read_text().count("\n") >= 2, 60), run.stderr_lines
-        run.proc.send_signal(signal.SIGTERM)
-        code, _, stderr = run.finish(timeout=60)
+        code, _, stderr = run.stop()
     finally:
         run.kill()
     errors = error_lines(stderr)

@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import struct
 import threading
 import urllib.error
@@ -110,8 +109,7 @@ def test_a_page_without_a_token_is_read_only(tiny_bundle, stream, profile):
         page, response = get(url, "")
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         assert "<script" in page and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(""", page)
-        run.proc.send_signal(signal.SIGTERM)
-        code, _, stderr = run.finish()
+        code, _, stderr = run.stop()
     finally:
         run.kill()
     assert code == 0, stderr
@@ -176,8 +174,7 @@ def test_writes_need_the_token_and_two_teach_requests_at_once_are_two_versions(t
         assert wait_for(lambda: len(changes()) == 3, 60)
         assert get(url, "status.json")[0]["operator"]["version"] == 2
         assert 'winclip_profile_version 2.0' in get(url, "metrics")[0]
-        run.proc.send_signal(signal.SIGTERM)
-        code, _, stderr = run.finish()
+        code, _, stderr = run.stop()
     finally:
         run.kill()
     assert code == 0, stderr
