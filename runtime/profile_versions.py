@@ -224,6 +224,24 @@ class ProfileStore:
             self._write(data)
             return left, back
 
+    def use(self, number: int, who: str, why: str = "") -> tuple[Version, Version]:
+        """Make any kept version current again (a "use" entry in the log; nothing is deleted): (the one left,
+        the one now current)."""
+        with self.locked():
+            data = self.read()
+            if not self.versioned:
+                raise ProfileError(f"{self.root} has only the version it was calibrated as: nothing to choose")
+            left = self.version(data=data)
+            if number == left.number:
+                raise ProfileError(f"version {number} of {self.root} is already in use")
+            chosen = self.version(number, data)  # ProfileError when unknown or pruned
+            data["current"] = chosen.number
+            data.setdefault("log", []).append({"time": now_iso(), "action": "use", "from": left.number,
+                                               "to": chosen.number, "who": clean_text(who, "unknown"),
+                                               "why": clean_text(why, "")})
+            self._write(data)
+            return left, chosen
+
     # --- the parts
     def _folders(self) -> list[int]:
         return [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_FOLDER.fullmatch(p.name)) and p.is_dir()]

@@ -25,12 +25,12 @@ from winclip.runtime.defaults import MAX_JSON_BYTES as MAX_CSV_BYTES
 from winclip.runtime.errors import WinclipError
 from winclip.runtime.files import FileRefused, read_regular
 from winclip.runtime.images import IMAGE_SUFFIXES, ImageReadError, display_path, list_images
+from winclip.runtime.labelled import GOOD, MASKS, REFERENCE
+from winclip.runtime.labelled import RESERVED as FOLDER_RESERVED  # every other sub-folder is a defect kind
 
 LAYOUTS = ("mvtec", "visa", "folder")
-GOOD, MASKS, REFERENCE = "good", "masks", "reference"
 VISA_CSV = Path("split_csv") / "1cls.csv"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
-FOLDER_RESERVED = (GOOD, MASKS, REFERENCE)  # every other sub-folder of a folder-layout category is a defect kind
 # A folder-layout category without reference/ lends this many normal images per shot of the
 # largest shot count to the reference pool (at most half of good/), so seeds draw different sets.
 POOL_PER_SHOT = 2

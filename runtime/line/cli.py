@@ -365,6 +365,7 @@ def _open_desk(detector, status, sinks, out, plan, opened: list, server=None):
                         keep_threshold=plan["keep_thresholds"][0], keep_pixel_threshold=plan["keep_thresholds"][1])
     opened.append(desk)
     if server is not None:
+        desk.open_review(out)  # the review desk: episodes, reviews and labels, kept in OUT/review.json
         server.desk = desk
     if plan["token"] is not None and desk.teach_refusal is not None:
         log.warning("the operator token unlocks undo and teaching, but %s", desk.teach_refusal)

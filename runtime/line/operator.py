@@ -57,7 +57,7 @@ class Job:
     """A write the worker does: teach parts or undo; its state as the page shows it."""
 
     id: int
-    action: str  # "teach" | "undo"
+    action: str  # "teach" | "undo" | "use" (a chosen earlier version)
     who: str
     why: str
     parts: list = field(default_factory=list)
@@ -66,6 +66,7 @@ class Job:
     detail: str = ""
     version: int | None = None
     created: float = field(default_factory=time.time)
+    target: int | None = None  # the version a "use" asks for
 
     def to_json(self) -> dict:
         return {"id": self.id, "action": self.action, "state": self.state, "detail": self.detail,
@@ -116,6 +117,7 @@ class OperatorDesk:
         if drift is not None:
             drift.reset(reference)
         self.changes = 0
+        self.review = None  # the review desk (open_review), when the run serves its page
         self._seen = self.version  # the newest version the worker knows of (applied or waiting)
         self._lock = threading.Lock()
         self._pending: list[Switch] = []
@@ -146,15 +148,18 @@ class OperatorDesk:
                 return
             if self.version is not None:
                 event["profile_version"] = self.version
+            flagged = None
             score, anomalous = event["image_score"], event.get("anomalous")
             if self.trend is not None:
                 self.trend.add(frame.source, score, anomalous, event.get("threshold"))
             if anomalous and self.gallery is not None:
                 try:
                     # the preview LiveOutputs drew is the gallery's picture (both at the page's width)
-                    self.gallery.add(frame, outcome, event, self.version, jpeg=preview)
+                    flagged = self.gallery.add(frame, outcome, event, self.version, jpeg=preview)
                 except (OSError, ValueError) as exc:  # a picture that cannot be drawn: the page misses one item
                     log.debug("gallery: %s", first_line(exc))
+            if self.review is not None:
+                self.review.observe(frame, event, flagged)
             notice = self.drift.observe(frame.source, score, anomalous)
             if notice is not None:
                 self._emit(notice)
@@ -168,6 +173,8 @@ class OperatorDesk:
         return on_event
 
     def _emit(self, event: dict) -> None:
+        if self.review is not None:
+            self.review.note(event)
         for sink in self.sinks:
             sink.write(event)
 
@@ -234,6 +241,33 @@ class OperatorDesk:
             raise OperatorError(self.teach_refusal, 409)
         return self._queue(Job(next(self._job_ids), "undo", who, why))
 
+    def request_use(self, version: int, *, who: str = "", why: str = "") -> Job:
+        """Queue "use version K": any kept earlier (or later) version becomes current, recorded as a new event."""
+        if self.teach_refusal is not None:
+            raise OperatorError(self.teach_refusal, 409)
+        if version == self.version:
+            raise OperatorError(f"version {version} is already in use", 409)
+        known = {entry["version"]: entry for entry in self.store.history()["versions"]}
+        if version not in known:
+            raise OperatorError(f"{self.profile_path} has no version {version}", 404)
+        if known[version].get("pruned"):
+            raise OperatorError(f"version {version} of {self.profile_path} is no longer on disk", 410)
+        return self._queue(Job(next(self._job_ids), "use", who, why, target=version))
+
+    def open_review(self, out: Path | None) -> None:
+        """The review desk (episodes, reviews, labels, the run's history), kept in OUT when there is one."""
+        from winclip.runtime.line.review import ReviewBook
+
+        self.review = ReviewBook(out, self.status, label_root=self.label_root, gallery=self.gallery,
+                                 versions=self.versions)
+
+    @property
+    def label_root(self) -> Path | None:
+        """The profile folder whose labelled/ the review desk writes (a version folder's profile)."""
+        if self.profile_path is None:
+            return None
+        return versioned_parent(self.profile_path) or self.profile_path
+
     def _queue(self, job: Job) -> Job:
         try:
             self._jobs.put_nowait(job)
@@ -256,6 +290,9 @@ class OperatorDesk:
                 if job.action == "teach":
                     version = teach(self.detector, self.store, job.parts, who=job.who, why=job.why, action="teach")
                     job.detail = f"version {version.number} written"
+                elif job.action == "use":
+                    left, version = self.store.use(job.target, job.who, job.why)
+                    job.detail = f"from version {left.number} to version {version.number}"
                 else:
                     left, version = self.store.undo(job.who, job.why)
                     job.detail = f"back from version {left.number} to {version.number}"
@@ -309,3 +346,5 @@ class OperatorDesk:
         self._stopping.set()
         if self._worker is not None:
             self._worker.join(timeout=10.0)
+        if self.review is not None:
+            self.review.close()

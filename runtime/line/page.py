@@ -58,7 +58,7 @@ h3{margin:0 0 8px;font-size:15px;color:#fff}
 #pager{display:flex;gap:10px;align-items:center;margin-top:8px}
 </style></head><body>
 <header>
-  <div class="row"><h1>winclip live</h1><span id="totals"></span><span id="stale">page not updating: run stopped?</span></div>
+  <div class="row"><h1>winclip live</h1><a href="review" style="color:#7fb2ff">review desk</a><span id="totals"></span><span id="stale">page not updating: run stopped?</span></div>
   <div class="row" id="run"></div>
   <div id="operator">
     <span id="access" class="ro">read-only</span>

@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from winclip.runtime.errors import MissingExtra
 from winclip.runtime.line import defaults
+from winclip.runtime.line import review_routes
 from winclip.runtime.line.page import PAGE
 from winclip.runtime.line.sinks.base import LIVE_EXTRA
 from winclip.runtime.line.status import LiveStatus
@@ -156,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "image/jpeg", jpeg, send_body, cache=True)
         elif path == "/api/profile" and desk is not None:
             self._json(200, desk.versions(), send_body)
+        elif review_routes.get(self, path, query, send_body):
+            pass  # the review desk's page, episodes and pictures (review_routes.py)
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found\n", send_body)
 
@@ -165,11 +168,12 @@ class _Handler(BaseHTTPRequestHandler):
 
         desk = self.server.live.desk
         path = urllib.parse.urlsplit(self.path).path
-        if desk is None or path not in ("/api/teach", "/api/undo"):
+        if desk is None or path not in ("/api/teach", "/api/undo", *review_routes.WRITES):
             self.close_connection = True
             self._json(404, {"error": "not found"}, True)
             return
-        refused = desk.guard.check(self.headers.get("Authorization"))
+        access = desk.guard.authorize(self.headers.get("Authorization"))
+        refused = access.refused
         if refused is not None:
             self.close_connection = True  # the body, if any, is never read
             message = {"read-only": "this page is read-only: start winclip-inspect --serve with an operator token "
@@ -178,6 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
                        "wrong": "wrong operator token"}[refused]
             self._json(403 if refused == "read-only" else 401, {"error": message, "refused": refused}, True,
                        headers={"WWW-Authenticate": "Bearer"} if refused != "read-only" else None)
+            return
+        if path in review_routes.WRITES:
+            review_routes.post(self, path, access)
             return
         try:
             body, kind = self._body()
@@ -189,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise OperatorError("the body is not valid JSON") from None
                 if not isinstance(fields, dict):
                     raise OperatorError("the body must be a JSON object")
-            who = fields.get("who") or f"operator at {self.client_address[0]}"
+            who = access.name or fields.get("who") or f"operator at {self.client_address[0]}"  # a named token decides
             why = fields.get("why") or ""
             if path == "/api/undo":
                 job = desk.request_undo(who=str(who), why=str(why) or "undo on the live page")
@@ -308,6 +315,8 @@ class _StatusCollector:
         operator = snap.get("operator")
         if operator is not None:
             yield from _operator_metrics(operator)
+        if snap.get("review") is not None:
+            yield from review_routes.metrics(snap["review"])
 
 
 def _operator_metrics(operator: dict):

@@ -1,0 +1,128 @@
+"""The review desk's part of the live server: its page, its reads, its writes and its metrics.
+
+Reads: `/review` (the page), `/api/review?source=S&verdict=V&since=T&until=T` (episodes newest first, the
+history, the versions), `/review/picture/<id>.jpg` (the best frame's overlay), `/review/original/<id>.jpg`
+(its original pixels). Writes (the server's WriteGuard has let them through; the operator's name comes from
+their token): `/api/review/ack`, `/api/review/label`, `/api/version` ("use version K").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from winclip.runtime.line import defaults
+from winclip.runtime.line.review import VERDICTS, ReviewError
+from winclip.runtime.line.review_page import REVIEW_PAGE
+
+WRITES = ("/api/review/ack", "/api/review/label", "/api/version")
+PICTURE, ORIGINAL = "/review/picture/", "/review/original/"
+
+
+def get(handler, path: str, query: dict, send_body: bool) -> bool:
+    """Answer a GET of the review desk; False when the path is not one of its own."""
+    desk = handler.server.live.desk
+    review = None if desk is None else desk.review
+    if path in ("/review", "/review/"):
+        handler._send(200, "text/html; charset=utf-8", REVIEW_PAGE.encode(), send_body)
+    elif review is None:
+        return False
+    elif path == "/api/review":
+        chosen = query.get("verdict", [None])[0]
+        listing = review.listing(source=query.get("source", [None])[0] or None,
+                                 verdict_is=chosen if chosen in VERDICTS else None,
+                                 since=_number(query.get("since", [None])[0]),
+                                 until=_number(query.get("until", [None])[0]),
+                                 limit=defaults.REVIEW_PAGE)
+        listing["profile"] = desk.versions()
+        listing["access"] = desk.guard.counts()
+        handler._json(200, listing, send_body)
+    elif path.startswith((PICTURE, ORIGINAL)) and path.endswith(".jpg"):
+        number = path.rsplit("/", 1)[1][:-4]
+        episode = int(number) if number.isdigit() and len(number) < 12 else None
+        if episode is None:
+            jpeg = None
+        elif path.startswith(PICTURE):
+            jpeg = review.picture(episode)
+        else:
+            jpeg = review.original_jpeg(episode)
+        if jpeg is None:
+            handler._send(404, "text/plain; charset=utf-8", b"this picture is no longer kept\n", send_body)
+        else:
+            handler._send(200, "image/jpeg", jpeg, send_body)
+    else:
+        return False
+    return True
+
+
+def post(handler, path: str, access) -> None:
+    """A review write: acknowledge, label, or use a version; the answer is JSON either way."""
+    from winclip.runtime.line.operator import OperatorError
+
+    desk = handler.server.live.desk
+    try:
+        body, kind = handler._body()
+        if kind != "json":
+            raise OperatorError("send a JSON object")
+        try:
+            fields = json.loads(body.decode("utf-8")) if body else {}
+        except (UnicodeDecodeError, ValueError):
+            raise OperatorError("the body is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise OperatorError("the body must be a JSON object")
+        who = str(access.name or fields.get("who") or f"operator at {handler.client_address[0]}")
+        note = str(fields.get("why") or fields.get("note") or "")
+        if path == "/api/version":
+            version = _whole(fields.get("version"), "say which version: {\"version\": K}")
+            job = desk.request_use(version, who=who, why=note or "chosen on the review desk")
+            handler._json(202, {"job": job.to_json()}, True)
+            return
+        if desk.review is None:
+            raise OperatorError("this run has no review desk", 404)
+        episode = _whole(fields.get("episode"), "say which episode: {\"episode\": ID}")
+        if path == "/api/review/ack":
+            done = desk.review.acknowledge(episode, who, note)
+        else:
+            label = fields.get("label")
+            if label not in ("good", "defect"):
+                raise OperatorError("say what it is: {\"label\": \"good\"} or {\"label\": \"defect\", \"kind\": K}")
+            done = desk.review.label(episode, "good" if label == "good" else str(fields.get("kind") or "defect"),
+                                     who, note)
+        handler._json(200, {"episode": done}, True)
+    except (OperatorError, ReviewError) as exc:
+        handler.close_connection = True
+        handler._json(exc.status, {"error": str(exc)}, True)
+
+
+def _whole(value, message: str) -> int:
+    from winclip.runtime.line.operator import OperatorError
+
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise OperatorError(message)
+    return value
+
+
+def _number(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def metrics(review: dict):
+    """Reviews and labels made during the run, and episodes by verdict (the desk's summary)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield CounterMetricFamily("winclip_reviews", "Episodes acknowledged on the review desk during the run",
+                              value=review["reviews"])
+    labels = CounterMetricFamily("winclip_labels", "Frames labelled on the review desk during the run, by kind "
+                                 "(good or the defect kind)", labels=["kind"])
+    for kind, count in sorted(review["labels"].items()):
+        labels.add_metric([kind], count)
+    yield labels
+    episodes = GaugeMetricFamily("winclip_review_episodes", "Episodes the review desk keeps, by verdict",
+                                 labels=["verdict"])
+    for name, count in review["episodes"].items():
+        episodes.add_metric([name], count)
+    yield episodes

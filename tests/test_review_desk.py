@@ -1,0 +1,217 @@
+"""The review desk without a browser: episodes and their gap rule, reviews and labels persisted in OUT/review.json
+across a restart, the labelled layout read by winclip-calibrate --labelled and winclip-eval as they are, named
+operator tokens (re-read when the file changes), and "use version K" of a profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import read, run_cli, textile_images
+from test_operator_page import calibrate
+from winclip.runtime.labelled import LabelError, defect_kind
+from winclip.runtime.line.access import OperatorTokens, TokenError, WriteGuard, load_token, parse_tokens
+from winclip.runtime.line.frames import Frame
+from winclip.runtime.line.review import REVIEW_NAME, ReviewBook, ReviewError
+from winclip.runtime.line.status import LiveStatus
+from winclip.runtime.profile import ProfileError
+from winclip.runtime.profile_versions import ProfileStore
+from winclip.runtime.teach import GoodPart, teach
+
+T0 = 1_760_000_000.0
+TOKENS = {"anna": "anna-token-0123456789abcdef", "ben": "ben-token-0123456789abcdef"}
+
+
+def book(out, label_root=None, **kwargs) -> ReviewBook:
+    return ReviewBook(out, LiveStatus(["cam1", "cam2"]), label_root=label_root, start_thread=False, **kwargs)
+
+
+def feed(review: ReviewBook, source: str, index: int, when: float, score: float, flagged: bool, image=None):
+    """One scored frame as the desk sees it (the threshold is 0.5 throughout)."""
+    image = np.full((8, 8, 3), index % 256, np.uint8) if image is None else image
+    event = {"image_score": score, "anomalous": flagged, "threshold": 0.5, "regions": [], "profile_version": 1}
+    review.observe(Frame(source, index, when, image), event)
+
+
+def test_episodes_follow_the_gap_rule_per_source_and_keep_their_best_frame(tmp_path):
+    review = book(None, gap_frames=2, gap_s=10.0)
+    # cam1: flagged 0-1, one normal frame, flagged 3 (the same part: one episode), best at frame 3
+    feed(review, "cam1", 0, T0, 0.6, True)
+    feed(review, "cam1", 1, T0 + 0.1, 0.7, True)
+    feed(review, "cam2", 0, T0 + 0.1, 0.9, True)  # another source never joins cam1's episode
+    feed(review, "cam1", 2, T0 + 0.2, 0.4, False)
+    feed(review, "cam1", 3, T0 + 0.3, 0.8, True)
+    # three normal frames: the next flagged frame is a new episode
+    for i in range(4, 7):
+        feed(review, "cam1", i, T0 + 0.1 * i, 0.3, False)
+    feed(review, "cam1", 7, T0 + 0.7, 0.55, True)
+    # no normal frame between, but 11 s later (the source stopped): a new episode again
+    feed(review, "cam1", 8, T0 + 11.8, 0.65, True)
+    listing = review.listing(limit=100)
+    episodes = sorted(listing["episodes"], key=lambda e: e["id"])
+    got = [(e["source"], e["first_frame"], e["last_frame"], e["frames"], e["best"]["frame"]) for e in episodes]
+    assert got == [("cam1", 0, 3, 3, 3), ("cam2", 0, 0, 1, 0), ("cam1", 7, 7, 1, 7), ("cam1", 8, 8, 1, 8)]
+    assert episodes[0]["best"]["score"] == 0.8 and episodes[0]["end"] == T0 + 0.3
+    assert [e["open"] for e in episodes] == [False, True, False, True]
+    # filters: by source, by verdict, by time
+    assert {e["source"] for e in review.listing(source="cam2")["episodes"]} == {"cam2"}
+    assert review.listing(verdict_is="new")["matched"] == 4 and review.listing(verdict_is="acknowledged")["matched"] == 0
+    assert [e["first_frame"] for e in review.listing(since=T0 + 5)["episodes"]] == [8]
+    assert review.listing(until=T0 + 0.05)["matched"] == 1  # only cam1's first episode had begun by then
+
+
+def test_reviews_and_labels_survive_a_restart_and_a_label_is_the_original_pixels(tmp_path):
+    out, profile = tmp_path / "run", tmp_path / "line3"
+    out.mkdir(), profile.mkdir()
+    first = book(out, profile)
+    images = [read(p) for p in textile_images("local", 2)]
+    feed(first, "rtsp://cam1/stream", 5, T0, 0.9, True, image=images[0])
+    feed(first, "cam2", 9, T0 + 1, 0.8, True, image=images[1])
+    one, two = sorted(e["id"] for e in first.listing()["episodes"])
+    first.acknowledge(one, "anna", "checked at the line")
+    labelled = first.label(two, "Scratch mark", "ben")
+    with pytest.raises(ReviewError, match="labelled scratch_mark already"):
+        first.label(two, "good", "ben")
+    with pytest.raises(ReviewError, match="reserved"):
+        first.label(one, "masks", "ben")
+    file = labelled["labels"][0]["file"]
+    assert file.startswith(str(profile / "labelled" / "scratch_mark" / "cam2-f9-"))
+    assert np.array_equal(cv2.imread(file, cv2.IMREAD_UNCHANGED), images[1])  # lossless: the very pixels scored
+    assert first.summary()["reviews"] == 1 and first.summary()["labels"] == {"scratch_mark": 1}
+    saved = json.loads((out / REVIEW_NAME).read_text())  # written at once, before the answer
+    assert [e["review"]["who"] for e in saved["episodes"] if e["review"]] == ["anna"]
+
+    again = book(out, profile)  # the next run into the same OUT
+    episodes = {e["id"]: e for e in again.listing()["episodes"]}
+    assert episodes[one]["verdict"] == "acknowledged" and episodes[one]["review"]["note"] == "checked at the line"
+    assert episodes[two]["verdict"] == "defect" and episodes[two]["labels"][0]["who"] == "ben"
+    assert not episodes[one]["this_run"] and not episodes[one]["original"]
+    with pytest.raises(ReviewError, match="no longer kept") as refused:
+        again.label(one, "good", "anna")
+    assert refused.value.status == 410
+    feed(again, "cam2", 0, T0 + 100, 0.7, True)
+    assert max(e["id"] for e in again.listing()["episodes"]) == two + 1  # ids go on, never reused
+    again.close()
+    # a damaged file is kept aside, and the desk starts empty rather than failing the run
+    (out / REVIEW_NAME).write_text("{not json")
+    third = book(out, profile)
+    assert third.listing()["total"] == 0 and list(out.glob(f"{REVIEW_NAME}.unreadable-*"))
+
+
+def test_a_run_without_a_profile_cannot_label_and_defect_kinds_are_folder_names():
+    review = book(None)
+    feed(review, "cam1", 0, T0, 0.9, True)
+    with pytest.raises(ReviewError, match="--profile"):
+        review.label(1, "scratch", "anna")
+    assert defect_kind("  Hole In Fabric ") == "hole_in_fabric"
+    for bad in ("good", "reference", "../up", "", "x" * 49, "a/b"):
+        with pytest.raises(LabelError):
+            defect_kind(bad)
+
+
+def test_the_labelled_folder_the_desk_writes_is_read_by_calibrate_and_eval_as_they_are(tiny_bundle, tmp_path):
+    profile = tmp_path / "line3"
+    profile.mkdir()
+    review = book(tmp_path, profile)
+    goods, defects = textile_images("nominal", 6, start=300), textile_images("local", 6)
+    for i, path in enumerate(goods + defects):
+        feed(review, "cam1", i * 10, T0 + 100 * i, 0.9, True, image=read(path))
+    episodes = sorted(e["id"] for e in review.listing()["episodes"])
+    assert len(episodes) == 12
+    for episode in episodes[:6]:
+        review.label(episode, "good", "anna")
+    for episode in episodes[6:]:
+        review.label(episode, "hole", "anna")
+    labelled = profile / "labelled"
+    assert sorted(p.name for p in labelled.iterdir()) == ["good", "hole"]
+    assert len(list((labelled / "good").glob("*.png"))) == 6 and len(list((labelled / "hole").glob("*.png"))) == 6
+
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for p in textile_images("nominal", 12):
+        shutil.copy(p, normals / p.name)
+    proc = run_cli("winclip-calibrate", str(tiny_bundle), "--normal", str(normals), "--out", str(tmp_path / "p2"),
+                   "--object", "bottle", "--shots", "2", "--labelled", str(labelled))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "p2" / "profile.json").read_text())
+    assert (record["labelled"]["good"], record["labelled"]["defect"], record["labelled"]["defect_kinds"]) == (6, 6, ["hole"])
+    proc = run_cli("winclip-eval", str(tiny_bundle), "--dataset", str(labelled), "--layout", "folder",
+                   "--object", "labelled=bottle", "--shots", "0", "--seeds", "1", "--out", str(tmp_path / "eval"),
+                   "--provider", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (category,) = report["categories"]
+    assert (category["name"], category["good"], category["defect"]) == ("labelled", 6, 6)
+    assert category["runs"][0]["metrics"]["image_auroc"] is not None
+
+
+def test_token_files_name_operators_and_a_removed_line_stops_its_token(tmp_path):
+    path = tmp_path / "operators"
+    path.write_text("# the line's operators\nanna:%s\n\nben:%s\n" % (TOKENS["anna"], TOKENS["ben"]))
+    path.chmod(0o600)
+    tokens = load_token(path)
+    guard = WriteGuard(tokens)
+    assert tokens.names == ["anna", "ben"]
+    assert guard.authorize(f"Bearer {TOKENS['anna']}").name == "anna"
+    assert guard.authorize(f"Bearer {TOKENS['ben']}").name == "ben"
+    assert guard.authorize("Bearer anna:" + TOKENS["anna"]).refused == "wrong"  # the name is not part of the token
+    # ben leaves: his line goes, and his token stops at once, without a restart
+    replacement = tmp_path / "operators.new"
+    replacement.write_text("anna:%s\n" % TOKENS["anna"])
+    os.replace(replacement, path)
+    assert guard.authorize(f"Bearer {TOKENS['ben']}").refused == "wrong"
+    assert guard.authorize(f"Bearer {TOKENS['anna']}").name == "anna"
+    # edited in place (same inode, another size): re-read too
+    with open(path, "w") as fh:
+        fh.write("carla:%s\n" % ("c" * 20))
+    assert guard.authorize(f"Bearer {TOKENS['anna']}").refused == "wrong"
+    assert guard.authorize("Bearer " + "c" * 20).name == "carla"
+    # a file that becomes unusable lets no one write (and says why in the log), until it is fixed
+    path.write_text("carla:short\n")
+    assert guard.authorize("Bearer " + "c" * 20).refused == "wrong"
+    assert guard.counts()["refused"] == {"read-only": 0, "missing": 0, "wrong": 4}
+    assert guard.counts()["allowed"] == 4
+
+
+def test_the_old_single_token_format_and_bad_files(tmp_path):
+    old = tmp_path / "token"
+    old.write_text("legacy-token_ABCDEFGHIJKLMNOP\nignored second line\n")
+    guard = WriteGuard(load_token(old))
+    access = guard.authorize("Bearer legacy-token_ABCDEFGHIJKLMNOP")
+    assert access.refused is None and access.name is None  # no name: the page's typed name is used
+    assert load_token(None, {"WINCLIP_OPERATOR_TOKEN": "dora:" + "d" * 16}).names == ["dora"]
+    assert parse_tokens("0123456789:abcdefghijklmnop", "x") == [(None, "0123456789:abcdefghijklmnop")]
+    for text, said in [("anna:%s\nben\n" % TOKENS["anna"], "line 2: expected name:token"),
+                       ("anna:%s\nAnna:%s\n" % (TOKENS["anna"], TOKENS["ben"]), "given twice"),
+                       ("anna:%s\nben:%s\n" % (TOKENS["anna"], TOKENS["anna"]), "share one token"),
+                       ("anna:short\n", "at least 16"), ("# nothing\n\n", "no operator token")]:
+        with pytest.raises(TokenError, match=said):
+            parse_tokens(text, "--operator-token-file f")
+    assert isinstance(load_token(old), OperatorTokens) and load_token(None, {}) is None
+
+
+def test_use_any_earlier_version_is_a_new_change_in_the_log(tiny_bundle, tmp_path):
+    from winclip.runtime import Detector
+
+    profile = calibrate(tiny_bundle, tmp_path)
+    store = ProfileStore(profile)
+    with pytest.raises(ProfileError, match="nothing to choose"):
+        store.use(1, "anna")
+    detector = Detector.from_bundle(tiny_bundle, profile=profile, provider="cpu", threads=1)
+    for i, path in enumerate(textile_images("nominal", 2, start=500)):
+        teach(detector, store, [GoodPart(read(path), path.name, {})], who="anna", why=f"part {i}")
+    assert store.read()["current"] == 3
+    left, chosen = store.use(1, "ben", "back to the calibrated profile")
+    assert (left.number, chosen.number, store.read()["current"]) == (3, 1, 1)
+    assert store.read()["log"][-1] == {**store.read()["log"][-1], "action": "use", "from": 3, "to": 1, "who": "ben"}
+    assert store.use(2, "ben")[1].number == 2  # any kept version, forwards too
+    with pytest.raises(ProfileError, match="already in use"):
+        store.use(2, "ben")
+    with pytest.raises(ProfileError, match="no version 9"):
+        store.use(9, "ben")
+    assert len(store.read()["versions"]) == 3  # nothing was deleted or added
