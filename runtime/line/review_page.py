@@ -14,6 +14,7 @@ REVIEW_PAGE = """<!doctype html>
 <style>
 :root{--bg:#111;--panel:#1c1c1c;--line:#333;--text:#ddd;--dim:#8a8a8a;--bad:#ff5c5c;--good:#5fd35f;--warn:#ffbf3c;--ack:#7fb2ff}
 *{box-sizing:border-box}
+[hidden]{display:none!important}
 body{font:14px system-ui,sans-serif;margin:0;background:var(--bg);color:var(--text)}
 header{padding:10px 14px;background:var(--panel);border-bottom:1px solid var(--line);display:flex;flex-wrap:wrap;gap:8px 14px;align-items:center}
 header h1{font-size:17px;margin:0;color:#fff}
@@ -28,10 +29,11 @@ main{padding:12px;display:flex;flex-direction:column;gap:16px}
 section{min-width:0}
 h3{margin:0 0 8px;font-size:15px;color:#fff}
 #filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end}
-#filters label{display:flex;flex-direction:column;font-size:12px;color:var(--dim);gap:2px}
+#filters label{display:flex;flex-direction:column;font-size:12px;color:var(--dim);gap:2px;min-width:0;max-width:100%}
+#f-source{width:22em;max-width:calc(100vw - 30px)}
 #timeline{width:100%;height:112px;background:#0b0b0b;border:1px solid #2a2a2a;display:block}
 #timeline text{fill:#aaa;font-size:10px}
-#episodes{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
+#episodes{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:12px}
 .episode{background:var(--panel);border:2px solid var(--line);border-radius:6px;padding:8px;min-width:0}
 .episode.new{border-color:var(--bad)}.episode.acknowledged{border-color:var(--ack)}
 .episode.good{border-color:var(--good)}.episode.defect{border-color:var(--warn)}
@@ -42,7 +44,7 @@ h3{margin:0 0 8px;font-size:15px;color:#fff}
 .episode h4{margin:6px 0 2px;font-size:14px;color:#fff;word-break:break-all}
 .meta{font-size:12px;color:#ccc;margin:2px 0;word-break:break-word}
 .score{color:var(--bad);font-weight:700}
-.verdict{padding:1px 6px;border-radius:3px;font-size:12px;color:#000;margin-left:4px}
+.verdict{padding:1px 6px;border-radius:3px;font-size:12px;color:#000;margin-left:4px;white-space:nowrap;display:inline-block}
 .verdict.new{background:var(--bad)}.verdict.acknowledged{background:var(--ack)}.verdict.good{background:var(--good)}.verdict.defect{background:var(--warn)}
 .actions{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px;align-items:center}
 .actions input{width:120px}
@@ -53,7 +55,7 @@ td,th{border-bottom:1px solid #2a2a2a;padding:5px 6px;text-align:left;vertical-a
 th{color:var(--dim);font-weight:500}
 .scroll{overflow-x:auto}
 tr.current td{color:#fff;font-weight:600}
-#viewer{position:fixed;inset:0;background:rgba(0,0,0,.94);display:none;flex-direction:column;z-index:10}
+#viewer{position:fixed;inset:0;background:#000;display:none;flex-direction:column;z-index:10}
 #viewer.open{display:flex}
 #viewer .bar{display:flex;flex-wrap:wrap;gap:6px;padding:8px;align-items:center;background:#1c1c1c}
 #viewer .bar .title{flex:1 1 200px;color:#fff;word-break:break-all}
@@ -130,7 +132,11 @@ function confirmThen(text) {  // a modal question; resolves true only on Confirm
     d.showModal();
   });
 }
-function tell(result, text, kind) { result.textContent = text; result.className = "result " + kind; }
+const said = {};  // what each action answered, by the episode or version it was about: kept across redraws
+function tell(result, text, kind) { result.textContent = text; result.className = "result " + kind;
+  if (result.dataset.key) said[result.dataset.key] = [text, kind]; }
+function resultFor(key) { const r = el("span", "result"); r.dataset.key = key;
+  if (said[key]) { r.textContent = said[key][0]; r.className = "result " + said[key][1]; } return r; }
 async function write(path, body, result) {
   const token = $("token").value.trim(), who = $("who").value.trim();
   const headers = {"Content-Type": "application/json"};
@@ -196,7 +202,7 @@ function drawEpisodes(writable) {
     card.appendChild(m);
     if (ep.review) card.appendChild(el("div", "meta", `acknowledged by ${ep.review.who} at ${when(ep.review.time)}` + (ep.review.note ? ` (${ep.review.note})` : "")));
     for (const l of ep.labels) card.appendChild(el("div", "meta", `labelled ${l.kind} by ${l.who} at ${when(l.time)}: ${l.file}`));
-    const actions = el("div", "actions"), result = el("span", "result");
+    const actions = el("div", "actions"), result = resultFor("episode-" + ep.id);
     const ack = el("button", "ack secondary", ep.review ? "acknowledged" : "Acknowledge");
     ack.disabled = !writable || !!ep.review;
     ack.addEventListener("click", async () => {
@@ -251,7 +257,7 @@ function drawVersions(writable) {
     tr.appendChild(el("td", "", `${v.action} by ${v.who}` + (v.created ? ` · ${v.created.replace("T", " ").slice(0, 19)}` : "") + (v.why ? ` · ${v.why}` : "")));
     const th = v.thresholds || {};
     tr.appendChild(el("td", "hide-narrow", `image ${fmt(th.image, 4)} · pixel ${fmt(th.pixel, 4)}`));
-    const cell = el("td"), result = el("span", "result");
+    const cell = el("td"), result = resultFor("version-" + v.version);
     if (v.version !== using) {
       const b = el("button", "use secondary", `Use version ${v.version}`);
       b.disabled = !writable || !!v.pruned;
@@ -291,8 +297,11 @@ function drawTimeline() {
     for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); if (text !== undefined) e.textContent = text; svg.appendChild(e); return e; };
   const params = new URLSearchParams(query()), rows = historyRows();
   const now = data.now, starts = data.episodes.map(e => e.start).concat(rows.map(r => r.t)).filter(Boolean);
-  let t0 = Number(params.get("since")) || Math.min(now - 60, ...starts), t1 = Number(params.get("until")) || now;
-  if (t1 <= t0) t1 = t0 + 60;
+  // from the first thing within the filters (not the whole chosen range), so a short run is not one thin line
+  const first = Math.min(now - 60, ...starts), t1 = Number(params.get("until")) || now;
+  let t0 = Math.max(Number(params.get("since")) || 0, first);
+  t0 -= (t1 - t0) * 0.03;
+  if (t1 <= t0) t0 = t1 - 60;
   const x = t => L + (W - L - R) * Math.min(1, Math.max(0, (t - t0) / (t1 - t0)));
   const lanes = [["episodes", 18], ["versions", 46], ["drift", 64], ["outages", 82]];
   for (const [name, y] of lanes) { add("text", {x: 2, y: y + 4}, name); add("line", {x1: L, x2: W - R, y1: y, y2: y, stroke: "#222"}); }
