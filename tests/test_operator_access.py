@@ -105,7 +105,8 @@ def test_a_page_without_a_token_is_read_only(tiny_bundle, stream, profile):
         code, answer = post(url, "api/undo", token=TOKEN)
         assert code == 403 and answer["refused"] == "read-only" and "operator token" in answer["error"]
         snap = get(url, "status.json")[0]["operator"]
-        assert snap["access"] == {"writable": False, "allowed": 0, "refused": {"read-only": 1, "missing": 0, "wrong": 0}}
+        assert snap["access"] == {"writable": False, "allowed": 0, "refused": {"read-only": 1, "missing": 0, "wrong": 0},
+                                  "operators": []}
         page, response = get(url, "")
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         assert "<script" in page and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(""", page)

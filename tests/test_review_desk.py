@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.error
 
 import cv2
 import numpy as np
@@ -215,3 +216,60 @@ def test_use_any_earlier_version_is_a_new_change_in_the_log(tiny_bundle, tmp_pat
     with pytest.raises(ProfileError, match="no version 9"):
         store.use(9, "ben")
     assert len(store.read()["versions"]) == 3  # nothing was deleted or added
+
+
+def test_winclip_inspect_named_operators_and_the_review_desk_across_a_restart(tiny_bundle, tmp_path):
+    """The command itself: --serve with --out and a token file of two operators; a review in ben's name; ben's
+    line removed while the run goes on stops his token; SIGTERM saves the desk; the next run into the same OUT
+    shows the review again."""
+    from test_live_loop import paint_defect, textile_frames, wait_for
+    from test_operator_access import get, post, start
+    from winclip.benchmarks.soak_live import MjpegServer
+
+    def listed(url):
+        try:
+            return get(url, "api/review")[0]["episodes"]
+        except urllib.error.HTTPError:
+            return []
+
+    profile = calibrate(tiny_bundle, tmp_path)
+    frames = textile_frames(6)
+    stream = MjpegServer([paint_defect(f) if i % 3 == 0 else f for i, f in enumerate(frames)], fps=10).start()
+    tokens, out = tmp_path / "operators", tmp_path / "out"
+    tokens.write_text(f"anna:{TOKENS['anna']}\nben:{TOKENS['ben']}\n")
+    tokens.chmod(0o600)
+    args = ("--profile", str(profile), "--out", str(out), "--operator-token-file", str(tokens))
+    try:
+        run, url = start(tiny_bundle, stream, *args)
+        try:
+            assert wait_for(lambda: listed(url), 60), run.stderr_lines  # the page may answer before the desk is there
+            episode = get(url, "api/review")[0]["episodes"][-1]["id"]
+            body = json.dumps({"episode": episode, "who": "someone else", "note": "seen"}).encode()
+            code, answer = post(url, "api/review/ack", body, token=TOKENS["ben"])
+            assert code == 200 and answer["episode"]["review"]["who"] == "ben"  # the token's name, not the typed one
+            tokens.write_text(f"anna:{TOKENS['anna']}\n")  # ben leaves the line; the run goes on
+            assert post(url, "api/review/ack", body, token=TOKENS["ben"])[0] == 401
+            assert post(url, "api/review/ack", body, token=TOKENS["anna"])[0] == 200
+            snap = get(url, "status.json")[0]
+            assert snap["operator"]["access"]["operators"] == ["anna"] and snap["review"]["reviews"] == 2
+            metrics = get(url, "metrics")[0]
+            assert "winclip_reviews_total 2.0" in metrics and 'winclip_operator_refused_total{reason="wrong"} 1.0' in metrics
+            assert "<title>winclip review desk</title>" in get(url, "review")[0]
+            code, _, stderr = run.stop()
+        finally:
+            run.kill()
+        assert code == 0, stderr
+        saved = json.loads((out / REVIEW_NAME).read_text())
+        assert [e["review"]["who"] for e in saved["episodes"] if e["id"] == episode] == ["anna"]
+
+        again, url = start(tiny_bundle, stream, *args)
+        try:
+            assert wait_for(lambda: listed(url), 30)
+            kept = {e["id"]: e for e in listed(url)}
+            assert kept[episode]["verdict"] == "acknowledged" and not kept[episode]["this_run"]
+            code, _, stderr = again.stop()
+        finally:
+            again.kill()
+        assert code == 0, stderr
+    finally:
+        stream.stop()
