@@ -250,6 +250,12 @@ def test_winclip_inspect_named_operators_and_the_review_desk_across_a_restart(ti
             tokens.write_text(f"anna:{TOKENS['anna']}\n")  # ben leaves the line; the run goes on
             assert post(url, "api/review/ack", body, token=TOKENS["ben"])[0] == 401
             assert post(url, "api/review/ack", body, token=TOKENS["anna"])[0] == 200
+            # a version records the token's name too (a typed name is for unnamed tokens only)
+            good = cv2.imencode(".png", frames[1])[1].tobytes()
+            code, answer = post(url, "api/teach", good, token=TOKENS["anna"], content_type="image/png")
+            assert code == 202, answer
+            assert wait_for(lambda: get(url, "api/profile")[0]["current"] == 2, 60)
+            assert get(url, "api/profile")[0]["versions"][0]["who"] == "anna"
             snap = get(url, "status.json")[0]
             assert snap["operator"]["access"]["operators"] == ["anna"] and snap["review"]["reviews"] == 2
             metrics = get(url, "metrics")[0]
