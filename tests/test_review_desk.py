@@ -104,6 +104,33 @@ def test_reviews_and_labels_survive_a_restart_and_a_label_is_the_original_pixels
     assert third.listing()["total"] == 0 and list(out.glob(f"{REVIEW_NAME}.unreadable-*"))
 
 
+def test_drift_and_outages_are_the_history_and_are_kept(tmp_path):
+    status = LiveStatus(["cam1"])
+    review = ReviewBook(tmp_path, status, start_thread=False)
+    status.set_health("cam1", "ok")
+    review.watch_health()
+    status.set_health("cam1", "reconnecting", "no frame for 5 s")
+    review.watch_health()
+    down = status.sources["cam1"].since
+    status.set_health("cam1", "lost", "no frame for 5 s")  # still the same outage
+    review.watch_health()
+    review.note({"event": "drift", "time": T0, "source": "cam1", "direction": "up", "ks_distance": 0.61})
+    review.note({"event": "profile_changed", "time": T0 + 1})  # versions come from the profile's own log
+    assert review.listing()["history"]["outages"] == [{"source": "cam1", "start": down, "end": None,
+                                                       "detail": "no frame for 5 s"}]
+    status.set_health("cam1", "ok")
+    review.watch_health()
+    review.note({"event": "drift_cleared", "time": T0 + 60, "source": "cam1"})
+    history = review.listing()["history"]
+    assert [(o["start"], o["end"]) for o in history["outages"]] == [(down, status.sources["cam1"].since)]
+    assert history["drift"] == [{"source": "cam1", "start": T0, "end": T0 + 60, "direction": "up", "distance": 0.61}]
+    assert history["versions"] == []
+    review.close()
+    again = ReviewBook(tmp_path, LiveStatus(["cam1"]), start_thread=False)
+    assert again.listing()["history"]["drift"] == history["drift"]
+    assert again.listing()["history"]["outages"] == history["outages"]
+
+
 def test_a_run_without_a_profile_cannot_label_and_defect_kinds_are_folder_names():
     review = book(None)
     feed(review, "cam1", 0, T0, 0.9, True)

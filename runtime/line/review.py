@@ -64,10 +64,6 @@ class ReviewError(WinclipError):
         self.status = status
 
 
-def iso(when: float) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
-
-
 def verdict(episode: dict) -> str:
     """new, acknowledged, good or defect: the newest label wins over an acknowledgement."""
     labels = episode.get("labels") or []
