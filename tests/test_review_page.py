@@ -112,6 +112,21 @@ def confirm(driver, yes: bool) -> str:
     return asked
 
 
+def click(driver, css: str) -> None:
+    """Click the element matching `css`, again if the page redrew it between finding and clicking."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def clicked():
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    assert wait_for(clicked, 10), css
+
+
 def card(driver, episode: int):
     from selenium.webdriver.common.by import By
 
@@ -172,7 +187,7 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             second = min(e["id"] for e in listing["episodes"])
 
             # without a token: the dialog, then a refusal beside the button; counted, nothing written
-            card(browser, first).find_element(By.CSS_SELECTOR, "button.ack").click()
+            click(browser, f'.episode[data-id="{first}"] button.ack')
             assert "Acknowledge episode" in confirm(browser, True)
             assert wait_for(lambda: "refused" in text(browser, f'.episode[data-id="{first}"] .result'), 10)
             assert run.desk.guard.counts()["refused"]["missing"] == 1
@@ -180,10 +195,10 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             # ben's token: cancel changes nothing; confirm acknowledges, in his name, beside the button
             browser.find_element(By.ID, "token").send_keys(BEN)
             browser.find_element(By.ID, "who").click()  # the token field's change event fires
-            card(browser, first).find_element(By.CSS_SELECTOR, "button.ack").click()
+            click(browser, f'.episode[data-id="{first}"] button.ack')
             confirm(browser, False)
             assert run.desk.review.listing()["verdicts"]["acknowledged"] == 0
-            card(browser, first).find_element(By.CSS_SELECTOR, "button.ack").click()
+            click(browser, f'.episode[data-id="{first}"] button.ack')
             confirm(browser, True)
             assert wait_for(lambda: "acknowledged by ben" in text(browser, f'.episode[data-id="{first}"] .result'), 10)
             assert wait_for(lambda: "acknowledged by ben at" in text(browser, f'.episode[data-id="{first}"]'), 10)
@@ -194,7 +209,7 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             kind = card(browser, second).find_element(By.CSS_SELECTOR, "input.kind")
             kind.clear()
             kind.send_keys("hole")
-            card(browser, second).find_element(By.CSS_SELECTOR, "button.defect").click()
+            click(browser, f'.episode[data-id="{second}"] button.defect')
             assert "labelled/hole/" in confirm(browser, True)
             assert wait_for(lambda: "saved as hole" in text(browser, f'.episode[data-id="{second}"] .result'), 10)
             (written,) = (profile / "labelled" / "hole").glob("*.png")
@@ -203,7 +218,7 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             assert wait_for(lambda: "labelled hole by ben" in text(browser, f'.episode[data-id="{second}"]'), 10)
 
             # the viewer: heat map first, then the original at full size, zoomed
-            card(browser, second).find_element(By.CSS_SELECTOR, ".pic").click()
+            click(browser, f'.episode[data-id="{second}"] .pic')
             assert wait_for(lambda: "open" in browser.find_element(By.ID, "viewer").get_attribute("class"), 5)
             assert "review/picture/" in browser.find_element(By.ID, "v-img").get_attribute("src")
             browser.find_element(By.ID, "v-orig").click()
@@ -221,10 +236,10 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             assert wait_for(lambda: text(browser, "#matched") == "1 match", 10)
             assert [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".episode")] == [str(first)]
             Select(browser.find_element(By.ID, "f-verdict")).select_by_value("")
+            assert wait_for(lambda: text(browser, "#matched") == f"{len(episodes)} match", 10)
 
             # any earlier version, through a dialog that says what changes; the loop switches to it
-            row = browser.find_element(By.CSS_SELECTOR, '#versions tr[data-version="1"]')
-            row.find_element(By.CSS_SELECTOR, "button.use").click()
+            click(browser, '#versions tr[data-version="1"] button.use')
             asked = confirm(browser, True)
             assert "Use version 1" in asked and "Image threshold" in asked
             assert wait_for(lambda: "version 1 in use" in text(browser, '#versions tr[data-version="1"] .result'), 30)
@@ -246,7 +261,7 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             shot(browser, "winclip-review-360.png")
             browser.execute_script("arguments[0].scrollIntoView()", card(browser, second))
             shot(browser, "winclip-review-360-episode.png")
-            card(browser, second).find_element(By.CSS_SELECTOR, ".pic").click()
+            click(browser, f'.episode[data-id="{second}"] .pic')
             assert wait_for(lambda: "open" in browser.find_element(By.ID, "viewer").get_attribute("class"), 5)
             assert fits(browser)
             shot(browser, "winclip-review-viewer-360.png")

@@ -115,6 +115,7 @@ const when = t => t ? new Date(t * 1000).toLocaleString([], {hour12: false}) : "
 const clock = t => t ? new Date(t * 1000).toLocaleTimeString([], {hour12: false}) : "-";
 const isoTime = s => s ? Date.parse(s) / 1000 : null;
 let data = null, picked = null;
+const kinds = {};  // defect kinds typed, by episode: kept across redraws
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; }
 const $ = id => document.getElementById(id);
@@ -133,8 +134,10 @@ function confirmThen(text) {  // a modal question; resolves true only on Confirm
   });
 }
 const said = {};  // what each action answered, by the episode or version it was about: kept across redraws
-function tell(result, text, kind) { result.textContent = text; result.className = "result " + kind;
-  if (result.dataset.key) said[result.dataset.key] = [text, kind]; }
+function tell(result, text, kind) {  // beside the button, even if the page redrew its card meanwhile
+  const key = result.dataset.key; if (key) said[key] = [text, kind];
+  const shown = key ? document.querySelectorAll(`.result[data-key="${key}"]`) : [];
+  for (const r of [result, ...shown]) { r.textContent = text; r.className = "result " + kind; } }
 function resultFor(key) { const r = el("span", "result"); r.dataset.key = key;
   if (said[key]) { r.textContent = said[key][0]; r.className = "result " + said[key][1]; } return r; }
 async function write(path, body, result) {
@@ -169,6 +172,8 @@ async function refresh(force) {
   data = d;
   drawTimeline();
   if (!force && $("episodes").dataset.signature === signature) return;
+  const typing = document.activeElement && document.activeElement.matches("#episodes input");
+  if (!force && typing) return;  // redraw after the person has finished typing a defect kind
   $("episodes").dataset.signature = signature;
   const writable = d.access.writable;
   $("access").textContent = writable ? "writable with token" : "read-only"; $("access").className = writable ? "rw" : "";
@@ -213,7 +218,8 @@ function drawEpisodes(writable) {
     const labelled = ep.labels.length > 0, canLabel = writable && ep.original && !labelled && data.labels_to;
     const why = !data.labels_to ? "labels need a run with --profile" : !ep.original ? "its original pixels are no longer kept" : labelled ? "labelled already" : "";
     const good = el("button", "good ok", "This part is good"); good.disabled = !canLabel; good.title = why || `save its original into ${data.labels_to}/good`;
-    const kind = el("input", "kind"); kind.placeholder = "defect kind"; kind.value = "defect"; kind.setAttribute("aria-label", "defect kind"); kind.disabled = !canLabel;
+    const kind = el("input", "kind"); kind.placeholder = "defect kind"; kind.value = kinds[ep.id] || "defect";
+    kind.addEventListener("input", () => { kinds[ep.id] = kind.value; }); kind.setAttribute("aria-label", "defect kind"); kind.disabled = !canLabel;
     const defect = el("button", "defect bad", "This is a defect"); defect.disabled = !canLabel; defect.title = why || `save its original into ${data.labels_to}/<kind>`;
     const label = async (what, kindName) => {
       const where = what === "good" ? "good" : kindName;
