@@ -11,7 +11,9 @@ Reads: `/`, `/status.json`, `/metrics`, `/overlay/<source>.jpg`, `/api/trend`,
 `Authorization: Bearer TOKEN`, refused unless the run has an operator token):
 `/api/teach` (JSON `{"item": ID}` for a gallery frame, or an image body),
 `/api/undo`. A write's body is bounded (MAX_POST_BYTES) and an image is decoded
-under the pixel cap of every frame.
+under the pixel cap of every frame. The review desk's page, reads and writes
+(`/review`, `/api/review`, `/api/review/ack`, `/api/review/label`, `/api/version`)
+are review_routes.py's; its writes pass the same WriteGuard first.
 """
 
 from __future__ import annotations
