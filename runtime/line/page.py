@@ -39,7 +39,7 @@ button:disabled{background:#3a3a3a;color:#888;cursor:not-allowed}
 button.secondary{background:#444}button.danger{background:#8a2d2d}
 #access{padding:2px 8px;border-radius:3px;font-size:12px;color:#000}
 #access.rw{background:var(--good)}#access.ro{background:#aaa}
-.result{font-size:13px;color:var(--warn)}.result.ok{color:var(--good)}.result.err{color:var(--bad);font-weight:600}
+.result{font-size:13px;color:var(--warn)}.result.said-ok{color:var(--good)}.result.said-err{color:var(--bad);font-weight:600}
 #runstale{display:none;position:sticky;top:0;z-index:5;background:#6b0f0f;color:#fff;font-size:22px;font-weight:700;
   padding:12px 14px;border-bottom:3px solid var(--bad);text-align:center}
 body.stale #runstale{display:block}
@@ -60,6 +60,7 @@ main{padding:12px;display:flex;flex-direction:column;gap:18px}
 .card.stale .stalemsg,body.stale .card .stalemsg{display:flex}
 .card.stale .verdict,body.stale .card .verdict{visibility:hidden}
 body.stale .card{border-color:#555}
+body.stale .badge,.card.stale .badge{background:#555;color:#ccc;text-decoration:line-through}
 .caption{font-size:12px;color:#ccc;margin-top:3px;min-height:16px}
 .card.stale .caption,.card.down .caption,.item.down .caption{color:var(--bad);font-weight:700}
 .verdict{font-weight:700;margin-top:4px}.verdict.anomalous{color:var(--bad)}.verdict.good{color:var(--good)}
@@ -86,7 +87,8 @@ h3{margin:0 0 8px;font-size:15px;color:#fff}
 #dialog ul{margin:6px 0 10px;padding-left:18px}#dialog li{margin:3px 0}
 #dialog li.warn{color:var(--warn);font-weight:700}
 #dialog .buttons{display:flex;gap:10px;justify-content:flex-end;flex-wrap:wrap}
-@media (max-width:520px){main{padding:6px}header{padding:8px}.card{padding:6px}.item{width:100%}}
+@media (max-width:520px){main{padding:6px}header{padding:8px}#run{font-size:12px}.card{padding:6px}.item{width:100%}
+  #runstale{font-size:18px}}
 </style></head><body>
 <div id="runstale" role="alert"></div>
 <header>
@@ -125,7 +127,7 @@ function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.
   if (text !== undefined) e.textContent = text; return e; }
 function pair(parent, key, value) { parent.appendChild(el("span", "k", key + " ")); parent.appendChild(el("span", "v", value));
   parent.appendChild(document.createTextNode("  ")); }
-function show(target, text, kind) { target.textContent = text; target.className = "result" + (kind ? " " + kind : ""); }
+function show(target, text, kind) { target.textContent = text; target.className = "result" + (kind ? " said-" + kind : ""); }
 function sayItem(id, text, kind) { results[id] = [text, kind];
   const r = document.querySelector(`#gallery .item[data-id="${id}"] .result`); if (r) show(r, text, kind); }
 document.getElementById("token").value = sessionStorage.getItem("winclip-token") || "";
@@ -214,13 +216,19 @@ function card(name) {
   return c;
 }
 function showSnapshot(c, shot) {  // picture, border, verdict and caption of one overlay, all at once
-  c.shownSeq = shot.overlay_seq; c.shown = shot;
+  c.shownSeq = shot.overlay_seq; c.shown = shot; caption(c);
   c.classList.toggle("anomalous", shot.overlay_anomalous === true); c.classList.toggle("good", shot.overlay_anomalous === false);
   const v = c.querySelector(".verdict");
   v.className = "verdict" + (shot.overlay_anomalous === true ? " anomalous" : shot.overlay_anomalous === false ? " good" : "");
   v.textContent = shot.overlay_anomalous === null ? `score ${fmt(shot.overlay_score, 4)}` :
     `${shot.overlay_anomalous ? "ANOMALOUS" : "good"} · score ${fmt(shot.overlay_score, 4)} ` +
     `${shot.overlay_anomalous ? "≥" : "<"} ${fmt(shot.overlay_threshold, 4)} · frame ${shot.overlay_frame}`;
+}
+const runNow = () => lastRunClock === null ? Date.now() / 1000 : lastRunClock + (performance.now() - lastAnswer) / 1000;
+function caption(c) {  // the capture time of the picture shown, and how old it is by the run's clock
+  const src = (state.sources || {})[c.dataset.source] || {}, shot = c.shown, down = DOWN.has(src.health);
+  c.querySelector(".caption").textContent = !shot ? "" : (down ? `SOURCE ${src.health.toUpperCase()} since ` +
+    `${clock(src.since)} · ` : "") + `captured ${clock(shot.overlay_time)} (${ago(shot.overlay_time, runNow())})`;
 }
 function markStale(c, text) {
   c.classList.toggle("stale", !!text); c.querySelector(".stalemsg").textContent = text || "";
@@ -232,7 +240,7 @@ function watchdog() {  // no status for two polls: the run is not answering, wha
   if (silent) {
     const text = `run not answering since ${clock(lastRunClock)}`;
     document.getElementById("runstale").textContent = text + " — nothing on this page is live";
-    for (const c of document.querySelectorAll(".card")) c.querySelector(".stalemsg").textContent = text;
+    for (const c of document.querySelectorAll(".card")) { c.querySelector(".stalemsg").textContent = text; caption(c); }
   }
 }
 async function refresh() {
@@ -276,9 +284,7 @@ async function refresh() {
     c.classList.toggle("down", down);
     markStale(c, down ? `source ${src.health} since ${clock(src.since)}` :
                  old ? `no new frame since ${clock(newest)}` : "");
-    const shot = c.shown;
-    c.querySelector(".caption").textContent = !shot ? "" : (down ? `SOURCE ${src.health.toUpperCase()} since ` +
-      `${clock(src.since)} · ` : "") + `captured ${clock(shot.overlay_time)} (${ago(shot.overlay_time, s.now)})`;
+    caption(c);
     c.querySelector(".stats").textContent = [`scored ${src.scored}`, `anomalous ${src.anomalous}`, `errors ${src.errors}`,
       `dropped ${src.dropped}`, `lost ${src.losses}×`, src.detail].filter(Boolean).join(" · ");
     if (src.has_overlay && !c.loading && c.shownSeq !== src.overlay_seq) {  // load off-screen, swap when complete
