@@ -48,6 +48,7 @@ from winclip.runtime.teach import GoodPart, TeachError, reference_scores
 log = logging.getLogger(__name__)
 
 WATCH_S = 2.0  # how often the worker looks for a version written by someone else
+PREVIEW_WAIT_S = 30.0  # how long a preview waits for the one being computed
 
 
 class OperatorError(WinclipError):
@@ -261,8 +262,8 @@ class OperatorDesk:
         """Step one of "this part is good": what it would do (thresholds, the recent frames re-decided), computed
         on the caller's thread; nothing is written. Its id confirms it (`request_teach(preview=...)`)."""
         parts, items, source = self._parts(item, image)
-        if not self._previewing.acquire(blocking=False):
-            raise OperatorError("another preview is being computed: try again in a moment", 503)
+        if not self._previewing.acquire(timeout=PREVIEW_WAIT_S):  # two at once wait in turn; a pile-up is refused
+            raise OperatorError("other previews are being computed: try again in a moment", 503)
         try:
             preview = preview_teach(self.detector, self.store, parts, self.recent, source=source,
                                     in_force=(self.detector.threshold, self.detector.pixel_threshold),
