@@ -118,6 +118,7 @@ def teach_one_by_one(line):
     for item in sorted(flagged, key=lambda i: -i["score"])[:8]:
         preview = line.teach(item["id"])
         taught += 1
+        print(f"\nteach {taught} ({preview['took_s']:.2f} s): {'; '.join(preview['words'])}")
         assert preview["image_threshold"][0] == pytest.approx(thresholds[-1])
         assert line.detector.threshold == pytest.approx(preview["image_threshold"][1])  # the previewed one is used
         thresholds.append(line.detector.threshold)
@@ -153,7 +154,7 @@ def test_a_preview_says_which_recent_frames_would_flip_and_the_run_then_does_exa
     assert recent["anomalous_to_good"] >= 20
     sentence = f"{recent['anomalous_to_good']} of the last {recent['flagged']} flagged frames would now pass"
     assert sentence in preview["words"] and preview["warn"]
-    print(f"\npreview: {'; '.join(preview['words'])}")
+    print(f"\npreview ({preview['took_s']:.2f} s): {'; '.join(preview['words'])}")
     assert nothing_written(line)
 
     # confirmed: the loop then decides the same 200 frames exactly as the preview said

@@ -238,7 +238,7 @@ function watchdog() {  // no status for two polls: the run is not answering, wha
   const silent = performance.now() - lastAnswer > 2 * pollMs;
   document.body.classList.toggle("stale", silent);
   if (silent) {
-    const text = `run not answering since ${clock(lastRunClock)}`;
+    const text = lastRunClock === null ? "run not answering" : `run not answering since ${clock(lastRunClock)}`;
     document.getElementById("runstale").textContent = text + " — nothing on this page is live";
     for (const c of document.querySelectorAll(".card")) { c.querySelector(".stalemsg").textContent = text; caption(c); }
   }

@@ -44,6 +44,7 @@ def preview_teach(detector, store, parts: list[GoodPart], recent: RecentFrames |
     """Build the change for `parts` on the current version and measure it on the recent frames (`source`'s,
     or every source's when None). in_force: the image and pixel thresholds the loop uses now; keep: whether
     the command line pinned them (then a new version does not move them)."""
+    started = time.perf_counter()
     base, version = store.load()
     every = recent.frames() if recent is not None else []
     everyone = as_reference(every)
@@ -92,7 +93,8 @@ def preview_teach(detector, store, parts: list[GoodPart], recent: RecentFrames |
                           "good_to_anomalous": to_bad, "where": where},
                "held_out": {"of": held["of"], "flagged_before": held_before, "flagged_after": held["flagged"],
                             "false_alarm_rate": rate},
-               "recent_floor": floor, "warn": bool(to_good or to_bad), "words": words}
+               "recent_floor": floor, "warn": bool(to_good or to_bad), "words": words,
+               "took_s": round(time.perf_counter() - started, 3)}
     return Preview(summary["id"], version.number, change, parts, items, summary)
 
 
