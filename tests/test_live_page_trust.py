@@ -6,37 +6,23 @@ and it is usable at 360 px and at full HD. A failing check saves a screenshot an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import signal
-import tempfile
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 
 from conftest import read, textile_images
 from test_live_cli import FallsSilent, LiveProcess
 from test_live_loop import paint_defect, textile_frames, wait_for
-from test_operator_page import TOKEN, Run, browser, calibrate, shot, text_of  # noqa: F401  (browser: a fixture)
+from test_operator_page import (TOKEN, Run, browser, calibrate, screenshot_on_failure, shot,  # noqa: F401  (browser)
+                                text_of)
 from winclip.benchmarks.soak_live import MjpegServer
 from winclip.runtime import Detector
 from winclip.runtime.line import defaults
 
 SIZES = {"tablet": (360, 800), "full-hd": (1920, 1080)}
-
-
-@contextlib.contextmanager
-def screenshot_on_failure(driver, name: str):
-    """A failed assertion inside saves the page as it was, and its message says where."""
-    try:
-        yield
-    except AssertionError as exc:
-        folder = Path(tempfile.mkdtemp(prefix="winclip-page-failure-"))
-        path = folder / f"{name}.png"
-        driver.save_screenshot(str(path))
-        raise AssertionError(f"{exc} (screenshot of the page: {path})") from exc
 
 
 def size(driver, kind: str) -> None:
