@@ -120,8 +120,8 @@ class OperatorDesk:
                 profile, version = self.store.load()
                 self.version, reference = version.number, reference_scores(profile)
                 self.teach_refusal = None
-        # the recent frames a teach is previewed on: only where teaching is possible (they cost memory)
-        self.recent = RecentFrames() if self.store is not None else None
+        # the recent frames a teach is previewed on: only where a page can teach (they cost memory)
+        self.recent = RecentFrames() if self.store is not None and history else None
         if self.recent is not None:
             detector.keep_outputs = True
         self._previews: dict[str, Preview] = {}

@@ -29,6 +29,8 @@ PAGE = """<!doctype html>
 body{font:14px system-ui,sans-serif;margin:0;background:var(--bg);color:var(--text);overflow-wrap:anywhere}
 header{padding:10px 12px;background:var(--panel);border-bottom:1px solid var(--line)}
 header .row{display:flex;flex-wrap:wrap;gap:4px 16px;align-items:baseline}
+.narrow{display:none}
+#totals>span{margin-right:12px;white-space:nowrap;display:inline-block}
 header h1{font-size:17px;margin:0;color:#fff}
 .k{color:var(--dim)}.v{color:#fff;font-weight:600}
 #run{margin-top:6px}
@@ -87,7 +89,7 @@ h3{margin:0 0 8px;font-size:15px;color:#fff}
 #dialog ul{margin:6px 0 10px;padding-left:18px}#dialog li{margin:3px 0}
 #dialog li.warn{color:var(--warn);font-weight:700}
 #dialog .buttons{display:flex;gap:10px;justify-content:flex-end;flex-wrap:wrap}
-@media (max-width:520px){main{padding:6px}header{padding:8px}#run{font-size:12px}.card{padding:6px}.item{width:100%}
+@media (max-width:520px){main{padding:6px}header{padding:8px}#run{font-size:12px}.wide{display:none}.narrow{display:inline}.card{padding:6px}.item{width:100%}
   #runstale{font-size:18px}}
 </style></head><body>
 <div id="runstale" role="alert"></div>
@@ -125,8 +127,8 @@ let pollMs = 1000, lastAnswer = performance.now(), lastRunClock = null;
 const results = {};  // gallery id -> [text, kind]: kept across gallery redraws
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; }
-function pair(parent, key, value) { parent.appendChild(el("span", "k", key + " ")); parent.appendChild(el("span", "v", value));
-  parent.appendChild(document.createTextNode("  ")); }
+function pair(parent, key, value, cls) { const p = el("span", cls || ""); p.appendChild(el("span", "k", key + " "));
+  p.appendChild(el("span", "v", value)); parent.appendChild(p); }
 function show(target, text, kind) { target.textContent = text; target.className = "result" + (kind ? " said-" + kind : ""); }
 function sayItem(id, text, kind) { results[id] = [text, kind];
   const r = document.querySelector(`#gallery .item[data-id="${id}"] .result`); if (r) show(r, text, kind); }
@@ -257,8 +259,10 @@ async function refresh() {
   pair(totals, "fps", fmt(s.fps, 2)); pair(totals, "sink errors", sinkErrors); pair(totals, "uptime", fmt(s.uptime_s, 0) + " s");
   const op = s.operator, run = document.getElementById("run"); run.textContent = "";
   if (op) {
-    pair(run, "engine", op.engine);
-    pair(run, "profile", op.profile ? `${op.profile}${op.version ? " · version " + op.version : ""}` : "none");
+    pair(run, "engine", op.engine, "wide");
+    const version = op.version ? " · version " + op.version : "";
+    pair(run, "profile", op.profile ? `${op.profile}${version}` : "none", "wide");  // narrow: its last folder only
+    pair(run, "profile", op.profile ? `${op.profile.split("/").filter(Boolean).pop()}${version}` : "none", "narrow");
     pair(run, "image threshold", fmt(op.threshold, 4)); pair(run, "pixel threshold", fmt(op.pixel_threshold, 4));
     const access = document.getElementById("access");
     access.textContent = op.access.writable ? (op.teach ? "writable with token" : "no teaching") : "read-only";
