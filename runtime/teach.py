@@ -119,11 +119,14 @@ def rows_per_image(memory: FewShotMemory) -> dict[str, int]:
 
 def taught_change(detector, base: LineProfile, base_version: Version, parts: list[GoodPart], *, who: str,
                   why: str, action: str, max_shots: int = MEMORY_MAX_SHOTS,
-                  recent_frames: ReferenceSet | None = None) -> Change:
+                  recent_scores=None) -> Change:
     """The next version of `base` with `parts` taught: memory, reference set, thresholds, the images kept.
 
-    recent_frames: graph outputs of the line's recent frames (the live loop keeps them), other than the parts
-    taught: the image threshold is not lowered below what they call for at the profile's rate (`floor_threshold`).
+    recent_scores: the image scores of the line's recent frames (the live loop keeps their outputs), other
+    than the parts taught, against the new memory: an array, or a function of the new memory that computes
+    them. The image threshold is not lowered below what they call for at the profile's rate
+    (`floor_threshold`). A confirmed preview passes the array it computed: the change is then made again
+    from the same base, parts and scores, as previewed.
     """
     if not parts:
         raise TeachError("nothing to teach: no images")
@@ -140,8 +143,10 @@ def taught_change(detector, base: LineProfile, base_version: Version, parts: lis
     scores, peaks = reference.score(detector, memory)
     image_t, pixel_t, thresholds = derive_thresholds(base.record, scores, peaks,
                                                      (base.image_threshold, base.pixel_threshold))
-    if recent_frames is not None and len(recent_frames):
-        image_t = floor_threshold(thresholds, image_t, recent_frames.score(detector, memory)[0], base.image_threshold)
+    if callable(recent_scores):
+        recent_scores = recent_scores(memory)
+    if recent_scores is not None and len(recent_scores):
+        image_t = floor_threshold(thresholds, image_t, recent_scores, base.image_threshold)
     held = scores[:len(held_out)]
     pngs = [(p, p.png()) for p in parts]
     digests = [hashlib.sha256(data).hexdigest() for _, data in pngs]

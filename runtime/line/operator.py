@@ -43,7 +43,7 @@ from winclip.runtime.line.preview import Preview, preview_teach
 from winclip.runtime.line.recent import RecentFrames
 from winclip.runtime.profile import LineProfile
 from winclip.runtime.profile_versions import ProfileStore, Version, versioned_parent
-from winclip.runtime.teach import GoodPart, TeachError, reference_scores
+from winclip.runtime.teach import GoodPart, TeachError, reference_scores, taught_change
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class OperatorDesk:
             job.state = "running"
             try:
                 if job.action == "teach":
-                    version = self.store.change(lambda base, at, job=job: self._confirmed(job, at))
+                    version = self.store.change(lambda base, at, job=job: self._confirmed(job, base, at))
                     job.detail = f"version {version.number} written"
                 else:
                     left, version = self.store.undo(job.who, job.why)
@@ -342,15 +342,14 @@ class OperatorDesk:
                 job.state, job.detail, job.parts, job.preview = "failed", first_line(exc), [], None
                 log.warning("%s by %s failed: %s", job.action, job.who, job.detail)
 
-    @staticmethod
-    def _confirmed(job: Job, at: Version):
+    def _confirmed(self, job: Job, base: LineProfile, at: Version):
         """The previewed change, only on the version it was previewed on (another writer may have come first)."""
         if at.number != job.preview.base:
             raise TeachError(f"the profile changed since the preview (version {at.number} is current, the preview "
                              f"was made on {job.preview.base}): preview again")
-        change = job.preview.change
-        change.who, change.why = job.who, job.why
-        return change
+        preview = job.preview
+        return taught_change(self.detector, base, at, preview.parts, who=job.who, why=job.why, action="teach",
+                             recent_scores=preview.recent_scores)
 
     def _look_for_new_versions(self) -> None:
         """A version made current by someone else (winclip-calibrate --add-normal, another run): use it too."""

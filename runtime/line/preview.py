@@ -1,11 +1,12 @@
 """What a teach would do, before it happens: thresholds old -> new, and the line's recent frames re-decided.
 
 The new version is built exactly as it would be written (runtime/teach.py's
-`taught_change`, with the line's recent normal frames as the threshold's floor)
-but not written; the recent frames the loop keeps (recent.py) are scored against
-the current memory and the new one, each with its threshold, and the verdicts
-that would flip are counted. The change itself is kept with the preview, so a
-confirmed preview writes what the operator saw, and nothing else.
+`taught_change`, with the line's recent frames as the threshold's floor) but not
+written; the recent frames the loop keeps (recent.py) are scored against the
+current memory and the new one, each with its threshold, and the verdicts that
+would flip are counted. A confirmed preview makes the change again from the
+same version, the same parts and the same recent-frame scores, so what is
+written is what the operator saw.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from winclip.runtime.line.recent import RecentFrames, as_reference
-from winclip.runtime.profile_versions import Change
 from winclip.runtime.teach import GoodPart, taught_change
 
 
@@ -27,8 +27,8 @@ class Preview:
 
     id: str
     base: int  # the profile version it was computed on: it may be confirmed only while that one is in use
-    change: Change
     parts: list[GoodPart]
+    recent_scores: np.ndarray | None  # the line's frames under the new memory: the floor, made again on confirming
     items: list[int]
     summary: dict
     created: float = field(default_factory=time.time)
@@ -50,18 +50,22 @@ def preview_teach(detector, store, parts: list[GoodPart], recent: RecentFrames |
     everyone = as_reference(every)
     base_scores = everyone.score(detector, base.memory)[0] if everyone is not None else np.zeros(0)
     taught = {(p.origin.get("source"), p.origin.get("frame")) for p in parts}
-    others = [f for f in every if (f.source, f.frame) not in taught]  # the line, but the parts being taught
+    others = np.array([(f.source, f.frame) not in taught for f in every], bool)  # the line, but the parts taught
+    scored = {}
+
+    def score_recent(memory) -> np.ndarray:  # every recent frame under the new memory, once: floor and flips
+        scored["all"] = everyone.score(detector, memory)[0] if everyone is not None else np.zeros(0)
+        return scored["all"][others]
+
     change = taught_change(detector, base, version, parts, who=who, why=why, action="teach",
-                           recent_frames=as_reference(others))
+                           recent_scores=score_recent)
+    recent_scores = scored["all"][others]
     new_image = in_force[0] if keep[0] else change.profile.image_threshold
     new_pixel = in_force[1] if keep[1] else change.profile.pixel_threshold
 
     mine = [i for i, f in enumerate(every) if source is None or f.source == source]
     before = _decide(base_scores[mine], in_force[0])
-    if mine:
-        after = _decide(as_reference([every[i] for i in mine]).score(detector, change.profile.memory)[0], new_image)
-    else:
-        after = before
+    after = _decide(scored["all"][mine], new_image)
     flagged, good = int(before.sum()), int((~before).sum())
     to_good, to_bad = int((before & ~after).sum()), int((~before & after).sum())
 
@@ -95,7 +99,9 @@ def preview_teach(detector, store, parts: list[GoodPart], recent: RecentFrames |
                             "false_alarm_rate": rate},
                "recent_floor": floor, "warn": bool(to_good or to_bad), "words": words,
                "took_s": round(time.perf_counter() - started, 3)}
-    return Preview(summary["id"], version.number, change, parts, items, summary)
+    # the change itself (its memory, the reference set's outputs) is not kept: a preview waiting for its
+    # confirmation holds the parts and a few hundred scores, and confirming makes the same change again
+    return Preview(summary["id"], version.number, parts, recent_scores, items, summary)
 
 
 def _num(value: float | None) -> str:
