@@ -166,9 +166,10 @@ async function teachItem(it, button) {
   const p = await post("api/teach/preview", {item: it.id});
   if (!p.ok) { sayItem(it.id, p.error, "err"); button.disabled = false; return; }
   const v = p.data.preview, r = v.recent;
-  const lines = v.words.map(w => [w, false]);
-  if (r.anomalous_to_good) lines[2] = [lines[2][0] + " — check that none of them is a real defect", true];
-  if (r.good_to_anomalous) lines[3] = [lines[3][0] + " — new false alarms", true];
+  const lines = v.words.map(w => [w, false]), at = text => lines.findIndex(([w]) => w.includes(text));
+  if (r.anomalous_to_good) { const i = at("flagged frames would now pass");
+    lines[i] = [lines[i][0] + " — check that none of them is a real defect", true]; }
+  if (r.good_to_anomalous) { const i = at("good frames would now be flagged"); lines[i] = [lines[i][0] + " — new false alarms", true]; }
   const yes = await ask(`Teach ${it.source} frame ${it.frame} as a good part? (version ${v.base_version} -> a new version)`,
                         lines, "Teach it");
   if (!yes) { sayItem(it.id, "not taught (cancelled)"); button.disabled = false; return; }

@@ -81,6 +81,7 @@ def preview_teach(detector, store, parts: list[GoodPart], recent: RecentFrames |
                 else " (lower: more parts pass)" if new_image < in_force[0] else " (higher: fewer parts flagged)"),
              f"pixel threshold {_num(in_force[1])} -> {_num(new_pixel)}"]
     if mine:
+        words.append(f"checked on the last {len(mine)} scored frames {where}")
         words.append(f"{to_good} of the last {flagged} flagged frames would now pass")
         words.append(f"{to_bad} of the last {good} good frames would now be flagged")
     else:
