@@ -133,6 +133,12 @@ def teach_one_by_one(line):
               ["recent_floor"] for e in entries]
     assert all(f["recent_frames"] >= 190 for f in floors)
     assert any(f["raised"] for f in floors), floors
+    # without the floor, the same memory would have run at the threshold the taught parts alone call for
+    final = np.array([r.image_score for r in line.detector(others)])
+    unfloored = float(np.mean(final >= floors[-1]["derived"]))
+    print(f"last version: {100 * shares[-1]:.1f}% false alarms at {thresholds[-1]:.4f}; "
+          f"{100 * unfloored:.1f}% at the unfloored {floors[-1]['derived']:.4f}")
+    assert unfloored >= shares[-1]
 
 
 def test_a_preview_says_which_recent_frames_would_flip_and_the_run_then_does_exactly_that(line):
