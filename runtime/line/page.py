@@ -144,8 +144,9 @@ function ask(title, lines, yes) {  // a confirmation dialog; resolves true only 
     for (const [text, warn] of lines) list.appendChild(el("li", warn ? "warn" : "", text));
     const ok = document.getElementById("dialogyes"), no = document.getElementById("dialogno");
     ok.textContent = yes;
-    const done = answer => { d.classList.remove("open"); ok.onclick = no.onclick = null; resolve(answer); };
+    const done = answer => { d.classList.remove("open"); ok.onclick = no.onclick = d.onkeydown = null; resolve(answer); };
     ok.onclick = () => done(true); no.onclick = () => done(false);
+    d.onkeydown = e => { if (e.key === "Escape") done(false); };  // Escape cancels; Enter confirms (focused)
     d.classList.add("open"); ok.focus();
   });
 }
