@@ -40,6 +40,7 @@ class FrameResult:
     regions: list[Region] | None = None  # with a pixel threshold, for anomalous frames: largest first
     threshold: float | None = None  # the image threshold this frame was judged by
     pixel_threshold: float | None = None  # the pixel threshold its regions were found with (overlays colour by it)
+    outputs: dict[str, np.ndarray] | None = None  # this frame's raw graph outputs, when the detector keeps them
 
 
 class Detector:
@@ -91,6 +92,8 @@ class Detector:
                                     object_name=self.object_name, scales=tuple(m.scales), stride=m.stride,
                                     patch_layer=m.patch_layer, patch_ln_post=m.patch_ln_post)
         self.memory: FewShotMemory | None = None
+        # hand each FrameResult its raw graph outputs (the live loop keeps recent ones to re-decide under a new memory)
+        self.keep_outputs = False
         if self_check:
             marker = cache_path(f"selfcheck-{self._self_check_key()}.ok", cache_dir) if cache else None
             if marker is None or not marker.is_file():
@@ -210,11 +213,15 @@ class Detector:
 
     def score(self, frames, color_order: str = "bgr") -> tuple[Scores, dict[str, float]]:
         """Image scores and grid maps for a batch (one session call), and stage times (s)."""
+        scores, times, _ = self._score(frames, color_order)
+        return scores, times
+
+    def _score(self, frames, color_order: str) -> tuple[Scores, dict[str, float], dict[str, np.ndarray]]:
         outputs, times = self.embed(frames, color_order)
         t0 = time.perf_counter()
         scores = self.scorer(outputs, self.memory)
         times["scoring"] = time.perf_counter() - t0
-        return scores, times
+        return scores, times, outputs
 
     def __call__(self, frames, color_order: str = "bgr") -> list[FrameResult]:
         """Score a frame (H, W[, C] array) or a list of frames; one FrameResult per frame.
@@ -228,7 +235,7 @@ class Detector:
         if not frames:
             return []
         try:
-            scores, times = self.score(frames, color_order)
+            scores, times, outputs = self._score(frames, color_order)
         except ValueError as exc:
             raise FrameError(str(exc)) from None
         for i in range(len(frames)):
@@ -245,7 +252,9 @@ class Detector:
             regions = None
             if self.pixel_threshold is not None and decision is not False:
                 regions = find_regions(amap, self.pixel_threshold)
-            results.append(FrameResult(score, amap, decision, dict(share), regions, self.threshold, self.pixel_threshold))
+            kept = {k: v[i] for k, v in outputs.items()} if self.keep_outputs else None
+            results.append(FrameResult(score, amap, decision, dict(share), regions, self.threshold, self.pixel_threshold,
+                                       kept))
         return results
 
 

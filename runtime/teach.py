@@ -87,14 +87,47 @@ def derive_thresholds(profile_record: dict, scores: np.ndarray, peaks: np.ndarra
     return values[0], values[1], thresholds
 
 
+def floor_threshold(thresholds: dict, image_t: float | None, recent_scores: np.ndarray,
+                    in_force: float | None) -> float | None:
+    """The image threshold, held up by what the line's recent frames call for at the profile's rate.
+
+    Taught normals pull the memory toward themselves, so the held-out normals score lower and the derived
+    threshold falls, while the line's other parts need not score lower at all (one taught frame once made 3
+    of 43 good parts flag). The line's recent frames, scored against the new memory, set a floor by the same
+    rule as the held-out normals (at most the rate of them at or above it), and a teach may not lower the
+    threshold below it. The floor never raises the threshold above the one in force: it only stops a fall.
+    Only a threshold whose method is the false-alarm rate is floored; the floor is recorded with it.
+    """
+    entry = thresholds.get("image")
+    if image_t is None or not isinstance(entry, dict) or entry.get("method") != "false-alarm-rate":
+        return image_t
+    rate = entry.get("false_alarm_rate")
+    if not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0 or not len(recent_scores):
+        return image_t
+    floor = float(min(max(threshold_for_false_alarm_rate(recent_scores, float(rate)), 0.0), 1.0))
+    held = floor if in_force is None else min(floor, in_force)
+    value = max(image_t, held)
+    entry.update(value=value, recent_floor={"value": floor, "recent_frames": int(len(recent_scores)),
+                                             "derived": image_t, "raised": bool(held > image_t)})
+    return value
+
+
 def rows_per_image(memory: FewShotMemory) -> dict[str, int]:
     """Rows one image gives each part of a memory built from whole images (none capped yet)."""
     return {part: rows.shape[0] // memory.shots for part, rows in memory.arrays().items()}
 
 
 def taught_change(detector, base: LineProfile, base_version: Version, parts: list[GoodPart], *, who: str,
-                  why: str, action: str, max_shots: int = MEMORY_MAX_SHOTS) -> Change:
-    """The next version of `base` with `parts` taught: memory, reference set, thresholds, the images kept."""
+                  why: str, action: str, max_shots: int = MEMORY_MAX_SHOTS,
+                  recent_scores=None) -> Change:
+    """The next version of `base` with `parts` taught: memory, reference set, thresholds, the images kept.
+
+    recent_scores: the image scores of the line's recent frames (the live loop keeps their outputs), other
+    than the parts taught, against the new memory: an array, or a function of the new memory that computes
+    them. The image threshold is not lowered below what they call for at the profile's rate
+    (`floor_threshold`). A confirmed preview passes the array it computed: the change is then made again
+    from the same base, parts and scores, as previewed.
+    """
     if not parts:
         raise TeachError("nothing to teach: no images")
     problem = base.memory.key.mismatch(detector.memory_key)
@@ -110,6 +143,11 @@ def taught_change(detector, base: LineProfile, base_version: Version, parts: lis
     scores, peaks = reference.score(detector, memory)
     image_t, pixel_t, thresholds = derive_thresholds(base.record, scores, peaks,
                                                      (base.image_threshold, base.pixel_threshold))
+    if callable(recent_scores):
+        recent_scores = recent_scores(memory)
+    if recent_scores is not None and len(recent_scores):
+        image_t = floor_threshold(thresholds, image_t, recent_scores, base.image_threshold)
+    held = scores[:len(held_out)]
     pngs = [(p, p.png()) for p in parts]
     digests = [hashlib.sha256(data).hexdigest() for _, data in pngs]
     files = [{"file": f"{TAUGHT_FOLDER}/{digest[:16]}.png", "sha256": digest, "name": p.name, "origin": p.origin}
@@ -130,8 +168,15 @@ def taught_change(detector, base: LineProfile, base_version: Version, parts: lis
     details = {"added": [{k: v for k, v in f.items() if k != "sha256"} for f in files[:RECORD_LIST_MAX]],
                "added_count": len(files),
                "memory": {"shots": memory.shots, **({"selection": memory.selection} if memory.selection else {})},
-               "reference_normals": len(reference)}
+               "reference_normals": len(reference),
+               "held_out_false_alarms": {"flagged": _count_at(held, image_t), "of": int(len(held)),
+                                         "flagged_before": _count_at(held_out.score(detector, base.memory)[0],
+                                                                     base.image_threshold)}}
     return Change(LineProfile(memory, image_t, pixel_t, record), action, who, why, write, details)
+
+
+def _count_at(scores: np.ndarray, threshold: float | None) -> int:
+    return 0 if threshold is None else int(np.sum(scores >= threshold))
 
 
 def teach(detector, store: ProfileStore, parts: list[GoodPart], *, who: str, why: str, action: str = "teach",

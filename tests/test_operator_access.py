@@ -144,30 +144,48 @@ def test_writes_need_the_token_and_two_teach_requests_at_once_are_two_versions(t
         assert response.status == 413 and "at most" in json.loads(response.read())["error"]
         conn.close()
         bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
-        code, answer = post(url, "api/teach", bomb + bytes(64), token=TOKEN, content_type="image/png")
+        code, answer = post(url, "api/teach/preview", bomb + bytes(64), token=TOKEN, content_type="image/png")
         assert code == 413 and "more than the" in answer["error"], answer
-        code, answer = post(url, "api/teach", b"not an image at all", token=TOKEN, content_type="image/jpeg")
+        code, answer = post(url, "api/teach/preview", b"not an image at all", token=TOKEN, content_type="image/jpeg")
         assert code == 400 and "cannot decode" in answer["error"]
-        assert post(url, "api/teach", b'{"item": 999999}', token=TOKEN)[0] == 404
+        assert post(url, "api/teach/preview", b'{"item": 999999}', token=TOKEN)[0] == 404
+        # a teach is confirmed by its preview, never sent blind
+        code, answer = post(url, "api/teach", png(read(textile_images("nominal", 1, start=500)[0])), token=TOKEN,
+                            content_type="image/png")
+        assert code == 428 and "/api/teach/preview" in answer["error"]
 
-        # two good parts posted at the same moment: two versions, each on top of the other
+        # two good parts previewed and confirmed at the same moment: the first is written, the second's preview
+        # is no longer current (the profile changed under it) and it says so; previewed again, it is written too
         images = [png(read(p)) for p in textile_images("nominal", 2, start=500)]
+        previews = [post(url, "api/teach/preview", body, token=TOKEN, content_type="image/png") for body in images]
+        assert [code for code, _ in previews] == [200, 200], previews
+        assert all(p["preview"]["base_version"] == 1 and p["preview"]["words"] for _, p in previews)
         answers, barrier = [], threading.Barrier(2)
 
-        def teach(body):
+        def confirm(preview):
             barrier.wait()
-            answers.append(post(url, "api/teach", body, token=TOKEN, content_type="image/png"))
+            answers.append(post(url, "api/teach", json.dumps({"preview": preview["id"]}).encode(), token=TOKEN))
 
-        threads = [threading.Thread(target=teach, args=(b,)) for b in images]
+        threads = [threading.Thread(target=confirm, args=(p["preview"],)) for _, p in previews]
         for t in threads:
             t.start()
         for t in threads:
             t.join(30)
-        assert sorted(code for code, _ in answers) == [202, 202], answers
 
         def changes():
             return [e for e in strict_lines(events.read_text()) if e.get("event") == "profile_changed"]
 
+        def jobs():
+            return get(url, "status.json")[0]["operator"]["jobs"]
+
+        assert wait_for(lambda: len(changes()) == 1, 60), run.stderr_lines
+        assert wait_for(lambda: not any(j["state"] in ("queued", "running") for j in jobs()), 30)
+        stale = [a for code, a in answers if code != 202] + [j for j in jobs() if j["state"] == "failed"]
+        assert len(stale) == 1 and "changed since" in (stale[0].get("error") or stale[0].get("detail")), answers
+        code, again = post(url, "api/teach/preview", images[1], token=TOKEN, content_type="image/png")
+        assert code == 200 and again["preview"]["base_version"] == 2
+        code, _ = post(url, "api/teach", json.dumps({"preview": again["preview"]["id"]}).encode(), token=TOKEN)
+        assert code == 202
         assert wait_for(lambda: len(changes()) == 2, 60), run.stderr_lines
         assert get(url, "api/profile")[0]["current"] == 3
         code, answer = post(url, "api/undo", b'{"who": "anna", "why": "the second roll was bad"}', token=TOKEN)

@@ -10,6 +10,7 @@ is the same frames, scored by the new version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -133,6 +134,29 @@ class Run:
         self.desk.close()
 
 
+def text_of(driver, css: str) -> str:
+    """The text of the first element matching `css` now ("" when none, or when the page redrew it meanwhile)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        found = driver.find_elements("css selector", css)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(driver, name: str):
+    """A failed assertion inside saves the page as it was, and its message says where."""
+    try:
+        yield
+    except AssertionError as exc:
+        folder = Path(tempfile.mkdtemp(prefix="winclip-page-failure-"))
+        path = folder / f"{name}.png"
+        driver.save_screenshot(str(path))
+        raise AssertionError(f"{exc} (screenshot of the page: {path})") from exc
+
+
 def shot(driver, name: str) -> Path:
     path = SHOTS / name
     driver.save_screenshot(str(path))
@@ -169,48 +193,55 @@ def test_teach_a_flagged_frame_from_the_page_and_the_next_pass_scores_it_lower(t
         assert flagged and all(e["profile_version"] == 1 for e in first)
 
         browser.get(run.url)
-        assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#gallery .item button.teach"), 15)
-        # the page at a glance: engine, profile and version, thresholds; a trend with the threshold; the gallery
-        header = browser.find_element(By.ID, "run").text
-        assert "engine" in header and f"{profile} · version 1" in header and "image threshold" in header
-        assert f"{detector.threshold:.4f}" in header
-        assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "svg.trend polyline.threshold"), 10)
-        items = browser.find_elements(By.CSS_SELECTOR, "#gallery .item")
-        assert len(items) == len(flagged)
-        assert "captured " in items[0].find_element(By.CSS_SELECTOR, ".stamp").text
-        assert browser.find_element(By.CSS_SELECTOR, ".card .pic .stamp").text.startswith("captured ")
-        shot(browser, "winclip-operator-page-before.png")
+        with screenshot_on_failure(browser, "teach-next-pass"):
+            assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#gallery .item button.teach"), 15)
+            # the page at a glance: engine, profile and version, thresholds; a trend with the threshold; the gallery
+            header = browser.find_element(By.ID, "run").text
+            assert "engine" in header and f"{profile} · version 1" in header and "image threshold" in header
+            assert f"{detector.threshold:.4f}" in header
+            assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "svg.trend polyline.threshold"), 10)
+            items = browser.find_elements(By.CSS_SELECTOR, "#gallery .item")
+            assert len(items) == len(flagged)
+            assert "captured " in items[0].find_element(By.CSS_SELECTOR, ".caption").text
+            assert wait_for(lambda: browser.find_element(By.CSS_SELECTOR, ".card .caption").text.startswith("captured "), 10)
+            shot(browser, "winclip-operator-page-before.png")
 
-        # the frame to teach: the one scored highest on the first pass, found on the page by its gallery id
-        target = max(flagged, key=lambda e: e["image_score"])
-        gallery = run.get("api/gallery?limit=100")["items"]
-        item = next(i for i in gallery if i["frame"] == target["frame"])
-        card = browser.find_element(By.CSS_SELECTOR, f'#gallery .item[data-id="{item["id"]}"]')
-        assert f"frame {target['frame']}" in card.text and f"{target['image_score']:.4f}" in card.text
+            # the frame to teach: the one scored highest on the first pass, found on the page by its gallery id
+            target = max(flagged, key=lambda e: e["image_score"])
+            gallery = run.get("api/gallery?limit=100")["items"]
+            item = next(i for i in gallery if i["frame"] == target["frame"])
+            card = browser.find_element(By.CSS_SELECTOR, f'#gallery .item[data-id="{item["id"]}"]')
+            assert f"frame {target['frame']}" in card.text and f"{target['image_score']:.4f}" in card.text
 
-        # without the token: refused by the server, counted, nothing changes
-        card.find_element(By.CSS_SELECTOR, "button.teach").click()
-        assert wait_for(lambda: "refused" in browser.find_element(By.ID, "message").text, 10)
-        assert "operator token" in browser.find_element(By.ID, "message").text
-        assert run.desk.guard.counts()["refused"]["missing"] == 1 and not (profile / "versions.json").exists()
+            # without the token: refused by the server (beside the button that asked), counted, nothing changes
+            card.find_element(By.CSS_SELECTOR, "button.teach").click()
+            said = lambda: text_of(browser, f'#gallery .item[data-id="{item["id"]}"] .result')
+            assert wait_for(lambda: "refused" in said(), 10)
+            assert "operator token" in said()
+            assert run.desk.guard.counts()["refused"]["missing"] == 1 and not (profile / "versions.json").exists()
 
-        # with the token: a new version is written; the loop switches to it before the second pass
-        browser.find_element(By.ID, "token").send_keys(TOKEN)
-        browser.find_element(By.ID, "who").send_keys("anna")
-        browser.find_element(By.ID, "who").click()  # the token field's change event fires
-        card = browser.find_element(By.CSS_SELECTOR, f'#gallery .item[data-id="{item["id"]}"]')
-        card.find_element(By.CSS_SELECTOR, "button.teach").click()
-        assert wait_for(lambda: run.desk.snapshot()["jobs"] and run.desk.snapshot()["jobs"][0]["state"] == "written", 60)
-        second_pass.set()
-        run.finish()
-        assert wait_for(lambda: "version 2" in browser.find_element(By.ID, "run").text, 15)
-        assert wait_for(lambda: "profile version 2 in use" in browser.find_element(By.ID, "message").text, 15)
-        assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#gallery .item[data-id="{item["id"]}"].taught'), 15)
-        assert wait_for(lambda: "ended" in browser.find_element(By.CSS_SELECTOR, ".card .badge").text, 10)
-        assert "down" in browser.find_element(By.CSS_SELECTOR, ".card .pic").get_attribute("class")  # greyed out
-        shot(browser, "winclip-operator-page-after.png")
-        trend_points = run.get("api/trend")["sources"][str(video)]
-        assert sum(p[4] for p in trend_points) == 20  # every scored frame is in the trend
+            # with the token: a new version is written; the loop switches to it before the second pass
+            browser.find_element(By.ID, "token").send_keys(TOKEN)
+            browser.find_element(By.ID, "who").send_keys("anna")
+            browser.find_element(By.ID, "who").click()  # the token field's change event fires
+            card = browser.find_element(By.CSS_SELECTOR, f'#gallery .item[data-id="{item["id"]}"]')
+            card.find_element(By.CSS_SELECTOR, "button.teach").click()
+            # the preview, in a dialog; nothing is written until it is confirmed
+            assert wait_for(lambda: browser.find_element(By.ID, "dialog").is_displayed(), 30)
+            assert "image threshold" in browser.find_element(By.ID, "dialoglines").text
+            assert not (profile / "versions.json").exists()
+            browser.find_element(By.ID, "dialogyes").click()
+            assert wait_for(lambda: run.desk.snapshot()["jobs"] and run.desk.snapshot()["jobs"][0]["state"] == "written", 60)
+            second_pass.set()
+            run.finish()
+            assert wait_for(lambda: "version 2" in browser.find_element(By.ID, "run").text, 15)
+            assert wait_for(lambda: "profile version 2 in use" in said(), 15)
+            assert wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#gallery .item[data-id="{item["id"]}"].taught'), 15)
+            assert wait_for(lambda: "ended" in browser.find_element(By.CSS_SELECTOR, ".card .badge").text, 10)
+            assert "down" in browser.find_element(By.CSS_SELECTOR, ".card").get_attribute("class")  # greyed out
+            shot(browser, "winclip-operator-page-after.png")
+            trend_points = run.get("api/trend")["sources"][str(video)]
+            assert sum(p[4] for p in trend_points) == 20  # every scored frame is in the trend
     finally:
         second_pass.set()
         run.close()

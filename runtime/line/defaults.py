@@ -59,3 +59,12 @@ OPERATOR_TOKEN_ENV = "WINCLIP_OPERATOR_TOKEN"  # the operator token, when not in
 MIN_TOKEN_CHARS = 16
 MAX_POST_BYTES = 32 << 20  # largest request body a write may send (an uploaded frame)
 TEACH_QUEUE = 8  # teach/undo requests waiting for the worker; beyond, refused (busy)
+
+# --- teaching with a preview, and a page that never looks live when it is not (docs/operator.md)
+RECENT_FRAMES = 200  # scored frames per source whose graph outputs stay, to preview a teach on them
+RECENT_MB = 512.0  # at most this much for those outputs in all (float16; about 0.85 MB a frame with ViT-B-16+)
+PREVIEW_TTL_S = 300.0  # a teach preview older than this cannot be confirmed: the line has moved on
+PREVIEWS_KEPT = 16  # previews waiting for a confirmation (the oldest are forgotten); each holds its part and scores
+PAGE_POLL_S = 1.0  # the page asks for /status.json this often; no answer within 2 polls: "run not answering"
+PAGE_STALE_FRAME_S = 10.0  # a source whose newest frame is older than this (by the run's clock) is shown stale
+OVERLAYS_KEPT = 4  # newest overlays per source the page may still fetch by sequence number

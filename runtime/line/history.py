@@ -79,12 +79,13 @@ class Flagged:
     version: int | None = None  # the profile version that flagged it
     overlay_path: str | None = None  # the overlay the run saved, if any
     taught: int | None = None  # the profile version it was taught into
+    undone: int | None = None  # a version it was taught into that is no longer in use (undo): it may be taught again
 
     def to_json(self, has_picture: bool, has_original: bool) -> dict:
         return {"id": self.id, "source": self.source, "frame": self.frame, "time": self.captured,
                 "scored_at": self.scored_at, "score": self.score, "threshold": self.threshold,
                 "regions": self.regions, "version": self.version, "picture": has_picture,
-                "original": has_original, "taught": self.taught}
+                "original": has_original, "taught": self.taught, "undone": self.undone}
 
 
 class Gallery:
@@ -160,7 +161,15 @@ class Gallery:
         with self._lock:
             for item in self._index:
                 if item.id == item_id:
-                    item.taught = version
+                    item.taught, item.undone = version, None
+
+    def forget_taught_outside(self, lineage: set[int]) -> None:
+        """After a switch of version: an item taught into a version outside the one in use and its ancestors was
+        undone, so it says so and may be taught again."""
+        with self._lock:
+            for item in self._index:
+                if item.taught is not None and item.taught not in lineage:
+                    item.taught, item.undone = None, item.taught
 
     def _disk_picture(self, item: Flagged) -> Path | None:
         if item.overlay_path is None or self.overlay_root is None:

@@ -95,7 +95,7 @@ class LiveOutputs:
                                                      captured=frame.captured), quality=defaults.PREVIEW_QUALITY)
                 except (OSError, cv2.error):  # the page keeps its previous overlay
                     return None
-                self.status.set_overlay(frame.source, jpeg, frame.captured)
+                self.status.set_overlay(frame.source, jpeg, frame.captured, event)
                 return jpeg
         return None
 

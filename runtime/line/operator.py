@@ -5,9 +5,13 @@
 - it sees every event before the sinks do (`observe`): the score trend, the
   gallery of anomalous frames, the profile version on each frame event, and the
   drift watch, whose `drift` / `drift_cleared` events go to the sinks;
+- it keeps the newest scored frames of each source with their graph outputs
+  (recent.py), so that a teach can be previewed on them;
 - it takes the page's write requests (already let through by the WriteGuard):
-  "this part is good" on a gallery frame or a posted image, and "undo"; a
-  worker thread writes each as a new version of the line profile
+  "this part is good" on a gallery frame or a posted image is two steps, a
+  preview (preview.py: computed on the caller's thread, never the loop's) and
+  its confirmation, which writes exactly the previewed version; "undo" is
+  one. A worker thread writes each as a new version of the line profile
   (runtime/teach.py, runtime/profile_versions.py), one at a time;
 - it switches the detector to a version the worker finished, on the loop
   thread, before the next batch (`between_batches`): memory and thresholds
@@ -35,13 +39,16 @@ from winclip.runtime.line import defaults
 from winclip.runtime.line.access import WriteGuard
 from winclip.runtime.line.drift import DriftWatch
 from winclip.runtime.line.history import Gallery, ScoreTrend
+from winclip.runtime.line.preview import Preview, preview_teach
+from winclip.runtime.line.recent import RecentFrames
 from winclip.runtime.profile import LineProfile
 from winclip.runtime.profile_versions import ProfileStore, Version, versioned_parent
-from winclip.runtime.teach import GoodPart, reference_scores, teach
+from winclip.runtime.teach import GoodPart, TeachError, reference_scores, taught_change
 
 log = logging.getLogger(__name__)
 
 WATCH_S = 2.0  # how often the worker looks for a version written by someone else
+PREVIEW_WAIT_S = 30.0  # how long a preview waits for the one being computed
 
 
 class OperatorError(WinclipError):
@@ -67,6 +74,7 @@ class Job:
     version: int | None = None
     created: float = field(default_factory=time.time)
     target: int | None = None  # the version a "use" asks for
+    preview: Preview | None = None  # a teach writes the change its confirmed preview computed
 
     def to_json(self) -> dict:
         return {"id": self.id, "action": self.action, "state": self.state, "detail": self.detail,
@@ -113,6 +121,12 @@ class OperatorDesk:
                 profile, version = self.store.load()
                 self.version, reference = version.number, reference_scores(profile)
                 self.teach_refusal = None
+        # the recent frames a teach is previewed on: only where a page can teach (they cost memory)
+        self.recent = RecentFrames() if self.store is not None and history else None
+        if self.recent is not None:
+            detector.keep_outputs = True
+        self._previews: dict[str, Preview] = {}
+        self._previewing = threading.Lock()  # one preview at a time: each scores the recent frames twice
         self.drift = drift or DriftWatch(reference)
         if drift is not None:
             drift.reset(reference)
@@ -152,6 +166,8 @@ class OperatorDesk:
             score, anomalous = event["image_score"], event.get("anomalous")
             if self.trend is not None:
                 self.trend.add(frame.source, score, anomalous, event.get("threshold"))
+            if self.recent is not None:
+                self.recent.add(frame, outcome)
             if anomalous and self.gallery is not None:
                 try:
                     # the preview LiveOutputs drew is the gallery's picture (both at the page's width)
@@ -186,6 +202,8 @@ class OperatorDesk:
         if not self.keep_pixel_threshold:
             self.detector.pixel_threshold = profile.pixel_threshold
         self.version = switch.version.number
+        if self.gallery is not None and self.store is not None:
+            self.gallery.forget_taught_outside(self._lineage(self.version))
         self.drift.reset(reference_scores(profile))
         self.changes += 1
         event = {"event": "profile_changed", "time": round(time.time(), 3), "action": switch.action,
@@ -200,6 +218,18 @@ class OperatorDesk:
         log.info("profile %s: version %s -> %s (%s by %s)", self.profile_path, old, self.version, switch.action,
                  switch.who)
 
+    def _lineage(self, number: int) -> set[int]:
+        """The version and every one it was made from: an item taught into any other was undone."""
+        try:
+            parents = {v["version"]: v.get("parent") for v in self.store.read()["versions"]}
+        except WinclipError:
+            return {number}
+        seen = set()
+        while number is not None and number not in seen:
+            seen.add(number)
+            number = parents.get(number)
+        return seen
+
     def _taught_item(self, item_id: int) -> dict:
         item = self.gallery.item(item_id) if self.gallery is not None else None
         if item is None:
@@ -208,8 +238,8 @@ class OperatorDesk:
         return {"id": item_id, "source": item.source, "frame": item.frame, "time": item.captured, "score": item.score}
 
     # --- the page's side (the WriteGuard has let the request through)
-    def request_teach(self, *, item: int | None = None, image: bytes | None = None, who: str = "", why: str = "") -> Job:
-        """Queue "this part is good" for a gallery frame (its original pixels) or a posted image."""
+    def _parts(self, item: int | None, image: bytes | None) -> tuple[list[GoodPart], list[int], str | None]:
+        """The part a teach is about: a gallery frame (its original pixels) or a posted image."""
         if self.teach_refusal is not None:
             raise OperatorError(self.teach_refusal, 409)
         if item is not None:
@@ -225,16 +255,60 @@ class OperatorDesk:
             part = GoodPart(original, f"{found.source}#{found.frame}",
                             {"source": found.source, "frame": found.frame, "time": found.captured,
                              "score": found.score, "flagged_by_version": found.version})
-            items = [item]
-        elif image is not None:
+            return [part], [item], found.source
+        if image is not None:
             try:
                 pixels = decode_image(image, "the posted image")
             except ImageReadError as exc:
                 raise OperatorError(str(exc), 413 if "more than" in str(exc) else 400) from None
-            part, items = GoodPart(pixels, "posted image", {"posted": round(time.time(), 3)}), []
-        else:
-            raise OperatorError("say which frame: {\"item\": ID} from the gallery, or post an image")
-        return self._queue(Job(next(self._job_ids), "teach", who, why, [part], items))
+            return [GoodPart(pixels, "posted image", {"posted": round(time.time(), 3)})], [], None
+        raise OperatorError("say which frame: {\"item\": ID} from the gallery, or post an image")
+
+    def preview_teach(self, *, item: int | None = None, image: bytes | None = None, who: str = "",
+                      why: str = "") -> dict:
+        """Step one of "this part is good": what it would do (thresholds, the recent frames re-decided), computed
+        on the caller's thread; nothing is written. Its id confirms it (`request_teach(preview=...)`)."""
+        parts, items, source = self._parts(item, image)
+        if not self._previewing.acquire(timeout=PREVIEW_WAIT_S):  # two at once wait in turn; a pile-up is refused
+            raise OperatorError("other previews are being computed: try again in a moment", 503)
+        try:
+            preview = preview_teach(self.detector, self.store, parts, self.recent, source=source,
+                                    in_force=(self.detector.threshold, self.detector.pixel_threshold),
+                                    keep=(self.keep_threshold, self.keep_pixel_threshold), items=items, who=who,
+                                    why=why)
+        except (WinclipError, OSError, ValueError) as exc:
+            raise OperatorError(f"the preview failed: {first_line(exc)}", 409) from None
+        finally:
+            self._previewing.release()
+        with self._lock:
+            self._previews[preview.id] = preview
+            while len(self._previews) > defaults.PREVIEWS_KEPT:
+                self._previews.pop(next(iter(self._previews)))
+        return {**preview.summary, "expires": round(preview.created + defaults.PREVIEW_TTL_S, 3)}
+
+    def request_teach(self, *, preview: str, who: str = "", why: str = "") -> Job:
+        """Step two: write the version a preview computed, if that preview is still current."""
+        if self.teach_refusal is not None:
+            raise OperatorError(self.teach_refusal, 409)
+        with self._lock:
+            found = self._previews.get(preview)
+            seen = self._seen
+        if found is None:
+            raise OperatorError("no such preview (or it was forgotten): preview the teach again", 404)
+        if time.time() - found.created > defaults.PREVIEW_TTL_S:
+            raise OperatorError(f"this preview is older than {defaults.PREVIEW_TTL_S:.0f} s: the line has moved on, "
+                                "preview again", 409)
+        if found.base != self.version or found.base != seen:
+            raise OperatorError(f"the profile changed since this preview (it was made on version {found.base}, "
+                                f"version {seen} is current now): preview again", 409)
+        items = [self.gallery.item(i) for i in found.items] if self.gallery is not None else []
+        taught = [i for i in items if i is not None and i.taught is not None]
+        if taught:
+            raise OperatorError(f"frame {taught[0].source}#{taught[0].frame} was taught already "
+                                f"(version {taught[0].taught})", 409)
+        with self._lock:
+            self._previews.pop(preview, None)  # one confirmation per preview
+        return self._queue(Job(next(self._job_ids), "teach", who, why, found.parts, found.items, preview=found))
 
     def request_undo(self, *, who: str = "", why: str = "") -> Job:
         if self.teach_refusal is not None:
@@ -288,7 +362,7 @@ class OperatorDesk:
             job.state = "running"
             try:
                 if job.action == "teach":
-                    version = teach(self.detector, self.store, job.parts, who=job.who, why=job.why, action="teach")
+                    version = self.store.change(lambda base, at, job=job: self._confirmed(job, base, at))
                     job.detail = f"version {version.number} written"
                 elif job.action == "use":
                     left, version = self.store.use(job.target, job.who, job.why)
@@ -297,13 +371,22 @@ class OperatorDesk:
                     left, version = self.store.undo(job.who, job.why)
                     job.detail = f"back from version {left.number} to {version.number}"
                 profile = LineProfile.load(version.folder)
-                job.version, job.state, job.parts = version.number, "written", []
+                job.version, job.state, job.parts, job.preview = version.number, "written", [], None
                 with self._lock:
                     self._pending.append(Switch(profile, version, job.action, job.who, job.why, job))
                     self._seen = version.number
             except (WinclipError, OSError, ValueError) as exc:
-                job.state, job.detail, job.parts = "failed", first_line(exc), []
+                job.state, job.detail, job.parts, job.preview = "failed", first_line(exc), [], None
                 log.warning("%s by %s failed: %s", job.action, job.who, job.detail)
+
+    def _confirmed(self, job: Job, base: LineProfile, at: Version):
+        """The previewed change, only on the version it was previewed on (another writer may have come first)."""
+        if at.number != job.preview.base:
+            raise TeachError(f"the profile changed since the preview (version {at.number} is current, the preview "
+                             f"was made on {job.preview.base}): preview again")
+        preview = job.preview
+        return taught_change(self.detector, base, at, preview.parts, who=job.who, why=job.why, action="teach",
+                             recent_scores=preview.recent_scores)
 
     def _look_for_new_versions(self) -> None:
         """A version made current by someone else (winclip-calibrate --add-normal, another run): use it too."""
@@ -334,7 +417,8 @@ class OperatorDesk:
                 "threshold": self.detector.threshold, "pixel_threshold": self.detector.pixel_threshold,
                 "engine": self.detector.describe(), "teach": self.teach_refusal is None,
                 "teach_refusal": self.teach_refusal, "access": self.guard.counts(), "changes": self.changes,
-                "drift": self.drift.state(), "jobs": jobs}
+                "drift": self.drift.state(), "jobs": jobs,
+                "recent_frames": self.recent.counts() if self.recent is not None else {}}
 
     def versions(self) -> dict:
         if self.store is None:

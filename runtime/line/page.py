@@ -1,10 +1,21 @@
 """The operator page `winclip-inspect --serve` shows: one self-contained HTML document (no external assets).
 
 It rebuilds itself from the JSON endpoints (server.py): /status.json every
-second, the trend and the gallery every two. Data from the run (source names,
-regions, who/why) goes into the DOM as text, never as HTML, and into URLs
-through encodeURIComponent. Writes send the operator token the person typed
-(kept in this browser tab's sessionStorage only) as `Authorization: Bearer`.
+poll interval (the status says how long), the trend and the gallery every two
+seconds. It never looks live when it is not: with no new status for two poll
+intervals the whole page greys and says since when the run has not answered
+(by the run's own clock, the status' `now`), and a source whose newest frame is
+older than the status' `stale_frame_s` greys the same way. A card's picture,
+border, verdict and score are one snapshot: the status names the overlay
+(`overlay_seq`) with its frame's score and verdict, the picture is fetched by
+that number, and all of them change together when it has loaded.
+
+"This part is good" is two steps: a preview (what the teach would do to the
+thresholds and to the line's recent frames) in a dialog, then its confirmation.
+Results are shown beside the button that asked. Data from the run (source
+names, regions, who/why) goes into the DOM as text, never as HTML, and into
+URLs through encodeURIComponent. Writes send the operator token the person
+typed (kept in this browser tab's sessionStorage only) as `Authorization: Bearer`.
 """
 
 from __future__ import annotations
@@ -15,57 +26,82 @@ PAGE = """<!doctype html>
 <style>
 :root{--bg:#111;--panel:#1c1c1c;--line:#333;--text:#ddd;--dim:#8a8a8a;--bad:#ff5c5c;--good:#5fd35f;--warn:#ffbf3c}
 *{box-sizing:border-box}
-body{font:14px system-ui,sans-serif;margin:0;background:var(--bg);color:var(--text)}
-header{padding:10px 16px;background:var(--panel);border-bottom:1px solid var(--line)}
-header .row{display:flex;flex-wrap:wrap;gap:8px 20px;align-items:baseline}
+body{font:14px system-ui,sans-serif;margin:0;background:var(--bg);color:var(--text);overflow-wrap:anywhere}
+header{padding:10px 12px;background:var(--panel);border-bottom:1px solid var(--line)}
+header .row{display:flex;flex-wrap:wrap;gap:4px 16px;align-items:baseline}
+.narrow{display:none}
+#totals>span{margin-right:12px;white-space:nowrap;display:inline-block}
 header h1{font-size:17px;margin:0;color:#fff}
 .k{color:var(--dim)}.v{color:#fff;font-weight:600}
 #run{margin-top:6px}
 #operator{margin-top:8px;display:flex;flex-wrap:wrap;gap:8px;align-items:center}
-#operator input{background:#000;color:#fff;border:1px solid #555;border-radius:4px;padding:4px 6px;width:180px}
-button{background:#2d4f7c;color:#fff;border:0;border-radius:4px;padding:5px 10px;font:inherit;cursor:pointer}
+#operator input{background:#000;color:#fff;border:1px solid #555;border-radius:4px;padding:5px 6px;flex:1 1 130px;max-width:200px;min-width:0}
+button{background:#2d4f7c;color:#fff;border:0;border-radius:4px;padding:6px 10px;font:inherit;cursor:pointer;min-height:32px}
 button:disabled{background:#3a3a3a;color:#888;cursor:not-allowed}
-button.secondary{background:#444}
+button.secondary{background:#444}button.danger{background:#8a2d2d}
 #access{padding:2px 8px;border-radius:3px;font-size:12px;color:#000}
 #access.rw{background:var(--good)}#access.ro{background:#aaa}
-#message{color:var(--warn)}#message.said-ok{color:var(--good)}#message.said-err{color:var(--bad);font-weight:600}
-#stale{color:var(--bad);display:none;font-weight:600}
-#drift{display:none;background:#5a1d1d;color:#fff;border-bottom:2px solid var(--bad);padding:10px 16px;font-size:15px}
+.result{font-size:13px;color:var(--warn)}.result.said-ok{color:var(--good)}.result.said-err{color:var(--bad);font-weight:600}
+#runstale{display:none;position:sticky;top:0;z-index:5;background:#6b0f0f;color:#fff;font-size:22px;font-weight:700;
+  padding:12px 14px;border-bottom:3px solid var(--bad);text-align:center}
+body.stale #runstale{display:block}
+#drift{display:none;background:#5a1d1d;color:#fff;border-bottom:2px solid var(--bad);padding:10px 14px;font-size:15px}
 #drift b{color:#ffd2d2}
-main{padding:14px;display:flex;flex-direction:column;gap:18px}
+main{padding:12px;display:flex;flex-direction:column;gap:18px}
 #sources{display:flex;flex-wrap:wrap;gap:14px}
-.card{background:var(--panel);border:3px solid var(--line);border-radius:6px;padding:8px;width:440px}
-.card.anomalous{border-color:var(--bad)}
-.card h2{font-size:15px;margin:0 0 6px;word-break:break-all}
+.card{background:var(--panel);border:3px solid var(--line);border-radius:6px;padding:8px;width:440px;max-width:100%}
+.card.anomalous{border-color:var(--bad)}.card.good{border-color:#2f6f2f}
+.card h2{font-size:15px;margin:0 0 6px;display:flex;flex-wrap:wrap;gap:4px;align-items:baseline}
+.card h2 .name{word-break:break-all}
 .pic{position:relative;background:#000;min-height:120px}
 .pic img{width:100%;display:block}
-.pic.down img{filter:grayscale(1) brightness(.55)}
-.pic .stamp{position:absolute;left:0;bottom:0;background:rgba(0,0,0,.78);color:#fff;padding:2px 6px;font-size:12px}
-.pic.down .stamp{background:var(--bad);color:#000;font-weight:700}
+.stalemsg{display:none;position:absolute;inset:0;align-items:center;justify-content:center;text-align:center;padding:8px;
+  color:#fff;font-size:20px;font-weight:700;background:rgba(60,0,0,.55)}
+.card.stale,.card.down{border-color:#555}
+.card.stale .pic img,.card.down .pic img,body.stale .pic img{filter:grayscale(1) brightness(.45)}
+.card.stale .stalemsg,body.stale .card .stalemsg{display:flex}
+.card.stale .verdict,body.stale .card .verdict{visibility:hidden}
+body.stale .card{border-color:#555}
+body.stale .badge,.card.stale .badge{background:#555;color:#ccc;text-decoration:line-through}
+.caption{font-size:12px;color:#ccc;margin-top:3px;min-height:16px}
+.card.stale .caption,.card.down .caption,.item.down .caption{color:var(--bad);font-weight:700}
+.verdict{font-weight:700;margin-top:4px}.verdict.anomalous{color:var(--bad)}.verdict.good{color:var(--good)}
 .none{color:#666;text-align:center;line-height:120px}
-.badge{padding:1px 6px;border-radius:3px;font-size:12px;margin-left:6px;color:#000}
+.badge{padding:1px 6px;border-radius:3px;font-size:12px;color:#000}
 .ok{background:var(--good)}.starting{background:#aaa}.reconnecting{background:var(--warn)}.lost{background:var(--bad)}.ended{background:#888}
-.stats{margin-top:6px;color:#bbb}
-.trend{margin-top:8px;background:#0b0b0b;border:1px solid #2a2a2a}
+.stats{margin-top:4px;color:#bbb;font-size:13px}
+.trend{margin-top:8px;background:#0b0b0b;border:1px solid #2a2a2a;width:100%;height:auto;display:block}
 .trend text{fill:#aaa;font-size:10px}
 h3{margin:0 0 8px;font-size:15px;color:#fff}
 #gallery{display:flex;flex-wrap:wrap;gap:12px}
-.item{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:6px;width:260px}
+.item{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:6px;width:260px;max-width:100%}
+.item.down .pic img{filter:grayscale(1) brightness(.55)}
 .item .meta{font-size:12px;color:#ccc;margin:4px 0;word-break:break-all}
 .item .score{color:var(--bad);font-weight:700}
 .item.taught{border-color:var(--good)}
-.item .taughtmark{color:var(--good);font-weight:600}
+.item .taughtmark{color:var(--good);font-weight:600}.item .undone{color:var(--warn);font-size:12px}
+.item .act{display:flex;flex-wrap:wrap;gap:6px;align-items:center}
 #pager{display:flex;gap:10px;align-items:center;margin-top:8px}
+#dialog{display:none;position:fixed;inset:0;z-index:10;background:rgba(0,0,0,.7);align-items:center;justify-content:center;padding:10px}
+#dialog.open{display:flex}
+#dialog .box{background:#222;border:2px solid #555;border-radius:8px;padding:14px;width:min(560px,100%);max-height:92vh;overflow:auto}
+#dialog h4{margin:0 0 8px;font-size:16px;color:#fff}
+#dialog ul{margin:6px 0 10px;padding-left:18px}#dialog li{margin:3px 0}
+#dialog li.warn{color:var(--warn);font-weight:700}
+#dialog .buttons{display:flex;gap:10px;justify-content:flex-end;flex-wrap:wrap}
+@media (max-width:520px){main{padding:6px}header{padding:8px}#run{font-size:12px}.wide{display:none}.narrow{display:inline}.card{padding:6px}.item{width:100%}
+  #runstale{font-size:18px}}
 </style></head><body>
+<div id="runstale" role="alert"></div>
 <header>
-  <div class="row"><h1>winclip live</h1><a href="review" style="color:#7fb2ff">review desk</a><span id="totals"></span><span id="stale">page not updating: run stopped?</span></div>
+  <div class="row"><h1>winclip live</h1><a href="review" style="color:#7fb2ff">review desk</a><span id="totals"></span></div>
   <div class="row" id="run"></div>
   <div id="operator">
     <span id="access" class="ro">read-only</span>
     <input id="token" type="password" autocomplete="off" placeholder="operator token" aria-label="operator token">
     <input id="who" type="text" placeholder="your name" aria-label="your name">
     <button id="undo" class="secondary" title="go back to the profile version this one was made from">Undo last change</button>
-    <span id="message" role="status"></span>
+    <span id="undoresult" class="result" role="status"></span>
   </div>
 </header>
 <div id="drift" role="alert"></div>
@@ -75,54 +111,93 @@ h3{margin:0 0 8px;font-size:15px;color:#fff}
     <div id="pager"><button id="newer" class="secondary">newest</button><button id="older" class="secondary">older</button><span class="k" id="pageinfo"></span></div>
   </section>
 </main>
+<div id="dialog" role="dialog" aria-modal="true" aria-labelledby="dialogtitle"><div class="box">
+  <h4 id="dialogtitle"></h4><ul id="dialoglines"></ul>
+  <div class="buttons"><button id="dialogno" class="secondary">Cancel</button><button id="dialogyes">Confirm</button></div>
+</div></div>
 <script>
 "use strict";
 const fmt = (v, d) => v === null || v === undefined ? "-" : Number(v).toFixed(d);
 const clock = t => t ? new Date(t * 1000).toLocaleTimeString([], {hour12: false}) : "-";
-const ago = t => { if (!t) return ""; const s = Math.max(0, Date.now() / 1000 - t);
+const ago = (t, now) => { if (!t) return ""; const s = Math.max(0, now - t);
   return s < 90 ? `${s.toFixed(0)} s ago` : s < 5400 ? `${(s / 60).toFixed(0)} min ago` : `${(s / 3600).toFixed(1)} h ago`; };
 const DOWN = new Set(["reconnecting", "lost", "ended"]);
 let state = {sources: {}, operator: null}, galleryBefore = null, galleryPages = [];
+let pollMs = 1000, lastAnswer = performance.now(), lastRunClock = null;
+const results = {};  // gallery id -> [text, kind]: kept across gallery redraws
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; }
-function pair(parent, key, value) { parent.appendChild(el("span", "k", key + " ")); parent.appendChild(el("span", "v", value));
-  parent.appendChild(document.createTextNode("  ")); }
-function say(text, kind) { const m = document.getElementById("message"); m.textContent = text; m.className = kind ? "said-" + kind : ""; }
+function pair(parent, key, value, cls) { const p = el("span", cls || ""); p.appendChild(el("span", "k", key + " "));
+  p.appendChild(el("span", "v", value)); parent.appendChild(p); }
+function show(target, text, kind) { target.textContent = text; target.className = "result" + (kind ? " said-" + kind : ""); }
+function sayItem(id, text, kind) { results[id] = [text, kind];
+  const r = document.querySelector(`#gallery .item[data-id="${id}"] .result`); if (r) show(r, text, kind); }
 document.getElementById("token").value = sessionStorage.getItem("winclip-token") || "";
 document.getElementById("who").value = localStorage.getItem("winclip-who") || "";
-document.getElementById("token").addEventListener("change", e => sessionStorage.setItem("winclip-token", e.target.value.trim()));
-document.getElementById("who").addEventListener("change", e => localStorage.setItem("winclip-who", e.target.value.trim()));
+document.getElementById("token").addEventListener("input", e => sessionStorage.setItem("winclip-token", e.target.value.trim()));
+document.getElementById("who").addEventListener("input", e => localStorage.setItem("winclip-who", e.target.value.trim()));
 
-async function write(path, body) {
+function ask(title, lines, yes) {  // a confirmation dialog; resolves true only on the confirm button
+  return new Promise(resolve => {
+    const d = document.getElementById("dialog"), list = document.getElementById("dialoglines");
+    document.getElementById("dialogtitle").textContent = title; list.textContent = "";
+    for (const [text, warn] of lines) list.appendChild(el("li", warn ? "warn" : "", text));
+    const ok = document.getElementById("dialogyes"), no = document.getElementById("dialogno");
+    ok.textContent = yes;
+    const done = answer => { d.classList.remove("open"); ok.onclick = no.onclick = d.onkeydown = null; resolve(answer); };
+    ok.onclick = () => done(true); no.onclick = () => done(false);
+    d.onkeydown = e => { if (e.key === "Escape") done(false); };  // Escape cancels; Enter confirms (focused)
+    d.classList.add("open"); ok.focus();
+  });
+}
+async function post(path, body) {  // {ok, data} or {ok: false, error}
   const token = document.getElementById("token").value.trim();
   const headers = {"Content-Type": "application/json"};
   if (token) headers["Authorization"] = "Bearer " + token;
   const who = document.getElementById("who").value.trim();
   let r;
   try { r = await fetch(path, {method: "POST", headers, body: JSON.stringify({...body, ...(who ? {who} : {})})}); }
-  catch (e) { say("the run does not answer", "err"); return null; }
+  catch (e) { return {ok: false, error: "the run does not answer"}; }
   let data = {};
   try { data = await r.json(); } catch (e) {}
-  if (!r.ok) { say("refused: " + (data.error || r.status), "err"); return null; }
-  return data.job;
+  return r.ok ? {ok: true, data} : {ok: false, error: "refused: " + (data.error || r.status)};
 }
-async function teachItem(id, button) {
-  button.disabled = true;
-  const job = await write("api/teach", {item: id, why: "marked good on the live page"});
-  if (job) { say(`teaching frame ${id}: ${job.state}`, "ok"); watchJob(job.id); } else button.disabled = false;
+async function teachItem(it, button) {
+  button.disabled = true; sayItem(it.id, "computing what this would change…");
+  const p = await post("api/teach/preview", {item: it.id});
+  if (!p.ok) { sayItem(it.id, p.error, "err"); button.disabled = false; return; }
+  const v = p.data.preview, r = v.recent;
+  const lines = v.words.map(w => [w, false]), at = text => lines.findIndex(([w]) => w.includes(text));
+  if (r.anomalous_to_good) { const i = at("flagged frames would now pass");
+    lines[i] = [lines[i][0] + " — check that none of them is a real defect", true]; }
+  if (r.good_to_anomalous) { const i = at("good frames would now be flagged"); lines[i] = [lines[i][0] + " — new false alarms", true]; }
+  const yes = await ask(`Teach ${it.source} frame ${it.frame} as a good part? (version ${v.base_version} -> a new version)`,
+                        lines, "Teach it");
+  if (!yes) { sayItem(it.id, "not taught (cancelled)"); button.disabled = false; return; }
+  const c = await post("api/teach", {preview: v.id, why: "marked good on the live page"});
+  if (!c.ok) { sayItem(it.id, c.error, "err"); button.disabled = false; return; }
+  sayItem(it.id, `teaching: ${c.data.job.state}`, "ok");
+  watchJob(c.data.job.id, (text, kind) => sayItem(it.id, text, kind));
 }
 document.getElementById("undo").addEventListener("click", async () => {
-  const job = await write("api/undo", {why: "undo on the live page"});
-  if (job) { say(`undo: ${job.state}`, "ok"); watchJob(job.id); }
+  const out = document.getElementById("undoresult"), op = state.operator || {};
+  const yes = await ask(`Undo the last change of the line profile?`, [[`version ${op.version} in use now; the line goes ` +
+    `back to the version it was made from (nothing is deleted)`, false]], "Undo");
+  if (!yes) { show(out, "not undone (cancelled)"); return; }
+  const u = await post("api/undo", {why: "undo on the live page"});
+  if (!u.ok) { show(out, u.error, "err"); return; }
+  show(out, `undo: ${u.data.job.state}`, "ok");
+  watchJob(u.data.job.id, (text, kind) => show(out, text, kind));
 });
-function watchJob(id) {
+function watchJob(id, tell) {
   const check = () => {
     const job = (state.operator && state.operator.jobs || []).find(j => j.id === id);
     if (job && (job.state === "applied" || job.state === "failed")) {
-      say(job.state === "applied" ? `${job.action}: profile version ${job.version} in use` : `${job.action} failed: ${job.detail}`,
-          job.state === "applied" ? "ok" : "err");
+      tell(job.state === "applied" ? `${job.action}: profile version ${job.version} in use` : `${job.action} failed: ${job.detail}`,
+           job.state === "applied" ? "ok" : "err");
       refreshGallery(); return;
     }
+    if (job) tell(`${job.action}: ${job.state}`, "ok");
     setTimeout(check, 500);
   };
   check();
@@ -132,24 +207,53 @@ function card(name) {
   const id = "src-" + encodeURIComponent(name);
   let c = document.getElementById(id);
   if (c) return c;
-  c = el("div", "card"); c.id = id; c.dataset.source = name;
+  c = el("div", "card"); c.id = id; c.dataset.source = name; c.shownSeq = 0;
   const h = el("h2"); h.appendChild(el("span", "name", name)); h.appendChild(el("span", "badge")); c.appendChild(h);
   const pic = el("div", "pic"); pic.appendChild(el("div", "none overlay", "no overlay yet"));
-  pic.appendChild(el("span", "stamp", "")); c.appendChild(pic);
+  pic.appendChild(el("div", "stalemsg", "")); c.appendChild(pic);
+  c.appendChild(el("div", "caption", "")); c.appendChild(el("div", "verdict", ""));
   c.appendChild(el("div", "stats"));
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "trend"); svg.setAttribute("width", "420"); svg.setAttribute("height", "110");
-  svg.setAttribute("viewBox", "0 0 420 110"); c.appendChild(svg);
+  svg.setAttribute("class", "trend"); svg.setAttribute("viewBox", "0 0 420 110"); svg.setAttribute("preserveAspectRatio", "none");
+  c.appendChild(svg);
   document.getElementById("sources").appendChild(c);
   return c;
 }
+function showSnapshot(c, shot) {  // picture, border, verdict and caption of one overlay, all at once
+  c.shownSeq = shot.overlay_seq; c.shown = shot; caption(c);
+  c.classList.toggle("anomalous", shot.overlay_anomalous === true); c.classList.toggle("good", shot.overlay_anomalous === false);
+  const v = c.querySelector(".verdict");
+  v.className = "verdict" + (shot.overlay_anomalous === true ? " anomalous" : shot.overlay_anomalous === false ? " good" : "");
+  v.textContent = shot.overlay_anomalous === null ? `score ${fmt(shot.overlay_score, 4)}` :
+    `${shot.overlay_anomalous ? "ANOMALOUS" : "good"} · score ${fmt(shot.overlay_score, 4)} ` +
+    `${shot.overlay_anomalous ? "≥" : "<"} ${fmt(shot.overlay_threshold, 4)} · frame ${shot.overlay_frame}`;
+}
+const runNow = () => lastRunClock === null ? Date.now() / 1000 : lastRunClock + (performance.now() - lastAnswer) / 1000;
+function caption(c) {  // the capture time of the picture shown, and how old it is by the run's clock
+  const src = (state.sources || {})[c.dataset.source] || {}, shot = c.shown, down = DOWN.has(src.health);
+  c.querySelector(".caption").textContent = !shot ? "" : (down ? `SOURCE ${src.health.toUpperCase()} since ` +
+    `${clock(src.since)} · ` : "") + `captured ${clock(shot.overlay_time)} (${ago(shot.overlay_time, runNow())})`;
+}
+function markStale(c, text) {
+  c.classList.toggle("stale", !!text); c.querySelector(".stalemsg").textContent = text || "";
+}
 
+function watchdog() {  // no status for two polls: the run is not answering, whatever the last one said
+  const silent = performance.now() - lastAnswer > 2 * pollMs;
+  document.body.classList.toggle("stale", silent);
+  if (silent) {
+    const text = lastRunClock === null ? "run not answering" : `run not answering since ${clock(lastRunClock)}`;
+    document.getElementById("runstale").textContent = text + " — nothing on this page is live";
+    for (const c of document.querySelectorAll(".card")) { c.querySelector(".stalemsg").textContent = text; caption(c); }
+  }
+}
 async function refresh() {
   let s;
-  try { s = await (await fetch("status.json", {cache: "no-store"})).json(); }
-  catch (e) { document.getElementById("stale").style.display = "inline"; return; }
-  state = s;
-  document.getElementById("stale").style.display = "none";
+  try { const r = await fetch("status.json", {cache: "no-store"}); if (!r.ok) throw new Error(r.status); s = await r.json(); }
+  catch (e) { watchdog(); return; }
+  state = s; lastAnswer = performance.now(); lastRunClock = s.now; watchdog();
+  if (s.page && s.page.poll_s * 1000 !== pollMs) { pollMs = s.page.poll_s * 1000; clearInterval(poller); poller = setInterval(refresh, pollMs); }
+  const staleAfter = s.page ? s.page.stale_frame_s : 10;
   const totals = document.getElementById("totals"); totals.textContent = "";
   const sinkErrors = Object.values(s.sink_errors).reduce((a, b) => a + b, 0);
   pair(totals, "scored", s.scored); pair(totals, "anomalous", s.anomalous); pair(totals, "errors", s.errors);
@@ -157,8 +261,10 @@ async function refresh() {
   pair(totals, "fps", fmt(s.fps, 2)); pair(totals, "sink errors", sinkErrors); pair(totals, "uptime", fmt(s.uptime_s, 0) + " s");
   const op = s.operator, run = document.getElementById("run"); run.textContent = "";
   if (op) {
-    pair(run, "engine", op.engine);
-    pair(run, "profile", op.profile ? `${op.profile}${op.version ? " · version " + op.version : ""}` : "none");
+    pair(run, "engine", op.engine, "wide");
+    const version = op.version ? " · version " + op.version : "";
+    pair(run, "profile", op.profile ? `${op.profile}${version}` : "none", "wide");  // narrow: its last folder only
+    pair(run, "profile", op.profile ? `${op.profile.split("/").filter(Boolean).pop()}${version}` : "none", "narrow");
     pair(run, "image threshold", fmt(op.threshold, 4)); pair(run, "pixel threshold", fmt(op.pixel_threshold, 4));
     const access = document.getElementById("access");
     access.textContent = op.access.writable ? (op.teach ? "writable with token" : "no teaching") : "read-only";
@@ -177,25 +283,27 @@ async function refresh() {
     }
   }
   for (const [name, src] of Object.entries(s.sources)) {
-    const c = card(name), badge = c.querySelector(".badge"), pic = c.querySelector(".pic");
+    const c = card(name), badge = c.querySelector(".badge");
     badge.textContent = src.health; badge.className = "badge " + src.health; badge.title = src.detail;
-    c.classList.toggle("anomalous", src.last_anomalous === true);
-    const down = DOWN.has(src.health);
-    pic.classList.toggle("down", down);
-    pic.querySelector(".stamp").textContent = !src.overlay_time ? "" : (down ? `SOURCE ${src.health.toUpperCase()} since ` +
-      `${clock(src.since)} · ` : "") + `captured ${clock(src.overlay_time)} (${ago(src.overlay_time)})`;
-    c.querySelector(".stats").textContent = [`score ${fmt(src.last_score, 4)}`, `scored ${src.scored}`,
-      `anomalous ${src.anomalous}`, `errors ${src.errors}`, `dropped ${src.dropped}`, src.detail].filter(Boolean).join(" · ");
-    if (src.has_overlay && !c.loading && c.shown !== src.overlay_time) {  // load off-screen, swap when complete
-      const next = new Image(); c.loading = true; next.className = "overlay"; next.alt = "latest overlay of " + name;
-      next.onload = () => { c.querySelector(".overlay").replaceWith(next); c.loading = false; c.shown = src.overlay_time; };
-      next.onerror = () => { c.loading = false; };
-      next.src = "overlay/" + encodeURIComponent(name) + ".jpg?t=" + Date.now();
+    const down = DOWN.has(src.health), newest = src.last_time || src.overlay_time;
+    const old = newest !== null && s.now - newest > staleAfter;
+    c.classList.toggle("down", down);
+    markStale(c, down ? `source ${src.health} since ${clock(src.since)}` :
+                 old ? `no new frame since ${clock(newest)}` : "");
+    caption(c);
+    c.querySelector(".stats").textContent = [`scored ${src.scored}`, `anomalous ${src.anomalous}`, `errors ${src.errors}`,
+      `dropped ${src.dropped}`, `lost ${src.losses}×`, src.detail].filter(Boolean).join(" · ");
+    if (src.has_overlay && !c.loading && c.shownSeq !== src.overlay_seq) {  // load off-screen, swap when complete
+      const next = new Image(), snap = {...src}; c.loading = true; next.className = "overlay";
+      next.alt = `overlay of ${name} frame ${src.overlay_frame}`;
+      next.onload = () => { c.querySelector(".overlay").replaceWith(next); showSnapshot(c, snap); c.loading = false; };
+      next.onerror = () => { c.loading = false; };  // gone already: the next status names a newer one
+      next.src = `overlay/${encodeURIComponent(name)}.jpg?seq=${src.overlay_seq}`;
     }
   }
 }
 
-function drawTrend(svg, points, windowS, now) {
+function drawTrend(svg, points, windowS, now, bucketS) {
   const NS = "http://www.w3.org/2000/svg", W = 420, H = 110, L = 34, R = 6, T = 8, B = 16;
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const add = (tag, attrs, text) => { const e = document.createElementNS(NS, tag);
@@ -209,9 +317,23 @@ function drawTrend(svg, points, windowS, now) {
   add("text", {x: 2, y: T + 8}, hi.toFixed(3)); add("text", {x: 2, y: H - B}, lo.toFixed(3));
   add("text", {x: L, y: H - 3}, span >= 120 ? `-${Math.round(span / 60)} min` : `-${Math.round(span)} s`);
   add("text", {x: W - 24, y: H - 3}, "now");
-  const band = points.map(p => `${x(p[0])},${y(p[3])}`).concat(points.slice().reverse().map(p => `${x(p[0])},${y(p[1])}`));
-  add("polygon", {points: band.join(" "), fill: "rgba(90,150,255,.25)", stroke: "none"});
-  add("polyline", {points: points.map(p => `${x(p[0])},${y(p[2])}`).join(" "), fill: "none", stroke: "#7fb2ff", "stroke-width": 1.5});
+  // an outage is a gap, not a line across it: buckets further apart than 2.5 bucket widths start a new segment
+  const segments = [[points[0]]];
+  for (const p of points.slice(1)) {
+    if (p[0] - segments[segments.length - 1].slice(-1)[0][0] > 2.5 * (bucketS || 2)) segments.push([]);
+    segments[segments.length - 1].push(p);
+  }
+  for (const seg of segments) {
+    const band = seg.map(p => `${x(p[0])},${y(p[3])}`).concat(seg.slice().reverse().map(p => `${x(p[0])},${y(p[1])}`));
+    add("polygon", {points: band.join(" "), fill: "rgba(90,150,255,.25)", stroke: "none"});
+    if (seg.length > 1) add("polyline", {points: seg.map(p => `${x(p[0])},${y(p[2])}`).join(" "), fill: "none",
+      stroke: "#7fb2ff", "stroke-width": 1.5, class: "mean"});
+    else add("circle", {cx: x(seg[0][0]), cy: y(seg[0][2]), r: 1.5, fill: "#7fb2ff", class: "mean"});
+  }
+  for (let i = 1; i < segments.length; i++) {  // say where nothing was scored
+    const a = x(segments[i - 1].slice(-1)[0][0]), b = x(segments[i][0][0]);
+    add("rect", {x: a, y: T, width: Math.max(1, b - a), height: H - T - B, fill: "rgba(255,255,255,.06)", class: "gap"});
+  }
   const steps = points.filter(p => p[6] !== null);
   if (steps.length) {
     const line = [[L, steps[0][6]], ...steps.map(p => [x(p[0]), p[6]]), [W - R, steps[steps.length - 1][6]]];
@@ -224,7 +346,8 @@ function drawTrend(svg, points, windowS, now) {
 }
 async function refreshTrend() {
   let t; try { t = await (await fetch("api/trend", {cache: "no-store"})).json(); } catch (e) { return; }
-  for (const [name, points] of Object.entries(t.sources)) drawTrend(card(name).querySelector("svg.trend"), points, t.window_s, t.now);
+  for (const [name, points] of Object.entries(t.sources))
+    drawTrend(card(name).querySelector("svg.trend"), points, t.window_s, t.now, t.bucket_s);
 }
 
 async function refreshGallery() {
@@ -233,30 +356,35 @@ async function refreshGallery() {
   const writable = state.operator && state.operator.access.writable && state.operator.teach;
   const down = name => DOWN.has(((state.sources || {})[name] || {}).health);
   const box = document.getElementById("gallery");
-  const signature = JSON.stringify([writable, g.total, g.older, g.items.map(i => [i.id, i.taught, i.picture, i.original, down(i.source)])]);
+  const signature = JSON.stringify([writable, g.total, g.older, g.items.map(i => [i.id, i.taught, i.undone, i.picture, i.original, down(i.source)])]);
   if (box.dataset.signature === signature) return;  // unchanged: no flicker, a button being clicked stays
   box.dataset.signature = signature; box.textContent = "";
   document.getElementById("gallerycount").textContent = `(${g.total} in this run)`;
   for (const it of g.items) {
-    const item = el("div", "item" + (it.taught ? " taught" : "")); item.dataset.id = it.id;
-    const pic = el("div", "pic" + (down(it.source) ? " down" : ""));
+    const item = el("div", "item" + (it.taught ? " taught" : "") + (down(it.source) ? " down" : "")); item.dataset.id = it.id;
+    const pic = el("div", "pic");
     if (it.picture) { const img = el("img"); img.alt = `overlay of ${it.source} frame ${it.frame}`; img.src = `gallery/${it.id}.jpg`; pic.appendChild(img); }
     else pic.appendChild(el("div", "none", "picture no longer kept"));
-    pic.appendChild(el("span", "stamp", (down(it.source) ? "source down · " : "") + `captured ${clock(it.time)}`));
     item.appendChild(pic);
+    item.appendChild(el("div", "caption", (down(it.source) ? "source down · " : "") + `captured ${clock(it.time)}`));
     const meta = el("div", "meta");
     meta.appendChild(el("span", "score", `score ${fmt(it.score, 4)}`));
     meta.appendChild(document.createTextNode(` / threshold ${fmt(it.threshold, 4)} · ${it.regions.length} region(s) · ` +
       `${it.source} frame ${it.frame}` + (it.version ? ` · v${it.version}` : "")));
     item.appendChild(meta);
-    if (it.taught) item.appendChild(el("div", "taughtmark", `taught: good part in version ${it.taught}`));
+    const act = el("div", "act");
+    if (it.taught) act.appendChild(el("span", "taughtmark", `taught: good part in version ${it.taught}`));
     else {
+      if (it.undone) act.appendChild(el("span", "undone", `taught into version ${it.undone}, undone`));
       const b = el("button", "teach", "this part is good");
       b.disabled = !writable || !it.original;
       b.title = !it.original ? "its original pixels are no longer kept" : !writable ? "read-only page" :
-        "add this frame to the line's memory as a new profile version";
-      b.addEventListener("click", () => teachItem(it.id, b)); item.appendChild(b);
+        "see what teaching this frame would change, then confirm";
+      b.addEventListener("click", () => teachItem(it, b)); act.appendChild(b);
     }
+    const r = el("span", "result"); r.setAttribute("role", "status");
+    if (results[it.id]) show(r, ...results[it.id]);
+    act.appendChild(r); item.appendChild(act);
     box.appendChild(item);
   }
   document.getElementById("older").disabled = g.older === null;
@@ -265,8 +393,9 @@ async function refreshGallery() {
   document.getElementById("newer").onclick = () => { galleryBefore = null; galleryPages = []; refreshGallery(); };
   document.getElementById("pageinfo").textContent = galleryBefore === null ? "newest first" : "older frames";
 }
+let poller = setInterval(refresh, pollMs);
 refresh().then(() => { refreshTrend(); refreshGallery(); });
-setInterval(refresh, 1000);
+setInterval(watchdog, 500);
 setInterval(refreshTrend, 2000);
 setInterval(() => { if (galleryBefore === null) refreshGallery(); }, 2000);
 </script></body></html>

@@ -130,14 +130,14 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             self._send(200, "text/html; charset=utf-8", PAGE.encode(), send_body)
         elif path == "/status.json":
-            self._json(200, live.status.snapshot(), send_body)
+            self._json(200, _page_status(live.status), send_body)
         elif path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
 
             self._send(200, CONTENT_TYPE_LATEST, live.metrics_text(), send_body)
         elif path.startswith(OVERLAY_PREFIX) and path.endswith(OVERLAY_SUFFIX):
             source = urllib.parse.unquote(path[len(OVERLAY_PREFIX):-len(OVERLAY_SUFFIX)])
-            jpeg = live.status.overlay(source)
+            jpeg = live.status.overlay(source, _int(query.get("seq", [None])[0]))
             if jpeg is None:
                 message = f"no overlay yet for source {source!r}\n".encode()
                 self._send(404, "text/plain; charset=utf-8", message, send_body)
@@ -170,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         desk = self.server.live.desk
         path = urllib.parse.urlsplit(self.path).path
-        if desk is None or path not in ("/api/teach", "/api/undo", *review_routes.WRITES):
+        if desk is None or path not in ("/api/teach", "/api/teach/preview", "/api/undo", *review_routes.WRITES):
             self.close_connection = True
             self._json(404, {"error": "not found"}, True)
             return
@@ -202,13 +202,12 @@ class _Handler(BaseHTTPRequestHandler):
             why = fields.get("why") or ""
             if path == "/api/undo":
                 job = desk.request_undo(who=str(who), why=str(why) or "undo on the live page")
-            elif kind == "image":
-                job = desk.request_teach(image=body, who=str(who), why=str(why) or "posted as a good part")
             else:
-                item = fields.get("item")
-                if not isinstance(item, int) or isinstance(item, bool):
-                    raise OperatorError("say which gallery frame: {\"item\": ID}")
-                job = desk.request_teach(item=item, who=str(who), why=str(why) or "marked good on the live page")
+                answer = _teach(desk, path, body if kind == "image" else None, fields, str(who), str(why))
+                if path == "/api/teach/preview":
+                    self._json(200, {"preview": answer}, True)
+                    return
+                job = answer
         except OperatorError as exc:
             self.close_connection = True
             self._json(exc.status, {"error": str(exc)}, True)
@@ -260,6 +259,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+def _teach(desk, path: str, image: bytes | None, fields: dict, who: str, why: str):
+    """A teach in two steps: /api/teach/preview (a gallery item or an image) answers what it would do;
+    /api/teach confirms one preview by its id and queues exactly that change."""
+    from winclip.runtime.line.operator import OperatorError
+
+    if path == "/api/teach/preview":
+        if image is not None:
+            return desk.preview_teach(image=image, who=who, why=why or "posted as a good part")
+        item = fields.get("item")
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise OperatorError("say which gallery frame: {\"item\": ID}, or post an image")
+        return desk.preview_teach(item=item, who=who, why=why or "marked good on the live page")
+    preview = fields.get("preview")
+    if image is not None or not isinstance(preview, str):
+        raise OperatorError("a teach is confirmed by its preview: POST the frame ({\"item\": ID}) or the image to "
+                            "/api/teach/preview first, then {\"preview\": ID} here", 428)
+    return desk.request_teach(preview=preview, who=who, why=why or "marked good on the live page")
+
+
+def _page_status(status: LiveStatus) -> dict:
+    """/status.json: the snapshot and the page's clock settings (the page judges staleness by the run's clock)."""
+    return {**status.snapshot(), "page": {"poll_s": defaults.PAGE_POLL_S, "stale_frame_s": defaults.PAGE_STALE_FRAME_S}}
+
+
 def _int(text) -> int | None:
     return int(text) if isinstance(text, str) and text.isdigit() and len(text) < 12 else None
 
@@ -305,6 +328,7 @@ class _StatusCollector:
                 family.add_metric([], latency[pct] / 1000.0)
             yield family
         yield GaugeMetricFamily("winclip_fps", "Rolling frames scored per second", value=snap["fps"])
+        yield from _source_clock_metrics(snap)
         up = GaugeMetricFamily("winclip_source_up", "1 while the source delivers frames, else 0", labels=["source"])
         for source, state in sources.items():
             up.add_metric([source], 1.0 if state["health"] == "ok" else 0.0)
@@ -321,6 +345,35 @@ class _StatusCollector:
             yield from review_routes.metrics(snap["review"])
 
 
+def _source_clock_metrics(snap: dict):
+    """Per source: how often it was lost, and when its newest frame was captured (and how long ago), so that a
+    plant's Prometheus can alert on a silent camera."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    losses = CounterMetricFamily("winclip_source_losses", "Times a source stopped delivering", labels=["source"])
+    stamp = GaugeMetricFamily("winclip_last_frame_timestamp_seconds", "Capture time (Unix) of the newest frame "
+                              "scored", labels=["source"])
+    age = GaugeMetricFamily("winclip_last_frame_age_seconds", "Seconds since the newest scored frame was captured",
+                            labels=["source"])
+    for source, state in snap["sources"].items():
+        losses.add_metric([source], state["losses"])
+        if state["last_time"] is not None:
+            stamp.add_metric([source], state["last_time"])
+            age.add_metric([source], max(0.0, snap["now"] - state["last_time"]))
+    yield from (losses, stamp, age)
+
+
+def _threshold_metrics(operator: dict):
+    """The image and pixel thresholds in force (absent: none set)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily("winclip_threshold", "Threshold in force", labels=["kind"])
+    for kind, key in (("image", "threshold"), ("pixel", "pixel_threshold")):
+        if operator.get(key) is not None:
+            family.add_metric([kind], operator[key])
+    yield family
+
+
 def _operator_metrics(operator: dict):
     """Drift, the profile version in use, and the operator's writes, from the desk's snapshot."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -335,6 +388,7 @@ def _operator_metrics(operator: dict):
         drifting.add_metric([source], 1.0 if state["drifting"] else 0.0)
         episodes.add_metric([source], state["episodes"])
     yield from (distance, drifting, episodes)
+    yield from _threshold_metrics(operator)
     version = GaugeMetricFamily("winclip_profile_version", "The line profile version in use")
     if operator["version"] is not None:
         version.add_metric([], operator["version"])

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from winclip.runtime.line.defaults import OVERLAYS_KEPT
+
 ROLLING = 256  # scored frames behind p50/p95 latency
 FPS_WINDOW_S = 10.0  # FPS counts the frames scored in the last this-many seconds, so it falls when a source stops
 HEALTH_STATES = ("starting", "ok", "reconnecting", "lost", "ended")
@@ -38,6 +40,14 @@ class SourceState:
     last_time: float | None = None  # capture time of the newest scored frame
     overlay_jpeg: bytes | None = None  # newest overlay, for the live page
     overlay_time: float | None = None  # capture time of the frame that overlay shows
+    # the page's card is one snapshot: the overlay's sequence number names its picture, and the frame, score
+    # and verdict are that picture's (not the newest frame's, which may be a moment newer)
+    overlay_seq: int = 0
+    overlay_frame: int | None = None
+    overlay_score: float | None = None
+    overlay_anomalous: bool | None = None
+    overlay_threshold: float | None = None
+    overlays: deque = field(default_factory=lambda: deque(maxlen=OVERLAYS_KEPT))  # (seq, jpeg), newest last
 
 
 class LiveStatus:
@@ -95,10 +105,16 @@ class LiveStatus:
                 state.since = time.time()
             state.health, state.detail = health, detail
 
-    def set_overlay(self, source: str, jpeg: bytes, captured: float | None = None) -> None:
+    def set_overlay(self, source: str, jpeg: bytes, captured: float | None = None, event: dict | None = None) -> None:
+        """The newest overlay of a source, and (from its frame's event) what it shows: frame, score, verdict."""
+        event = event or {}
         with self._lock:
             state = self._source(source)
+            state.overlay_seq += 1
             state.overlay_jpeg, state.overlay_time = jpeg, captured
+            state.overlay_frame, state.overlay_score = event.get("frame"), event.get("image_score")
+            state.overlay_anomalous, state.overlay_threshold = event.get("anomalous"), event.get("threshold")
+            state.overlays.append((state.overlay_seq, jpeg))
 
     def attach(self, name: str, section) -> None:
         """Add `name: section()` to every snapshot (a function of no arguments returning JSON-ready data)."""
@@ -109,10 +125,13 @@ class LiveStatus:
             self.sink_errors[sink] = self.sink_errors.get(sink, 0) + 1
 
     # --- readers (status line, /status.json, /metrics, the live page)
-    def overlay(self, source: str) -> bytes | None:
+    def overlay(self, source: str, seq: int | None = None) -> bytes | None:
+        """The newest overlay of a source, or the one numbered `seq` while it is among the newest kept."""
         with self._lock:
             state = self.sources.get(source)
-            return None if state is None else state.overlay_jpeg
+            if state is None or seq is None:
+                return None if state is None else state.overlay_jpeg
+            return next((jpeg for n, jpeg in state.overlays if n == seq), None)
 
     def snapshot(self) -> dict:
         """A JSON-ready copy: totals, rolling latency and FPS, and each source's state."""
@@ -120,7 +139,8 @@ class LiveStatus:
             latencies = np.array(self._latency_ms, dtype=np.float64)
             stamps = list(self._scored_at)
             sources = {
-                name: {k: v for k, v in vars(s).items() if k != "overlay_jpeg"} | {"has_overlay": s.overlay_jpeg is not None}
+                name: {k: v for k, v in vars(s).items() if k not in ("overlay_jpeg", "overlays")}
+                | {"has_overlay": s.overlay_jpeg is not None}
                 for name, s in self.sources.items()
             }
             sink_errors = dict(self.sink_errors)
@@ -129,6 +149,7 @@ class LiveStatus:
         span = min(FPS_WINDOW_S, now - self._started_monotonic)
         fps = recent / span if span > 0 else 0.0
         return {
+            "now": round(time.time(), 3),  # the run's clock: the page judges staleness by it, not by its own
             "uptime_s": round(time.time() - self.started, 3),
             "scored": sum(s["scored"] for s in sources.values()),
             "anomalous": sum(s["anomalous"] for s in sources.values()),
