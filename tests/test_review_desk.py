@@ -279,7 +279,10 @@ def test_winclip_inspect_named_operators_and_the_review_desk_across_a_restart(ti
             assert post(url, "api/review/ack", body, token=TOKENS["anna"])[0] == 200
             # a version records the token's name too (a typed name is for unnamed tokens only)
             good = cv2.imencode(".png", frames[1])[1].tobytes()
-            code, answer = post(url, "api/teach", good, token=TOKENS["anna"], content_type="image/png")
+            code, answer = post(url, "api/teach/preview", good, token=TOKENS["anna"], content_type="image/png")
+            assert code == 200, answer
+            confirm = json.dumps({"preview": answer["preview"]["id"]}).encode()
+            code, answer = post(url, "api/teach", confirm, token=TOKENS["anna"])
             assert code == 202, answer
             assert wait_for(lambda: get(url, "api/profile")[0]["current"] == 2, 60)
             assert get(url, "api/profile")[0]["versions"][0]["who"] == "anna"
