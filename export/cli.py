@@ -10,7 +10,7 @@ import click
 from winclip.export.options import ExportOptions
 from winclip.runtime.command import CONTEXT, Command, Finite, Whole, setup_logging
 from winclip.runtime.defaults import EXPORTERS, OPSET_RANGE, TEXT_ENSEMBLES
-from winclip.runtime.errors import WinclipError
+from winclip.runtime.errors import WinclipError, install_hint
 
 DEFAULTS = ExportOptions()
 
@@ -63,7 +63,7 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
         from winclip.export.exporter import export_bundle
     except ImportError as exc:
         raise click.ClickException(
-            f"export dependencies missing ({exc.name}): pip install 'winclip-edge[export,cpu]'") from None
+            f"export dependencies missing ({exc.name}): {install_hint('export,cpu')}") from None
     try:
         scale_list = tuple(int(s) for s in scales.split(",") if s.strip())
     except ValueError:

@@ -25,7 +25,7 @@ from winclip.runtime.atomic import write_atomic
 from winclip.runtime.contract import MANIFEST_NAME, Engine, Manifest, normalize_object_name
 from winclip.runtime.defaults import MAX_ENGINE_BYTES, MAX_TEXT_BYTES
 from winclip.runtime.errors import BundleError
-from winclip.runtime.files import FileRefused, read_regular
+from winclip.runtime.files import FileRefused, not_regular, read_regular
 from winclip.runtime.validation import SchemaError, plain_file_name, read_json
 
 STREAM_CHUNK = 1 << 20  # bytes of an engine held at a time while it is hashed or copied
@@ -101,6 +101,31 @@ def stream_checked(root: Path, name: str, sha256: str, verify: bool = True, out:
     if verify and actual != sha256:
         raise BundleError(f"checksum mismatch for bundle file {name}: the bundle is corrupt or was edited")
     return actual
+
+
+NPY_HEADER_MAX_BYTES = 4096  # an .npy header as numpy writes it is 128 bytes; more is not an array of ours
+
+
+def npy_header(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an .npy file declares, from its header alone (a few hundred bytes read, never
+    the data): a file can be refused for its size before it is read. BundleError if it is not an .npy."""
+    try:
+        problem = not_regular(path)  # a FIFO would block the read below
+        if problem:
+            raise BundleError(f"{name}: {problem}")
+        with open(path, "rb") as fh:
+            buf = io.BytesIO(fh.read(NPY_HEADER_MAX_BYTES))
+    except FileNotFoundError:
+        raise BundleError(f"{name} is missing") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        version = np.lib.format.read_magic(buf)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = header(buf)
+    except Exception as exc:  # numpy raises ValueError, SyntaxError or others on a bad header
+        raise BundleError(f"{name} is not a readable .npy array ({str(exc)[:120]})") from None
+    return tuple(shape), dtype
 
 
 def parse_npy(data: bytes, name: str, shape_check, dtypes=("float32", "float64", "float16")) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Callable
 
 import click
 
-from winclip.runtime.errors import WinclipError, first_line
+from winclip.runtime.errors import WinclipError, first_line, install_hint
 
 LOGGER = "winclip"
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}  # every command's click settings
@@ -146,5 +146,5 @@ def require_onnxruntime() -> None:
     try:
         import onnxruntime  # noqa: F401  (from the [cpu] or [gpu] extra, never both)
     except ImportError:
-        raise click.ClickException("onnxruntime is not installed: pip install 'winclip-edge[cpu]' "
+        raise click.ClickException(f"onnxruntime is not installed: {install_hint('cpu')} "
                                    "(or [gpu] on a CUDA box)") from None

@@ -13,7 +13,7 @@ import click
 from winclip.calibration.evaluation.layouts import LAYOUTS
 from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS
-from winclip.runtime.errors import first_line
+from winclip.runtime.errors import first_line, install_hint
 
 EVALUATE = "run"
 INCOMPLETE_EXIT = 3  # --strict: the run finished but did not cover the whole data set
@@ -192,7 +192,7 @@ def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise click.ClickException("the HTML report needs matplotlib: pip install 'winclip-edge[eval]'") from None
+        raise click.ClickException(f"the HTML report needs matplotlib: {install_hint('eval')}") from None
 
 
 @main.command(context_settings=CONTEXT)

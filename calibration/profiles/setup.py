@@ -28,7 +28,7 @@ import numpy as np
 from winclip.calibration.evaluation.layouts import folder_roles
 from winclip.calibration.evaluation.metrics import auroc, f1_max, require_sklearn
 from winclip.runtime.command import SHOWN_SKIPPED
-from winclip.runtime.defaults import REFERENCE_MAX_HELD_OUT
+from winclip.runtime.defaults import MEMORY_MAX_SHOTS, REFERENCE_MAX_HELD_OUT
 from winclip.runtime.errors import WinclipError
 from winclip.runtime.images import ImageReadError, decode_image, display_path, list_images, read_image_bytes
 from winclip.runtime.reference import ReferenceSet, reference_writer
@@ -115,8 +115,8 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
     """Build the memory on `detector`, set its thresholds, and return the record for profile.json."""
     if not 0.0 < false_alarm_rate < 1.0:
         raise CalibrationError(f"the false-alarm rate must be in (0, 1), got {false_alarm_rate}")
-    if shots < 1:
-        raise CalibrationError(f"shots must be >= 1, got {shots}")
+    if not 1 <= shots <= MEMORY_MAX_SHOTS:  # a profile holds at most this many images' worth (defaults.py)
+        raise CalibrationError(f"shots must be 1..{MEMORY_MAX_SHOTS}, got {shots}")
     if labelled_dir is not None:
         require_sklearn()  # before minutes of scoring, not after
     warnings: list[str] = []
