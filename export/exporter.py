@@ -181,7 +181,7 @@ def export_bundle(opts: ExportOptions) -> Path:
     out = Path(opts.out).resolve()  # so that --out . still has a real parent for the temp folder
     t0 = time.perf_counter()
     log.info(f"loading {opts.backbone} (weights: {opts.pretrained or 'default tag'})")
-    loaded = load_backbone(opts.backbone, opts.pretrained)
+    loaded = load_backbone(opts.backbone, opts.pretrained, opts.seed)
     try:
         wrapper = WindowedVisual(loaded.model.visual, opts.scales, opts.stride, opts.patch_layer, opts.patch_ln_post).eval()
     except ValueError as exc:

@@ -53,6 +53,11 @@ TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own def
 SERVED_MODEL_NAME = "winclip"
 SERVED_TIMEOUT_S = 60.0  # one request to a served engine, queueing on the server included
 
+# --- winclip-export --pretrained none: random weights drawn from this seed (--seed), so a bundle made
+# without the real checkpoint is the same bundle every time; every command that loads one says its scores
+# mean nothing (runtime/bundle.py)
+RANDOM_WEIGHTS_SEED = 0
+
 # --- limits every reader enforces
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS overrides
 MAX_IMAGE_BYTES = 256 << 20  # encoded bytes of one image file, read before any decoding; WINCLIP_MAX_IMAGE_MB overrides
