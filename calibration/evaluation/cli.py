@@ -24,6 +24,9 @@ log = logging.getLogger("winclip.eval")  # not __name__: run as a script, that i
 class EvalGroup(Group):
     """`winclip-eval BUNDLE ...` is `winclip-eval run BUNDLE ...`; `prepare` and `synthesize` make data sets."""
 
+    def collect_usage_pieces(self, ctx):
+        return ["BUNDLE --dataset DIR [OPTIONS]  |", *super().collect_usage_pieces(ctx)]
+
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = [EVALUATE, *args]
@@ -112,13 +115,11 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
     (curves and heat-map overlays), all at once when the run completes.
     """
     from winclip.calibration.evaluation.metrics import require_sklearn
-    from winclip.runtime.command import require_onnxruntime, setup_logging
+    from winclip.runtime.command import progress_bar, require_onnxruntime, setup_logging
 
     require_onnxruntime()
     require_sklearn()  # before minutes of scoring, not after
     setup_logging()
-    from tqdm import tqdm
-
     from winclip.calibration.evaluation.evaluate import EvalOptions, evaluate, planned_images, select_categories
     from winclip.calibration.evaluation.layouts import detect_layout
     from winclip.calibration.evaluation.report import csv_text, html_report, json_text, markdown
@@ -140,8 +141,7 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
     try:
         layout = detect_layout(dataset) if layout == "auto" else layout
         selected = select_categories(dataset, layout, names, max(shots))
-        with tqdm(total=planned_images(selected, options), unit="img", desc="evaluating", file=sys.stderr,
-                  disable=None) as bar:
+        with progress_bar(planned_images(selected, options), "scoring") as bar:
             if out is None:
                 with tempfile.TemporaryDirectory(prefix="winclip-eval-") as work:
                     result = evaluate(bundle, dataset, layout, selected, options, Path(work), progress=bar.update)

@@ -68,10 +68,9 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
 
     require_onnxruntime()
     setup_logging()
-    from tqdm import tqdm
-
     from winclip.calibration.profiles.histogram import histogram_picture
-    from winclip.calibration.profiles.setup import calibrate
+    from winclip.calibration.profiles.setup import calibrate, planned_images
+    from winclip.runtime.command import progress_bar
     from winclip.runtime.atomic import write_atomic
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import png_bytes
@@ -83,7 +82,7 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
             detector = Detector.from_bundle(bundle, object=object_name, provider=provider, precision=precision,
                                             threads=threads)
             click.echo(f"{bundle}: {detector.describe()}", err=True)
-            with tqdm(unit="img", desc="scoring", file=sys.stderr, disable=None) as bar:
+            with progress_bar(planned_images(normal_dir, labelled_dir), "scoring") as bar:
                 result = calibrate(detector, normal_dir, shots, false_alarm_rate, seed, labelled_dir, threshold_from,
                                    progress=bar.update)
             profile = detector.to_profile(result.record)

@@ -109,6 +109,14 @@ def score_images(detector, images: list[LoadedImage], batch: int = 4, progress=N
     return np.array(scores), np.array(peaks)
 
 
+def planned_images(*folders: Path | None) -> int | None:
+    """Images calibrate will score from these folders (the progress bar's total); None when one cannot be listed."""
+    try:
+        return sum(len(list_images(folder)[0]) for folder in folders if folder is not None)
+    except ImageReadError:
+        return None
+
+
 def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, seed: int = 0,
               labelled_dir: Path | None = None, threshold_from: str = "false-alarm-rate",
               progress=None) -> Calibration:
@@ -141,6 +149,8 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
              f"({needed} are needed): the thresholds sit at the highest normal scores, so the true rate is only "
              f"known to be below about {1 / len(held_out):.1%}")
     detector.build_memory([im.image for im in memory])
+    if progress is not None:
+        progress(len(memory))
     kept = held_out[:REFERENCE_MAX_HELD_OUT]  # their graph outputs stay in the profile (teaching, drift)
     reference = ReferenceSet.from_images(detector, [im.image for im in kept],
                                          [display_path(im.path.relative_to(normal_dir)) for im in kept], progress=progress)
