@@ -137,3 +137,20 @@ def test_eval_usage_shows_the_bundle_form(tiny_bundle):
 def test_gitignore_keeps_the_quick_starts_folders_out_of_git():
     ignored = set((ROOT / ".gitignore").read_text().split())
     assert {"data/", "eval/", "profiles/", "bundles/", "runs/"} <= ignored
+
+
+def test_the_quick_start_sample_holds_enough_good_parts_for_its_false_alarm_rate(tmp_path):
+    from winclip.calibration.evaluation.data import SAMPLE_GOOD, SAMPLE_PER_DEFECT, SAMPLE_REFERENCES
+    from winclip.calibration.profiles.setup import needed_for_rate
+
+    proc = run_cli("winclip-eval", "prepare", str(tmp_path / "real"), "--sample", check=True)
+    counts = {p.relative_to(tmp_path / "real").as_posix(): len(list(p.iterdir()))
+              for p in (tmp_path / "real").glob("*/*") if p.is_dir()}
+    assert counts == {"textile/good": SAMPLE_GOOD, "textile/reference": SAMPLE_REFERENCES,
+                      "textile/local": SAMPLE_PER_DEFECT, "textile/global": SAMPLE_PER_DEFECT,
+                      "solar_cell/good": SAMPLE_GOOD, "solar_cell/reference": SAMPLE_REFERENCES,
+                      "solar_cell/defect": SAMPLE_PER_DEFECT}, proc.stdout
+    readme = (ROOT / "README.md").read_text()
+    shots, rate = 4, 0.05  # what the README's calibrate line asks for
+    assert f"--shots {shots}" in readme and f"--false-alarm-rate {rate}" in readme
+    assert SAMPLE_GOOD >= shots + needed_for_rate(rate)

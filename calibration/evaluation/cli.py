@@ -204,8 +204,11 @@ def _require_matplotlib() -> None:
 @click.option("--references", type=Whole(0, 10**6), default=16,
               help="Good images set aside in reference/ for the few-shot memory.")
 @click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the choice of images.")
+@click.option("--sample", is_flag=True,
+              help="The quick start's small set, per object: 24 good (4 for a memory + the 20 held-out normals a 5% "
+                   "false-alarm rate needs), 8 reference, 6 of each defect kind. Overrides --per-class/--references.")
 @click.option("--force", is_flag=True, help="Replace an existing folder written by this command.")
-def prepare(out, sources, per_class, references, seed, force):
+def prepare(out, sources, per_class, references, seed, sample, force):
     """Lay out the ELPV solar cells and the textiles in the folder layout (image labels only, no masks).
 
     OUT/solar_cell: good = defect probability 0, defect = probability 1 (1/3 and
@@ -213,7 +216,9 @@ def prepare(out, sources, per_class, references, seed, force):
     """
     from winclip.calibration.evaluation.data import prepare as lay_out
 
-    _write_set(out, lambda: lay_out(out, sources, per_class, references, seed, force))
+    if sample and (per_class is not None or references != 16):
+        raise click.UsageError("--sample sets the counts itself; drop --per-class/--references")
+    _write_set(out, lambda: lay_out(out, sources, per_class, references, seed, force, sample))
 
 
 @main.command(context_settings=CONTEXT)
