@@ -208,7 +208,8 @@ def _require_matplotlib() -> None:
               help="The quick start's small set, per object: 24 good (4 for a memory + the 20 held-out normals a 5% "
                    "false-alarm rate needs), 8 reference, 6 of each defect kind. Overrides --per-class/--references.")
 @click.option("--force", is_flag=True, help="Replace an existing folder written by this command.")
-def prepare(out, sources, per_class, references, seed, sample, force):
+@click.pass_context
+def prepare(ctx, out, sources, per_class, references, seed, sample, force):
     """Lay out the ELPV solar cells and the textiles in the folder layout (image labels only, no masks).
 
     OUT/solar_cell: good = defect probability 0, defect = probability 1 (1/3 and
@@ -216,7 +217,8 @@ def prepare(out, sources, per_class, references, seed, sample, force):
     """
     from winclip.calibration.evaluation.data import prepare as lay_out
 
-    if sample and (per_class is not None or references != 16):
+    given = [p for p in ("per_class", "references") if ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT]
+    if sample and given:
         raise click.UsageError("--sample sets the counts itself; drop --per-class/--references")
     _write_set(out, lambda: lay_out(out, sources, per_class, references, seed, force, sample))
 
