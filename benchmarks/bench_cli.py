@@ -26,6 +26,7 @@ import numpy as np
 from winclip.runtime.command import CONTEXT, Command, Whole, require_onnxruntime
 from winclip.benchmarks.measure import frame_times
 from winclip.runtime.defaults import OPSET
+from winclip.runtime.errors import install_hint
 
 
 def _csv(kind, choices=None):
@@ -72,7 +73,7 @@ def gemm_peaks(size: int = 2048) -> dict:
     try:
         out.update(_ort_gemm_peaks())
     except ImportError:
-        out["note"] = "onnx not installed: ONNX Runtime GEMM peaks not measured (pip install 'winclip-edge[quantize]')"
+        out["note"] = f"onnx not installed: ONNX Runtime GEMM peaks not measured ({install_hint('quantize')})"
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
 
 
@@ -329,7 +330,7 @@ def main(bundle, precisions, providers, backends, batches, shots, frames, warmup
             import open_clip  # noqa: F401
             import torch  # noqa: F401
         except ImportError:
-            raise click.ClickException("--compare-torch needs the export extra: pip install 'winclip-edge[export]'") from None
+            raise click.ClickException(f"--compare-torch needs the export extra: {install_hint('export')}") from None
     work = Path(tempfile.mkdtemp(prefix="winclip-bench-"))
     try:
         if images is not None:

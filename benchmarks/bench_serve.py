@@ -127,7 +127,7 @@ def markdown(result: dict) -> str:
 @click.option("--max-batch", type=click.IntRange(min=1), default=defaults.MAX_BATCH, help="winclip-serve --max-batch.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=defaults.MAX_QUEUE_DELAY_US,
               help="winclip-serve's queue delay.")
-@click.option("--server-python", default=None, help="Interpreter with winclip-edge[serve]. [default: serve_python()]")
+@click.option("--server-python", default=None, help="Interpreter with the serve extra installed. [default: serve_python()]")
 @click.option("--note", default="", help="Recorded with the results (say 'under load' on a shared box).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write bench_serve.json and .md here.")
 def main(bundle, clients, object_name, frames, warmup, max_batch, max_queue_delay_us, server_python, note, out):

@@ -21,6 +21,7 @@ from open_clip.transformer import VisionTransformer
 
 from winclip.export.errors import ExportError
 from winclip.runtime.bundle import sha256_file
+from winclip.runtime.defaults import RANDOM_WEIGHTS_SEED
 from winclip.runtime.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,22 @@ def _is_path_like(value: str) -> bool:
     return os.sep in value or value.endswith(CHECKPOINT_SUFFIXES) or Path(value).exists()
 
 
-def load_backbone(name: str, pretrained: str | None = None) -> LoadedBackbone:
-    """Build the model and load its weights (tag, checkpoint file or 'none')."""
+def load_backbone(name: str, pretrained: str | None = None, seed: int = RANDOM_WEIGHTS_SEED) -> LoadedBackbone:
+    """Build the model and load its weights (tag, checkpoint file or 'none': random, drawn from `seed`, so two
+    exports of one configuration are the same bundle)."""
     model_name, default_tag = resolve_backbone(name)
     pretrained = pretrained if pretrained is not None else default_tag
     if pretrained is None:
         raise ExportError(f"{model_name} has no pretrained tag in open_clip; pass --pretrained PATH or none")
+    torch.manual_seed(seed)  # the random initialisation: what 'none' keeps, what a checkpoint overwrites
     with quiet_random_init():
         model = open_clip.create_model(model_name, pretrained=None)
     if not isinstance(model.visual, VisionTransformer):
         raise ExportError(f"backbone {name!r} is not a ViT (its visual tower is {type(model.visual).__name__})")
     if pretrained == "none":
-        log.warning("exporting %s with RANDOM weights (--pretrained none): only for tests and benchmarks", model_name)
-        weights = {"kind": "none"}
+        log.warning("exporting %s with RANDOM weights (--pretrained none, seed %d): every command will say its "
+                    "scores mean nothing; for trying the pipeline, tests and speed only", model_name, seed)
+        weights = {"kind": "none", "seed": seed}
     elif _is_path_like(pretrained):
         path = Path(pretrained)
         _load_checkpoint_file(model, model_name, path)

@@ -10,7 +10,7 @@ import click
 from winclip.export.options import ExportOptions
 from winclip.runtime.command import CONTEXT, Command, Finite, Whole, setup_logging
 from winclip.runtime.defaults import EXPORTERS, OPSET_RANGE, TEXT_ENSEMBLES
-from winclip.runtime.errors import WinclipError
+from winclip.runtime.errors import WinclipError, install_hint
 
 DEFAULTS = ExportOptions()
 
@@ -20,8 +20,10 @@ DEFAULTS = ExportOptions()
               help="Registry alias (ViT-B-16+) or any open_clip ViT model name.")
 @click.option("--pretrained", default=None, metavar="TAG|PATH|none",
               help="open_clip pretrained tag (downloaded when online), a local checkpoint "
-                   "(.pt/.pth/.bin/.safetensors), or 'none' for random weights (tests only). "
-                   "[default: the backbone's default tag]")
+                   "(.pt/.pth/.bin/.safetensors), or 'none' for random weights (to try every command without "
+                   "the checkpoint: scores mean nothing). [default: the backbone's default tag]")
+@click.option("--seed", type=Whole(0, 2**32 - 1), default=DEFAULTS.seed,
+              help="With --pretrained none: seed of the random weights (one seed, one bundle).")
 @click.option("--object", "objects", multiple=True, default=tuple(DEFAULTS.objects),
               help="Object name for the text prompts; repeat for several ('metal_nut' -> 'metal nut').")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULTS.out,
@@ -49,7 +51,7 @@ DEFAULTS = ExportOptions()
                    "images; winclip-serve BUNDLE --write-repo DIR sets its batching and target).")
 @click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
               help="Extra open_clip model config JSON (custom architectures); repeatable.")
-def main(backbone, pretrained, objects, out, opset, exporter, force, scales, stride, temperature, text_ensemble,
+def main(backbone, pretrained, seed, objects, out, opset, exporter, force, scales, stride, temperature, text_ensemble,
          patch_layer, patch_ln_post, precisions, calibration, triton_repo, model_configs):
     """Export WinCLIP's windowed CLIP visual encoder and text prototypes as an engine bundle.
 
@@ -63,7 +65,7 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
         from winclip.export.exporter import export_bundle
     except ImportError as exc:
         raise click.ClickException(
-            f"export dependencies missing ({exc.name}): pip install 'winclip-edge[export,cpu]'") from None
+            f"export dependencies missing ({exc.name}): {install_hint('export,cpu')}") from None
     try:
         scale_list = tuple(int(s) for s in scales.split(",") if s.strip())
     except ValueError:
@@ -73,7 +75,7 @@ def main(backbone, pretrained, objects, out, opset, exporter, force, scales, str
     try:
         register_model_configs(model_configs)
         export_bundle(
-            ExportOptions(out=out, backbone=backbone, pretrained=pretrained, objects=list(objects),
+            ExportOptions(out=out, backbone=backbone, pretrained=pretrained, seed=seed, objects=list(objects),
                           opset=opset, exporter=exporter, force=force, scales=scale_list, stride=stride,
                           temperature=temperature,
                           text_ensemble=text_ensemble, patch_layer=patch_layer, patch_ln_post=patch_ln_post,

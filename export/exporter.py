@@ -24,7 +24,7 @@ from winclip.export.windowed_visual import WindowedVisual
 from winclip.runtime import contract, defaults
 from winclip.runtime.atomic import replace_dir
 from winclip.runtime.bundle import sha256_file, write_manifest
-from winclip.runtime.errors import first_line
+from winclip.runtime.errors import first_line, install_hint
 from winclip.runtime.provenance import package_versions
 
 
@@ -82,7 +82,7 @@ def check_inputs(opts: ExportOptions) -> list[str]:
         try:
             import onnxruntime.quantization  # noqa: F401
         except ImportError:
-            raise ExportError("int8/fp16 engines need the quantization tools: pip install 'winclip-edge[quantize]'") from None
+            raise ExportError(f"int8/fp16 engines need the quantization tools: {install_hint('quantize')}") from None
     return objects
 
 
@@ -181,7 +181,7 @@ def export_bundle(opts: ExportOptions) -> Path:
     out = Path(opts.out).resolve()  # so that --out . still has a real parent for the temp folder
     t0 = time.perf_counter()
     log.info(f"loading {opts.backbone} (weights: {opts.pretrained or 'default tag'})")
-    loaded = load_backbone(opts.backbone, opts.pretrained)
+    loaded = load_backbone(opts.backbone, opts.pretrained, opts.seed)
     try:
         wrapper = WindowedVisual(loaded.model.visual, opts.scales, opts.stride, opts.patch_layer, opts.patch_ln_post).eval()
     except ValueError as exc:

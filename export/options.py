@@ -18,6 +18,7 @@ class ExportOptions:
     out: Path = Path("bundles/winclip-vitb16plus")
     backbone: str = "ViT-B-16+"
     pretrained: str | None = None  # None: the backbone's default tag
+    seed: int = defaults.RANDOM_WEIGHTS_SEED  # the random weights of pretrained 'none'
     objects: list[str] = field(default_factory=lambda: ["object"])
     opset: int = defaults.OPSET
     exporter: str = "auto"

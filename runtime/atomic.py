@@ -61,17 +61,29 @@ def staged_folder(target: Path, force: bool = False, ours: Callable[[Path], bool
             raise FileExistsError(f"{target} exists; pass --force to replace it")
         if not target.is_dir() or (ours is not None and not ours(target)):
             raise FileExistsError(f"{target} exists and is not one of this command's outputs; it is left alone")
+    missing = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # innermost first
     target.parent.mkdir(parents=True, exist_ok=True)
-    with writer_lock(target.parent / f".{target.name}.lock", str(target)):
-        remove_leftovers(target.parent, [f".{target.name}.partial-*", f".{target.name}.old-*"], str(target))
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
-            yield tmp
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
-            replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    lock = target.parent / f".{target.name}.lock"
+    try:
+        with writer_lock(lock, str(target)):
+            remove_leftovers(target.parent, [f".{target.name}.partial-*", f".{target.name}.old-*"], str(target))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+            try:
+                yield tmp
+                os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+                replace_dir(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except BaseException:
+        if missing:  # folders made for this write alone (eval/ of eval/real): a failed write leaves none behind
+            lock.unlink(missing_ok=True)
+            for folder in missing:
+                try:
+                    folder.rmdir()
+                except OSError:  # no longer empty: someone else's now
+                    break
+        raise
 
 
 def remove_leftovers(folder: Path, patterns: list[str], what: str) -> list[str]:

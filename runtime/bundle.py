@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -25,8 +26,10 @@ from winclip.runtime.atomic import write_atomic
 from winclip.runtime.contract import MANIFEST_NAME, Engine, Manifest, normalize_object_name
 from winclip.runtime.defaults import MAX_ENGINE_BYTES, MAX_TEXT_BYTES
 from winclip.runtime.errors import BundleError
-from winclip.runtime.files import FileRefused, read_regular
+from winclip.runtime.files import FileRefused, not_regular, read_regular
 from winclip.runtime.validation import SchemaError, plain_file_name, read_json
+
+log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 1 << 20  # bytes of an engine held at a time while it is hashed or copied
 
@@ -103,6 +106,31 @@ def stream_checked(root: Path, name: str, sha256: str, verify: bool = True, out:
     return actual
 
 
+NPY_HEADER_MAX_BYTES = 4096  # an .npy header as numpy writes it is 128 bytes; more is not an array of ours
+
+
+def npy_header(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an .npy file declares, from its header alone (a few hundred bytes read, never
+    the data): a file can be refused for its size before it is read. BundleError if it is not an .npy."""
+    try:
+        problem = not_regular(path)  # a FIFO would block the read below
+        if problem:
+            raise BundleError(f"{name}: {problem}")
+        with open(path, "rb") as fh:
+            buf = io.BytesIO(fh.read(NPY_HEADER_MAX_BYTES))
+    except FileNotFoundError:
+        raise BundleError(f"{name} is missing") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        version = np.lib.format.read_magic(buf)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = header(buf)
+    except Exception as exc:  # numpy raises ValueError, SyntaxError or others on a bad header
+        raise BundleError(f"{name} is not a readable .npy array ({str(exc)[:120]})") from None
+    return tuple(shape), dtype
+
+
 def parse_npy(data: bytes, name: str, shape_check, dtypes=("float32", "float64", "float16")) -> np.ndarray:
     """An .npy array from bytes, header checked before any data is allocated; never unpickled."""
     buf = io.BytesIO(data)
@@ -124,6 +152,25 @@ def parse_npy(data: bytes, name: str, shape_check, dtypes=("float32", "float64",
     return array.reshape(shape, order="F" if fortran else "C").astype(np.float32)
 
 
+_WARNED_RANDOM: set[Path] = set()  # bundles already said to hold random weights, in this process
+
+
+def random_weights(manifest: Manifest) -> bool:
+    """Whether the bundle was exported with --pretrained none: its scores say nothing about any part."""
+    return (manifest.backbone.get("weights") or {}).get("kind") == "none"
+
+
+def warn_random_weights(bundle: "Bundle") -> None:
+    """Say once per process, on stderr (the log), that a bundle's weights are random."""
+    root = bundle.root.resolve()
+    if random_weights(bundle.manifest) and root not in _WARNED_RANDOM:
+        _WARNED_RANDOM.add(root)
+        seed = (bundle.manifest.backbone.get("weights") or {}).get("seed")
+        log.warning("the bundle %s has RANDOM weights (winclip-export --pretrained none%s): its scores mean "
+                    "nothing; export it again with the real checkpoint to inspect parts (docs/bundle-format.md)",
+                    bundle.root, "" if seed is None else f", seed {seed}")
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A checked bundle: its root, its typed manifest and its text prototypes.
@@ -143,9 +190,11 @@ class Bundle:
     def load(cls, root: str | Path, verify_checksums: bool = True) -> "Bundle":
         """Read and check a bundle directory; BundleError with a one-line reason otherwise."""
         try:
-            return cls._load(Path(root), verify_checksums)
+            bundle = cls._load(Path(root), verify_checksums)
         except OSError as exc:  # an unreadable folder, a file that vanished: still one line, still ours
             raise BundleError(f"cannot read the bundle {root}: {exc.strerror or exc}") from None
+        warn_random_weights(bundle)
+        return bundle
 
     @classmethod
     def _load(cls, root: Path, verify_checksums: bool) -> "Bundle":

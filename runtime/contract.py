@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from winclip.runtime.defaults import PRECISIONS
+from winclip.runtime.errors import SettingError, short_repr
 from winclip.runtime.geometry import uncovered_patches, window_count
 from winclip.runtime.validation import Node, SchemaError, plain_file_name
 
@@ -64,10 +65,10 @@ def output_names(scales) -> list[str]:
 
 
 def normalize_object_name(name: str) -> str:
-    """The user's words for the object; dataset folder names use '_' for spaces."""
+    """The user's words for the object; dataset folder names use '_' for spaces. SettingError when empty."""
     cleaned = " ".join(str(name).replace("_", " ").split())
     if not cleaned:
-        raise ValueError("object name is empty")
+        raise SettingError(f"the object name is empty (got {short_repr(name)}): name the part, e.g. 'bottle'")
     return cleaned
 
 

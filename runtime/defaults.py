@@ -53,17 +53,28 @@ TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own def
 SERVED_MODEL_NAME = "winclip"
 SERVED_TIMEOUT_S = 60.0  # one request to a served engine, queueing on the server included
 
+# --- winclip-export --pretrained none: random weights drawn from this seed (--seed), so a bundle made
+# without the real checkpoint is the same bundle every time; every command that loads one says its scores
+# mean nothing (runtime/bundle.py)
+RANDOM_WEIGHTS_SEED = 0
+
 # --- limits every reader enforces
 MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels per image; WINCLIP_MAX_PIXELS overrides
 MAX_IMAGE_BYTES = 256 << 20  # encoded bytes of one image file, read before any decoding; WINCLIP_MAX_IMAGE_MB overrides
 MAX_JSON_BYTES = 4 << 20  # manifest.json / profile.json / a data set's CSV
 MAX_TEXT_BYTES = 4 << 20  # one object's text prototypes
 MAX_ENGINE_BYTES = 8 << 30  # one engine graph
-MAX_MEMORY_ARRAY_BYTES = 1 << 30  # one few-shot memory array of a line profile
 MAX_NAME_CHARS = 255  # one file-name component, as most file systems allow
 
 # --- line profiles that learn (docs/line-profiles.md)
 MEMORY_MAX_SHOTS = 16  # a memory holds at most this many images' worth of rows per part; beyond, k-center keeps
+# The graph outputs a memory keeps of one image (window and patch rows, float32): 1.75 MB for ViT-B-16+,
+# ~9 MB for the largest open_clip ViT (ViT-H-14-378: 27x27 patches of width 1280, 676 + 625 windows of 1024).
+MAX_IMAGE_ROWS_BYTES = 10 << 20
+# A whole few-shot memory of a line profile, all its arrays together: the most winclip-calibrate (--shots up
+# to MEMORY_MAX_SHOTS) and teaching (k-center beyond it) can ever write. A profile whose arrays add up to more
+# is refused from its record, before a byte is read: 160 MiB, 28 MB for ViT-B-16+.
+MAX_MEMORY_BYTES = MEMORY_MAX_SHOTS * MAX_IMAGE_ROWS_BYTES
 REFERENCE_MAX_HELD_OUT = 100  # held-out normals whose graph outputs a profile keeps (thresholds, drift)
 REFERENCE_MAX_TAUGHT = 50  # taught normals kept beside them (the newest)
 PROFILE_KEEP_VERSIONS = 20  # version folders kept on disk (the current one always)

@@ -28,6 +28,11 @@ class MissingExtra(WinclipError, ImportError):
     """An optional dependency that is not installed; the message names the extra that brings it."""
 
 
+def install_hint(extras: str) -> str:
+    """How to install an extra: winclip-edge is installed from its source folder (it is not on PyPI)."""
+    return f'pip install ".[{extras}]" in the winclip-edge source folder'
+
+
 def short_repr(value: object) -> str:
     """A value as an error message quotes it: its repr, cut after about 20 characters."""
     text = repr(value)

@@ -15,9 +15,9 @@ from typing import Iterable
 
 import numpy as np
 
-from winclip.runtime.bundle import parse_npy, read_checked
+from winclip.runtime.bundle import NPY_HEADER_MAX_BYTES, npy_header, parse_npy, read_checked, resolve_inside
 from winclip.runtime.contract import IMAGE_EMBEDDING, PATCH_FEATURES, window_output_name
-from winclip.runtime.defaults import MAX_MEMORY_ARRAY_BYTES
+from winclip.runtime.defaults import MAX_MEMORY_BYTES, MEMORY_MAX_SHOTS
 from winclip.runtime.errors import BundleError
 from winclip.runtime.validation import Node, SchemaError
 
@@ -135,6 +135,10 @@ class FewShotMemory:
 
     def save(self, folder: Path, prefix: str = "memory") -> dict:
         """Write the arrays as FOLDER/<prefix>-<part>.npy; returns the JSON record that load() takes."""
+        total = sum(a.shape[0] * a.shape[1] * 4 for a in self.arrays().values())
+        if total > MAX_MEMORY_BYTES:  # never write a profile that no box would load
+            raise FewShotMemoryError(f"this memory takes {total:,} bytes, more than the {MAX_MEMORY_BYTES:,} a line "
+                                     f"profile may hold: use at most {MEMORY_MAX_SHOTS} normal images")
         files = {}
         for part, array in self.arrays().items():
             name = f"{prefix}-{part.replace('_', '-')}.npy"
@@ -155,18 +159,25 @@ class FewShotMemory:
             shots = node.int("shots", 1, 1 << 16)
             parts = node.node("arrays")
             selected = node.has("selection")  # a capped memory: fewer rows than its images gave
+            names = [*(f"windows_{k}" for k in key.scales), "patches"]
+            entries = {part: parts.node(part) for part in names}
+            shapes = {part: tuple(entry.ints("shape", 2, 2, 1, 1 << 24)) for part, entry in entries.items()}
+            total = sum(shape[0] * shape[1] * 4 for shape in shapes.values())  # float32, before a byte is read
+            if total > MAX_MEMORY_BYTES:
+                raise SchemaError(f"{where} arrays would take {total:,} bytes, more than the {MAX_MEMORY_BYTES:,} a "
+                                  f"memory may have (the most winclip-calibrate and teaching ever keep)")
             arrays = {}
-            for part in [*(f"windows_{k}" for k in key.scales), "patches"]:
-                entry = parts.node(part)
-                shape = tuple(entry.ints("shape", 2, 2, 1, 1 << 24))
-                size = shape[0] * shape[1] * 4  # float32, before a byte is read
-                if size > MAX_MEMORY_ARRAY_BYTES:
-                    raise SchemaError(f"{where} array {part} of shape {list(shape)} would take {size:,} bytes, "
-                                      f"more than the {MAX_MEMORY_ARRAY_BYTES:,} a memory array may have")
+            for part, entry in entries.items():
+                shape = shapes[part]
+                name = f"{where} array {entry.raw('file')}"
+                declared, _ = npy_header(resolve_inside(folder, entry.file("file"), "line profile",
+                                                        FewShotMemoryError), name)
+                if declared != shape:  # the file's own header, read alone: a huge file is refused unread
+                    raise SchemaError(f"{name} declares shape {list(declared)}, the record says {list(shape)}")
                 data = read_checked(folder, entry.file("file"), entry.sha256("sha256"),
-                                    max_bytes=MAX_MEMORY_ARRAY_BYTES + 4096, what="line profile",
+                                    max_bytes=shape[0] * shape[1] * 4 + NPY_HEADER_MAX_BYTES, what="line profile",
                                     error=FewShotMemoryError)
-                arrays[part] = parse_npy(data, f"{where} array {entry.raw('file')}",
+                arrays[part] = parse_npy(data, name,
                                          lambda s, want=shape: None if s == want else f"the record says {list(want)}",
                                          dtypes=("float32",))
                 if (not selected and arrays[part].shape[0] % shots) or not np.isfinite(arrays[part]).all():

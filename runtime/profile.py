@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,7 +58,7 @@ class LineProfile:
         """Read and check a profile folder; one that keeps versions (profile_versions.py) gives its current
         version. ProfileError with a one-line reason otherwise."""
         root = Path(root)
-        if (root / VERSIONS_NAME).exists():
+        if keeps_versions(root):
             from winclip.runtime.profile_versions import ProfileStore
 
             return ProfileStore(root).load()[0]  # which loads the version's own folder, as below
@@ -118,6 +119,18 @@ class LineProfile:
         record["thresholds"] = thresholds
         (folder / PROFILE_NAME).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         self.record = record
+
+
+def keeps_versions(root: Path) -> bool:
+    """Whether the profile folder keeps versions (has versions.json). A folder the OS will not let us look
+    into is a ProfileError (Path.exists raises PermissionError there), so the API never leaks an OSError."""
+    try:
+        os.lstat(Path(root) / VERSIONS_NAME)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise ProfileError(f"cannot read the line profile {root}: {exc.strerror or exc}") from None
+    return True
 
 
 def _threshold(thresholds: Node, kind: str) -> float | None:

@@ -35,7 +35,7 @@ from typing import Callable
 
 from winclip.runtime.atomic import staged_folder, write_atomic
 from winclip.runtime.defaults import PROFILE_KEEP_VERSIONS
-from winclip.runtime.profile import PROFILE_NAME, VERSIONS_NAME, LineProfile, ProfileError
+from winclip.runtime.profile import PROFILE_NAME, VERSIONS_NAME, LineProfile, ProfileError, keeps_versions
 from winclip.runtime.validation import Node, SchemaError, read_json
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Change:
 def versioned_parent(folder: Path) -> Path | None:
     """The versioned profile a folder is a version of, or None."""
     folder = Path(folder)
-    if VERSION_FOLDER.fullmatch(folder.name) and (folder.parent / VERSIONS_NAME).is_file():
+    if VERSION_FOLDER.fullmatch(folder.name) and keeps_versions(folder.parent):
         return folder.parent
     return None
 
@@ -105,7 +105,7 @@ class ProfileStore:
     # --- reading
     @property
     def versioned(self) -> bool:
-        return (self.root / VERSIONS_NAME).exists()
+        return keeps_versions(self.root)
 
     def read(self) -> dict:
         """versions.json, checked; a single-version profile reads as its one version."""
@@ -117,9 +117,9 @@ class ProfileStore:
                                   "who": "winclip-calibrate", "why": "the profile as calibrated", "created": None}],
                     "log": []}
         path = self.root / VERSIONS_NAME
-        if path.is_symlink() or not path.is_file():
-            raise ProfileError(f"{path} is not a regular file")
         try:
+            if path.is_symlink() or not path.is_file():
+                raise SchemaError("not a regular file")
             data = read_json(path, "profile versions")
             node = Node(data, "")
             if node.raw("format", None) != VERSIONS_FORMAT:
@@ -140,6 +140,8 @@ class ProfileStore:
             node.list("log", 0, 1 << 20)
         except SchemaError as exc:
             raise ProfileError(f"{path}: {exc}") from None
+        except OSError as exc:  # a folder we may not look into: still one line, still ours
+            raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from None
         return data
 
     def version(self, number: int | None = None, data: dict | None = None) -> Version:

@@ -19,10 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from winclip.runtime.bundle import parse_npy, read_checked
+from winclip.runtime.bundle import NPY_HEADER_MAX_BYTES, parse_npy, read_checked
+from winclip.runtime.defaults import MAX_IMAGE_ROWS_BYTES, REFERENCE_MAX_HELD_OUT, REFERENCE_MAX_TAUGHT
 from winclip.runtime.errors import BundleError
 from winclip.runtime.postprocess import upsample_map
 from winclip.runtime.validation import Node, SchemaError
+
+
+# What winclip-calibrate and teaching keep, at most: 150 images' graph outputs (263 MB for ViT-B-16+).
+MAX_REFERENCE_BYTES = (REFERENCE_MAX_HELD_OUT + REFERENCE_MAX_TAUGHT) * MAX_IMAGE_ROWS_BYTES
 
 
 class ReferenceError(BundleError):
@@ -105,12 +110,18 @@ class ReferenceSet:
                 raise SchemaError(f"{where}.sizes holds an impossible image size")
             names = node.strs("names", max_len=4096) if node.has("names") else [""] * count
             arrays, parts = {}, node.node("arrays")
-            for name in output_names:
-                entry = parts.node(name)
-                shape = tuple(entry.ints("shape", 2, 3, 0, 1 << 24))
+            entries = {name: parts.node(name) for name in output_names}
+            shapes = {name: tuple(entry.ints("shape", 2, 3, 0, 1 << 24)) for name, entry in entries.items()}
+            total = sum(4 * int(np.prod(shape)) for shape in shapes.values())  # float32, before a byte is read
+            if total > MAX_REFERENCE_BYTES:
+                raise SchemaError(f"{where} arrays would take {total:,} bytes, more than the {MAX_REFERENCE_BYTES:,} "
+                                  f"a profile's reference set may have")
+            for name, entry in entries.items():
+                shape = shapes[name]
                 if shape[0] != count:
                     raise SchemaError(f"{where} array {name} holds {shape[0]} images, the record says {count}")
-                data = read_checked(folder, entry.file("file"), entry.sha256("sha256"), max_bytes=1 << 31)
+                data = read_checked(folder, entry.file("file"), entry.sha256("sha256"),
+                                    max_bytes=4 * int(np.prod(shape)) + NPY_HEADER_MAX_BYTES)
                 arrays[name] = parse_npy(data, f"{where} array {entry.raw('file')}",
                                          lambda s, want=shape: None if s == want else f"the record says {list(want)}",
                                          dtypes=("float32",))

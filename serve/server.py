@@ -26,13 +26,13 @@ import numpy as np
 from winclip.runtime.backends import Backend, BackendOptions, open_backend
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.defaults import SERVED_MODEL_NAME, TRITON_PORTS
-from winclip.runtime.errors import MissingExtra, WinclipError
+from winclip.runtime.errors import MissingExtra, WinclipError, install_hint
 from winclip.runtime.served import ServedAddress, check_model_name, served_version
 from winclip.serve import defaults
 
 log = logging.getLogger(__name__)
 
-SERVE_EXTRA = "pip install 'winclip-edge[serve]' (in a venv of its own: nvidia-pytriton pins numpy<2)"
+SERVE_EXTRA = f"{install_hint('cpu,serve')} (in a venv of its own: nvidia-pytriton pins numpy<2)"
 # PyTriton puts Unix sockets in its workspace: the whole socket path must fit in 107 bytes
 SHORT_PATH = 40
 

@@ -4,6 +4,7 @@ import hashlib
 import json
 import time
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -325,11 +326,27 @@ def test_existing_output_needs_force(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_random_weights_warn_on_the_terminal(tmp_path):
-    proc = run_cli("winclip-export", "--model-config", str(TINY_CONFIG), "--backbone", TINY,
-                   "--pretrained", "none", "--out", str(tmp_path / "b"), check=True)
-    assert "RANDOM weights" in proc.stderr
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["backbone"]["weights"] == {"kind": "none"}
+def test_random_weights_are_seeded_marked_and_warned_about_by_every_command(tmp_path):
+    """--pretrained none: one seed, one bundle; the manifest says so; a command that loads it says, once, on
+    stderr, that its scores mean nothing."""
+    def export_random(name, *seed):
+        proc = run_cli("winclip-export", "--model-config", str(TINY_CONFIG), "--backbone", TINY, "--pretrained",
+                       "none", *seed, "--object", "bottle", "--out", str(tmp_path / name), check=True)
+        assert "RANDOM weights" in proc.stderr
+        m = json.loads((tmp_path / name / "manifest.json").read_text())
+        return m["backbone"]["weights"], [e["sha256"] for e in m["engines"]] + [
+            o["sha256"] for o in m["text"]["objects"].values()]
+
+    (weights, files), (again, files_again) = export_random("a"), export_random("b")
+    assert weights == again == {"kind": "none", "seed": 0} and files == files_again
+    other_weights, other_files = export_random("c", "--seed", "7")
+    assert other_weights == {"kind": "none", "seed": 7} and other_files != files
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    proc = run_cli("winclip-inspect", str(tmp_path / "a"), "--source", str(frames), "--out", str(tmp_path / "o"),
+                   check=True)
+    assert proc.stderr.count("has RANDOM weights") == 1 and "scores mean nothing" in proc.stderr, proc.stderr
 
 
 def test_dynamo_exporter_writes_one_self_contained_graph(tiny_checkpoint, tiny_bundle, tmp_path):

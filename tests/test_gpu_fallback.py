@@ -47,7 +47,7 @@ def test_cuda_asked_for_fails_in_one_line_naming_the_library(bundle, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
     assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "CUDA was asked for, but onnxruntime cannot start it" in errors[0] and problem in errors[0]
-    assert "winclip-edge[gpu]" in errors[0]
+    assert 'pip install ".[gpu]"' in errors[0]
 
 
 def test_auto_falls_back_to_the_cpu_and_says_why(bundle, tmp_path):

@@ -178,11 +178,11 @@ def test_a_huge_consistent_memory_array_is_refused_before_it_is_read(tiny_bundle
     det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", threshold=0.5, pixel_threshold=0.5)
     det.build_memory([cv2.imread(str(p)) for p in textile_images("nominal", 2)])
     root = det.to_profile().save(tmp_path / "profile")
-    size = min(p.stat().st_size for p in root.glob("memory-*.npy"))
-    monkeypatch.setattr(memory, "MAX_MEMORY_ARRAY_BYTES", size // 2)  # as if a consistent array were huge
+    size = sum(p.stat().st_size for p in root.glob("memory-*.npy"))
+    monkeypatch.setattr(memory, "MAX_MEMORY_BYTES", size // 2)  # as if consistent arrays were huge
     read = []
     monkeypatch.setattr(memory, "read_checked", lambda *a, **k: read.append(a) or b"")
-    with pytest.raises(ProfileError, match="more than the .* a memory array may have"):
+    with pytest.raises(ProfileError, match="more than the .* a memory may have"):
         LineProfile.load(root)
     assert not read  # refused from the record's shape, before a byte of the array was read
 

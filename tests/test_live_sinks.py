@@ -213,9 +213,9 @@ def test_modules_import_without_the_live_extra(monkeypatch):
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
     monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(MissingExtra, match=r"pip install 'winclip-edge\[live\]'"):
+    with pytest.raises(MissingExtra, match=r'pip install "\.\[live\]"'):
         MqttSink("127.0.0.1", free_port())
-    with pytest.raises(MissingExtra, match=r"pip install 'winclip-edge\[live\]'"):
+    with pytest.raises(MissingExtra, match=r'pip install "\.\[live\]"'):
         LiveServer(LiveStatus())
 
 

@@ -345,7 +345,7 @@ def test_eval_without_scikit_learn_stops_before_any_work(tiny_bundle, tmp_path):
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", block, str(tiny_bundle), "--dataset", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "pip install 'winclip-edge[eval]'" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and 'pip install ".[eval]"' in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and time.monotonic() - started < 60
 
 
@@ -357,7 +357,7 @@ def test_bench_without_onnxruntime_is_one_line(tiny_bundle):
              "import runpy; runpy.run_module('winclip.benchmarks.bench_cli', run_name='__main__')\n")
     proc = subprocess.run([sys.executable, "-c", block, str(tiny_bundle)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(error_lines(proc.stderr)) == 1
-    assert "onnxruntime is not installed: pip install 'winclip-edge[cpu]'" in proc.stderr
+    assert 'onnxruntime is not installed: pip install ".[cpu]"' in proc.stderr
 
 
 # ---- RTSP transport, composed with what the user set

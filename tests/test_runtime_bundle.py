@@ -126,7 +126,7 @@ def test_cuda_without_the_gpu_build_is_a_clear_error(tiny_bundle):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
-    with pytest.raises(BundleError, match=r"winclip-edge\[gpu\]"):
+    with pytest.raises(BundleError, match=r'pip install "\.\[gpu\]"'):
         Detector.from_bundle(tiny_bundle, object="bottle", provider="cuda")
 
 

@@ -50,7 +50,7 @@ def test_export_without_torch_says_what_to_install():
     if not RUNTIME_ONLY:
         pytest.skip("torch is installed here")
     proc = run_cli("winclip-export", "--out", "/tmp/never", script=True)
-    assert proc.returncode != 0 and "pip install 'winclip-edge[export" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and 'pip install ".[export' in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_inspect_scores_a_folder(bundle, tmp_path):
@@ -98,4 +98,4 @@ def test_help_works_where_onnxruntime_is_missing():
         assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), (module, proc.stderr)
     proc = subprocess.run([sys.executable, "-c", block + "import runpy; runpy.run_module('winclip.runtime.line.cli', "
                            "run_name='__main__')", "b", "--source", ".", "--out", "/tmp/x"], capture_output=True, text=True)
-    assert proc.returncode == 1 and "onnxruntime is not installed: pip install 'winclip-edge[cpu]'" in proc.stderr
+    assert proc.returncode == 1 and 'onnxruntime is not installed: pip install ".[cpu]"' in proc.stderr

@@ -44,7 +44,7 @@ def _needs(what: str, why: str):
 def server_python() -> str:
     python = serve_python()
     if python is None:
-        _needs("pytriton", f"no interpreter with nvidia-pytriton: install winclip-edge[serve] or set "
+        _needs("pytriton", f"no interpreter with nvidia-pytriton: pip install \".[cpu,serve]\" or set "
                            f"{SERVE_PYTHON_VARIABLE}")
     return python
 
@@ -54,7 +54,7 @@ def client_library():
     try:
         import tritonclient.grpc  # noqa: F401
     except ImportError:
-        _needs("tritonclient", "tritonclient is not installed: pip install 'winclip-edge[triton-client]'")
+        _needs("tritonclient", 'tritonclient is not installed: pip install ".[triton-client]"')
 
 
 @pytest.fixture(scope="module")

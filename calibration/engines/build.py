@@ -90,6 +90,7 @@ def _add_engine(root: Path, builder, backend: str, precision: str, images: Path,
     settings = settings or builder.settings_type()
     bundle = Bundle.load(root)
     root = bundle.root
+    remove_orphans(bundle)  # first: a run that stops early (refused, guard failed, killed) still cleans up
     m = bundle.manifest
     settings.check(m.layers)
     if any(e.key == (builder.format, precision) for e in m.engines) and not force:
@@ -154,6 +155,16 @@ def _add_engine(root: Path, builder, backend: str, precision: str, images: Path,
     return engine
 
 
+def remove_orphans(bundle: Bundle) -> list[str]:
+    """Remove (and say so, in one line) the engine files the manifest does not name and the .tmp-*.part
+    files: what a write killed between its two steps (kill -9 while the manifest was written) leaves.
+    Call under the bundle's writer lock."""
+    root = bundle.root
+    named = {ref.file for ref in bundle.manifest.files()}
+    orphans = [p.name for pattern in ENGINE_GLOBS for p in root.glob(pattern) if p.name not in named]
+    return remove_leftovers(root, [*orphans, ".tmp-*.part"], f"the bundle {root}")
+
+
 def install_engine(bundle: Bundle, engine: Engine, data: bytes, weights: bytes | None = None) -> None:
     """Write the engine's files, then the manifest that names them; drop the engine it replaces.
 
@@ -161,9 +172,7 @@ def install_engine(bundle: Bundle, engine: Engine, data: bytes, weights: bytes |
     between its two steps left behind: they are removed first, and said so.
     """
     root = bundle.root
-    named = {ref.file for ref in bundle.manifest.files()}
-    orphans = [p.name for pattern in ENGINE_GLOBS for p in root.glob(pattern) if p.name not in named]
-    remove_leftovers(root, [*orphans, ".tmp-*.part"], f"the bundle {root}")
+    remove_orphans(bundle)
     old = next((e for e in bundle.manifest.engines if e.key == engine.key), None)
     old_files = {ref.file for ref in old.files()} if old is not None else set()
     writes = [(engine.file, data), *([(engine.weights.file, weights)] if engine.weights is not None else [])]

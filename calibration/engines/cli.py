@@ -59,7 +59,7 @@ def guard_table(report: dict) -> str:
               help="int8: for the CPU; fp16: for CUDA (ONNX Runtime).")
 @click.option("--backend", type=click.Choice(tuple(dict.fromkeys(b for b, _ in BUILDERS))), default="onnxruntime",
               help="Whose engine to make: onnxruntime (an ONNX graph) or openvino (an IR made with NNCF, "
-                   "pip install 'winclip-edge[openvino]').")
+                   "the openvino extra).")
 @click.option("--images", "--calibration", "images", type=click.Path(path_type=Path), required=True,
               help="Folder of the line's real frames: held-out frames for the accuracy guard, and "
                    "calibration frames for static int8.")

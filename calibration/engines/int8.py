@@ -17,7 +17,7 @@ from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import FrameSets, frame_reader
 from winclip.runtime import cpu
 from winclip.runtime.contract import FORMAT_ONNX
-from winclip.runtime.errors import MissingExtra
+from winclip.runtime.errors import MissingExtra, install_hint
 
 QUANT_METHODS = ("dynamic", "static")
 QUANT_FORMATS = ("qoperator", "qdq")
@@ -53,7 +53,7 @@ def need_quantize_tools() -> None:
         from onnxruntime import quantization  # noqa: F401
     except ImportError as exc:
         raise MissingExtra(f"the quantization tools are missing ({exc.name}): "
-                           "pip install 'winclip-edge[quantize]'") from None
+                           f"{install_hint('quantize')}") from None
 
 
 def for_this_cpu(settings: Int8Settings, machine: cpu.CpuInfo | None = None) -> Int8Settings:

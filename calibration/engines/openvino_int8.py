@@ -22,9 +22,9 @@ from pathlib import Path
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import FrameSets
 from winclip.runtime.contract import FORMAT_OPENVINO_IR, PATCH_FEATURES, WEIGHTS_SUFFIX
-from winclip.runtime.errors import MissingExtra
+from winclip.runtime.errors import MissingExtra, install_hint
 
-OPENVINO_EXTRA = "pip install 'winclip-edge[openvino]'"
+OPENVINO_EXTRA = install_hint("openvino")
 PRESETS = ("performance", "mixed")  # symmetric activations, or asymmetric ones (NNCF's presets)
 # ops whose inputs can be traced back to a constant weight through them
 WEIGHT_PATH_OPS = ("Constant", "Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "FakeQuantize")

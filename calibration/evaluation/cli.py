@@ -13,7 +13,7 @@ import click
 from winclip.calibration.evaluation.layouts import LAYOUTS
 from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS
-from winclip.runtime.errors import first_line
+from winclip.runtime.errors import first_line, install_hint
 
 EVALUATE = "run"
 INCOMPLETE_EXIT = 3  # --strict: the run finished but did not cover the whole data set
@@ -23,6 +23,9 @@ log = logging.getLogger("winclip.eval")  # not __name__: run as a script, that i
 
 class EvalGroup(Group):
     """`winclip-eval BUNDLE ...` is `winclip-eval run BUNDLE ...`; `prepare` and `synthesize` make data sets."""
+
+    def collect_usage_pieces(self, ctx):
+        return ["BUNDLE --dataset DIR [OPTIONS]  |", *super().collect_usage_pieces(ctx)]
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
@@ -112,13 +115,11 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
     (curves and heat-map overlays), all at once when the run completes.
     """
     from winclip.calibration.evaluation.metrics import require_sklearn
-    from winclip.runtime.command import require_onnxruntime, setup_logging
+    from winclip.runtime.command import progress_bar, require_onnxruntime, setup_logging
 
     require_onnxruntime()
     require_sklearn()  # before minutes of scoring, not after
     setup_logging()
-    from tqdm import tqdm
-
     from winclip.calibration.evaluation.evaluate import EvalOptions, evaluate, planned_images, select_categories
     from winclip.calibration.evaluation.layouts import detect_layout
     from winclip.calibration.evaluation.report import csv_text, html_report, json_text, markdown
@@ -140,8 +141,7 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
     try:
         layout = detect_layout(dataset) if layout == "auto" else layout
         selected = select_categories(dataset, layout, names, max(shots))
-        with tqdm(total=planned_images(selected, options), unit="img", desc="evaluating", file=sys.stderr,
-                  disable=None) as bar:
+        with progress_bar(planned_images(selected, options), "scoring") as bar:
             if out is None:
                 with tempfile.TemporaryDirectory(prefix="winclip-eval-") as work:
                     result = evaluate(bundle, dataset, layout, selected, options, Path(work), progress=bar.update)
@@ -192,7 +192,7 @@ def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise click.ClickException("the HTML report needs matplotlib: pip install 'winclip-edge[eval]'") from None
+        raise click.ClickException(f"the HTML report needs matplotlib: {install_hint('eval')}") from None
 
 
 @main.command(context_settings=CONTEXT)
@@ -204,8 +204,12 @@ def _require_matplotlib() -> None:
 @click.option("--references", type=Whole(0, 10**6), default=16,
               help="Good images set aside in reference/ for the few-shot memory.")
 @click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the choice of images.")
+@click.option("--sample", is_flag=True,
+              help="The quick start's small set, per object: 24 good (4 for a memory + the 20 held-out normals a 5% "
+                   "false-alarm rate needs), 8 reference, 6 of each defect kind. Overrides --per-class/--references.")
 @click.option("--force", is_flag=True, help="Replace an existing folder written by this command.")
-def prepare(out, sources, per_class, references, seed, force):
+@click.pass_context
+def prepare(ctx, out, sources, per_class, references, seed, sample, force):
     """Lay out the ELPV solar cells and the textiles in the folder layout (image labels only, no masks).
 
     OUT/solar_cell: good = defect probability 0, defect = probability 1 (1/3 and
@@ -213,7 +217,10 @@ def prepare(out, sources, per_class, references, seed, force):
     """
     from winclip.calibration.evaluation.data import prepare as lay_out
 
-    _write_set(out, lambda: lay_out(out, sources, per_class, references, seed, force))
+    given = [p for p in ("per_class", "references") if ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT]
+    if sample and given:
+        raise click.UsageError("--sample sets the counts itself; drop --per-class/--references")
+    _write_set(out, lambda: lay_out(out, sources, per_class, references, seed, force, sample))
 
 
 @main.command(context_settings=CONTEXT)

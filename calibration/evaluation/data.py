@@ -30,6 +30,13 @@ DEFECT_KINDS = ("scratch", "blob", "spot")
 PREPARED_MARKER = "PREPARED.txt"  # names what a folder holds, and marks it as ours for --force
 
 
+# --sample: a small set per object, for the README's quick start (minutes, not hours, on 2 cores).
+# good/: 24 = 4 memory images + 20 held-out normals, what winclip-calibrate needs to resolve a 5 %
+# false-alarm rate (ceil(1 / 0.05) = 20); reference/: 8, two draws' worth of 4 shots for winclip-eval's
+# few-shot memory; 6 of each defect kind, so image AUROC compares 24 goods with 6-12 defects.
+SAMPLE_GOOD, SAMPLE_REFERENCES, SAMPLE_PER_DEFECT = 24, 8, 6
+
+
 def _ours(folder: Path) -> bool:
     return (folder / PREPARED_MARKER).is_file()
 
@@ -46,12 +53,14 @@ def _copy_all(paths: list[Path], folder: Path) -> None:
 
 
 def _lay_out(root: Path, classes: dict[str, list[Path]], per_class: int | None, references: int,
-            rng: random.Random) -> dict[str, int]:
-    """Copy up to `per_class` images of each class into root/<class>/; `references` extra goods go to reference/."""
+            rng: random.Random, goods: int | None = None) -> dict[str, int]:
+    """Copy up to `per_class` images of each class (`goods` of the good one, when given) into root/<class>/;
+    `references` extra goods go to reference/."""
     counts = {}
     for folder, paths in classes.items():
         extra = references if folder == GOOD else 0
-        picked = _pick(paths, per_class + extra if per_class else None, rng)
+        limit = goods if folder == GOOD and goods is not None else per_class
+        picked = _pick(paths, limit + extra if limit else None, rng)
         if folder == GOOD:
             _copy_all(picked[:references], root / "reference")
             counts["reference"], picked = len(picked[:references]), picked[references:]
@@ -61,31 +70,35 @@ def _lay_out(root: Path, classes: dict[str, list[Path]], per_class: int | None, 
 
 
 def prepare(out: Path, sources=PREPARE_SOURCES, per_class: int | None = None, references: int = 16,
-            seed: int = 0, force: bool = False) -> dict:
+            seed: int = 0, force: bool = False, sample: bool = False) -> dict:
     """Lay out the packaged real images in the folder layout under OUT; returns the counts written.
 
     OUT/solar_cell/{good,defect,reference}/: ELPV defect probability 0 is good, 1.0 a
     defect; the uncertain 1/3 and 2/3 are left out. OUT/textile/{good,local,global,
     reference}/: nominal, local and global defects. `references` normal images of each
-    go to reference/ (the few-shot pool) instead of good/.
+    go to reference/ (the few-shot pool) instead of good/. `sample`: the quick start's small set
+    (SAMPLE_GOOD goods, SAMPLE_REFERENCES references, SAMPLE_PER_DEFECT of each defect kind).
     """
     rng = random.Random(seed)
+    goods = None
+    if sample:
+        goods, references, per_class = SAMPLE_GOOD, SAMPLE_REFERENCES, SAMPLE_PER_DEFECT
     summary: dict = {}
     with staged_folder(out, force, _ours) as tmp:
         if "elpv" in sources:
             labels = elpv_labels()
             classes = {GOOD: [p for p, prob, _ in labels if prob == 0.0],
                        "defect": [p for p, prob, _ in labels if prob == 1.0]}
-            summary[ELPV_CATEGORY] = _lay_out(tmp / ELPV_CATEGORY, classes, per_class, references, rng)
+            summary[ELPV_CATEGORY] = _lay_out(tmp / ELPV_CATEGORY, classes, per_class, references, rng, goods)
             summary[ELPV_CATEGORY]["left out (probability 1/3, 2/3)"] = len(labels) - sum(map(len, classes.values()))
         if "textile" in sources:
             classes = {folder: list(textile_dir(kind).glob("*.jpg"))
                        for folder, kind in ((GOOD, "nominal"), ("local", "local"), ("global", "global"))}
-            summary[TEXTILE_CATEGORY] = _lay_out(tmp / TEXTILE_CATEGORY, classes, per_class, references, rng)
+            summary[TEXTILE_CATEGORY] = _lay_out(tmp / TEXTILE_CATEGORY, classes, per_class, references, rng, goods)
         lines = [f"{cat}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) for cat, counts in summary.items()]
         (tmp / PREPARED_MARKER).write_text(
             "winclip-eval prepare: real images from the elpv-dataset and conformal-clip-data packages in the "
-            f"folder layout (seed {seed}); no pixel masks\n" + "\n".join(lines) + "\n", encoding="utf-8")
+            f"folder layout (seed {seed}{', the quick start sample' if sample else ''}); no pixel masks\n" + "\n".join(lines) + "\n", encoding="utf-8")
     return summary
 
 

@@ -307,6 +307,10 @@ def _examples(kept: list[Sample], labels, scores, maps, masks, count: int) -> li
         ranked = idx[np.argsort(-scores[idx], kind="stable")]
         best, worst = (ranked[:count], ranked[::-1][:count]) if label else (ranked[::-1][:count], ranked[:count])
         chosen += [(i, f"best {kind}") for i in best] + [(i, f"worst {kind}") for i in worst if i not in best]
+    # one colour scale for every overlay of the run, from its own pixel scores: a model whose scores sit in a
+    # narrow band (0.25..0.35) shows its hot spots instead of plain blue on a fixed 0..1 scale
+    lo, hi = (float(v) for v in np.percentile(maps[[i for i, _ in chosen]], (1.0, 99.9))) if chosen else (0.0, 1.0)
+    hi = max(hi, lo + 1e-6)
     examples = []
     for i, what in chosen:
         try:
@@ -314,11 +318,13 @@ def _examples(kept: list[Sample], labels, scores, maps, masks, count: int) -> li
         except ImageReadError:
             continue
         h, w = maps.shape[1:]
-        overlay = heatmap_overlay(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), maps[i].astype(np.float32))
+        scaled = (maps[i].astype(np.float32) - lo) / (hi - lo)  # lo..hi -> 0..1: blue at lo, dark red at hi
+        overlay = heatmap_overlay(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), scaled)
         if masks is not None and masks[i].any():
             contours, _ = cv2.findContours(masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(overlay, contours, -1, (255, 255, 255), 1)
-        examples.append(Example(f"{what}: {kept[i].defect}, score {scores[i]:.4f} ({kept[i].path.name})", overlay))
+        examples.append(Example(f"{what}: {kept[i].defect}, score {scores[i]:.4f} ({kept[i].path.name}); "
+                                f"colours: pixel score {lo:.3f} (blue) to {hi:.3f} (red)", overlay))
     return examples
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from winclip.runtime.errors import MissingExtra
+from winclip.runtime.errors import MissingExtra, install_hint
 from winclip.runtime.thresholds import threshold_for_false_alarm_rate  # noqa: F401  (one rule, stated in the core)
 
 PRO_MAX_FPR = 0.3  # PRO integrates up to this false-positive rate (the paper's and MVTec's convention)
@@ -27,7 +27,7 @@ def require_sklearn():
     try:
         import sklearn.metrics as metrics
     except ImportError:
-        raise MissingExtra("metrics need scikit-learn: pip install 'winclip-edge[eval]'") from None
+        raise MissingExtra(f"metrics need scikit-learn: {install_hint('eval')}") from None
     return metrics
 
 

@@ -283,8 +283,9 @@ def html_report(ev: Evaluation) -> str:
         parts.append(f"<img alt='curves' src='{_curves_figure(c)}'>")
         if c.examples:
             last = c.runs[-1]
-            parts.append(f"<p>Best and worst scored images of {html.escape(last.name)} (heat map on a fixed 0..1 "
-                         "scale; white outline: ground truth)</p>")
+            parts.append(f"<p>Best and worst scored images of {html.escape(last.name)} (heat map from blue "
+                         "to red over this run's own pixel-score range, given under each; white outline: ground "
+                         "truth)</p>")
             parts += [f"<figure><img src='{_jpeg_data_uri(e.image)}'><figcaption>{html.escape(e.caption)}"
                       "</figcaption></figure>" for e in c.examples]
         if c.skipped or c.notes:

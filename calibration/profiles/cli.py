@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from winclip.runtime.command import CONTEXT, Command, Finite, Whole
-from winclip.runtime.defaults import PRECISIONS, PROVIDERS
+from winclip.runtime.defaults import MEMORY_MAX_SHOTS, PRECISIONS, PROVIDERS
 from winclip.runtime.errors import first_line
 
 
@@ -24,7 +24,7 @@ from winclip.runtime.errors import first_line
 @click.option("--who", default=None, help="With --add-normal: who made the change. [default: $USER]")
 @click.option("--why", default=None, help="With --add-normal: why (kept with the version).")
 @click.option("--object", "object_name", default=None, help="Object name. [default: the bundle's only object]")
-@click.option("--shots", type=Whole(1, 1024), default=4, help="Normal images in the WinCLIP+ memory (K).")
+@click.option("--shots", type=Whole(1, MEMORY_MAX_SHOTS), default=4, help="Normal images in the WinCLIP+ memory (K).")
 @click.option("--seed", type=Whole(0, 2**32 - 1), default=0, help="Seed of the reproducible choice of the K memory images.")
 @click.option("--false-alarm-rate", type=Finite(0.0, 1.0, min_open=True, max_open=True), default=0.01,
               help="Target fraction of good parts flagged (image threshold) or shown with a region (pixel threshold).")
@@ -68,10 +68,9 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
 
     require_onnxruntime()
     setup_logging()
-    from tqdm import tqdm
-
     from winclip.calibration.profiles.histogram import histogram_picture
-    from winclip.calibration.profiles.setup import calibrate
+    from winclip.calibration.profiles.setup import calibrate, planned_images
+    from winclip.runtime.command import progress_bar
     from winclip.runtime.atomic import write_atomic
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import png_bytes
@@ -83,7 +82,7 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
             detector = Detector.from_bundle(bundle, object=object_name, provider=provider, precision=precision,
                                             threads=threads)
             click.echo(f"{bundle}: {detector.describe()}", err=True)
-            with tqdm(unit="img", desc="scoring", file=sys.stderr, disable=None) as bar:
+            with progress_bar(planned_images(normal_dir, labelled_dir), "scoring") as bar:
                 result = calibrate(detector, normal_dir, shots, false_alarm_rate, seed, labelled_dir, threshold_from,
                                    progress=bar.update)
             profile = detector.to_profile(result.record)

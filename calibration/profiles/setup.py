@@ -28,7 +28,7 @@ import numpy as np
 from winclip.calibration.evaluation.layouts import folder_roles
 from winclip.calibration.evaluation.metrics import auroc, f1_max, require_sklearn
 from winclip.runtime.command import SHOWN_SKIPPED
-from winclip.runtime.defaults import REFERENCE_MAX_HELD_OUT
+from winclip.runtime.defaults import MEMORY_MAX_SHOTS, REFERENCE_MAX_HELD_OUT
 from winclip.runtime.errors import WinclipError
 from winclip.runtime.images import ImageReadError, decode_image, display_path, list_images, read_image_bytes
 from winclip.runtime.reference import ReferenceSet, reference_writer
@@ -109,14 +109,22 @@ def score_images(detector, images: list[LoadedImage], batch: int = 4, progress=N
     return np.array(scores), np.array(peaks)
 
 
+def planned_images(*folders: Path | None) -> int | None:
+    """Images calibrate will score from these folders (the progress bar's total); None when one cannot be listed."""
+    try:
+        return sum(len(list_images(folder)[0]) for folder in folders if folder is not None)
+    except ImageReadError:
+        return None
+
+
 def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, seed: int = 0,
               labelled_dir: Path | None = None, threshold_from: str = "false-alarm-rate",
               progress=None) -> Calibration:
     """Build the memory on `detector`, set its thresholds, and return the record for profile.json."""
     if not 0.0 < false_alarm_rate < 1.0:
         raise CalibrationError(f"the false-alarm rate must be in (0, 1), got {false_alarm_rate}")
-    if shots < 1:
-        raise CalibrationError(f"shots must be >= 1, got {shots}")
+    if not 1 <= shots <= MEMORY_MAX_SHOTS:  # a profile holds at most this many images' worth (defaults.py)
+        raise CalibrationError(f"shots must be 1..{MEMORY_MAX_SHOTS}, got {shots}")
     if labelled_dir is not None:
         require_sklearn()  # before minutes of scoring, not after
     warnings: list[str] = []
@@ -141,6 +149,8 @@ def calibrate(detector, normal_dir: Path, shots: int, false_alarm_rate: float, s
              f"({needed} are needed): the thresholds sit at the highest normal scores, so the true rate is only "
              f"known to be below about {1 / len(held_out):.1%}")
     detector.build_memory([im.image for im in memory])
+    if progress is not None:
+        progress(len(memory))
     kept = held_out[:REFERENCE_MAX_HELD_OUT]  # their graph outputs stay in the profile (teaching, drift)
     reference = ReferenceSet.from_images(detector, [im.image for im in kept],
                                          [display_path(im.path.relative_to(normal_dir)) for im in kept], progress=progress)

@@ -14,7 +14,7 @@ from importlib import import_module
 
 from winclip.runtime.backends.base import Backend, BackendOptions
 from winclip.runtime.defaults import TRITON_SCHEME
-from winclip.runtime.errors import BundleError, MissingExtra
+from winclip.runtime.errors import BundleError, MissingExtra, install_hint
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "winclip.runtime.backends.onnxruntime:OnnxRuntimeBackend",
@@ -23,9 +23,9 @@ BACKENDS: dict[str, str] = {
     "auto": "winclip.runtime.backends.auto:MeasuredChoice",
 }
 # what to install for each backend's library, named in the error when it is missing
-EXTRAS = {"onnxruntime": "pip install 'winclip-edge[cpu]' (or [gpu] on a CUDA box)",
-          "triton": "pip install 'winclip-edge[triton-client]'",
-          "openvino": "pip install 'winclip-edge[openvino]'"}
+EXTRAS = {"onnxruntime": f"{install_hint('cpu')} (or [gpu] on a CUDA box)",
+          "triton": install_hint("triton-client"),
+          "openvino": install_hint("openvino")}
 DEFAULT_BACKEND = "onnxruntime"
 # a served engine's address scheme -> the backend that speaks to it (--engine triton://HOST:PORT/MODEL)
 SCHEMES: dict[str, str] = {TRITON_SCHEME: "triton"}

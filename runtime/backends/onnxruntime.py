@@ -37,7 +37,7 @@ from winclip.runtime.backends.policy import choose_engine
 from winclip.runtime.cache import cache_path, prune_cache, touch
 from winclip.runtime.contract import Engine, Manifest
 from winclip.runtime.defaults import PROVIDERS
-from winclip.runtime.errors import BundleError, first_line
+from winclip.runtime.errors import BundleError, first_line, install_hint
 from winclip.runtime.graph_check import require_inline_weights
 from winclip.runtime.heap import release_free_heap
 
@@ -65,14 +65,14 @@ def choose_providers(provider: str) -> tuple[list[str], str]:
         return PROVIDER_LISTS["cpu"], ""
     if CUDA not in available:
         if provider == "cuda":
-            raise BundleError("CUDA was asked for but this onnxruntime has no CUDA provider: install winclip-edge[gpu]")
+            raise BundleError(f"CUDA was asked for but this onnxruntime has no CUDA provider: {install_hint('gpu')}")
         return PROVIDER_LISTS["cpu"], "provider auto: this onnxruntime has no CUDA, so the CPU"
     problem = cuda_libraries_problem()
     if problem is None:
         return PROVIDER_LISTS["cuda"], ""
     if provider == "cuda":
-        raise BundleError(f"CUDA was asked for, but onnxruntime cannot start it: {problem} (pip install "
-                          "'winclip-edge[gpu]' brings the CUDA and cuDNN libraries; the box needs the NVIDIA driver)")
+        raise BundleError(f"CUDA was asked for, but onnxruntime cannot start it: {problem} ({install_hint('gpu')} "
+                          "brings the CUDA and cuDNN libraries; the box needs the NVIDIA driver)")
     return PROVIDER_LISTS["cpu"], f"provider auto: CUDA libraries do not load ({problem}), so the CPU"
 
 

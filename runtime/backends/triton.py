@@ -26,17 +26,38 @@ import threading
 import time
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from winclip.runtime.backends.base import Backend, BackendOptions
 from winclip.runtime.contract import Engine, Manifest
 from winclip.runtime.defaults import BACKOFF_S, OPEN_ATTEMPTS, SERVED_TIMEOUT_S, next_wait
-from winclip.runtime.errors import BundleError, EngineUnavailable, first_line
+from winclip.runtime.errors import BundleError, EngineUnavailable, MissingExtra, first_line, install_hint
 from winclip.runtime.served import ENGINE_SHA256_PARAMETER, ServedAddress, served_version
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import tritonclient.grpc as grpcclient
+
+
+def _grpc():
+    """tritonclient's gRPC module, imported when a served engine is opened: every runtime module (and the
+    identity check below) imports without the triton-client extra."""
+    try:
+        import tritonclient.grpc as grpc_module
+    except ImportError as exc:
+        raise MissingExtra(f"the triton backend needs {exc.name}: {install_hint('triton-client')}") from None
+    return grpc_module
+
+
+def _server_error() -> type[BaseException]:
+    """Triton's own exception class (tritonclient is installed once a client exists)."""
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException
+
 
 DATATYPE = "FP32"  # the graph's input and outputs, as Triton names float32
 
@@ -52,7 +73,7 @@ class ServedModel:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, InferenceServerException):
+    if isinstance(exc, _server_error()):
         text = exc.message() or str(exc)
         status = exc.status()
         return first_line(f"{text} ({status})" if status and status not in text else text)
@@ -109,7 +130,7 @@ def connect(address: ServedAddress, manifest: Manifest) -> tuple[grpcclient.Infe
     The signature check raises BundleError: a server that answers with another
     model is not one to wait for.
     """
-    client = grpcclient.InferenceServerClient(address.target)
+    client = _grpc().InferenceServerClient(address.target)
     try:
         try:
             if not client.is_server_live():
@@ -119,7 +140,7 @@ def connect(address: ServedAddress, manifest: Manifest) -> tuple[grpcclient.Infe
             server = client.get_server_metadata(as_json=True)
             metadata = client.get_model_metadata(address.model, as_json=True)
             config = client.get_model_config(address.model, as_json=True).get("config", {})
-        except InferenceServerException as exc:
+        except _server_error() as exc:
             raise EngineUnavailable(f"{address}: {_reason(exc)}") from None
         check_signature(address, manifest, metadata)
         max_batch = int(config.get("max_batch_size", 0))
@@ -148,7 +169,8 @@ class TritonBackend(Backend):
         self.model_version = str(served_version(engine.sha256))
         self.input_name = manifest.input_name
         self.output_names = list(manifest.output_names)
-        self._requested = [grpcclient.InferRequestedOutput(n) for n in self.output_names]
+        self._grpc = _grpc()
+        self._requested = [self._grpc.InferRequestedOutput(n) for n in self.output_names]
         self._client: grpcclient.InferenceServerClient | None = client
         self._lock = threading.Lock()
         self._delay = BACKOFF_S[0]
@@ -193,7 +215,7 @@ class TritonBackend(Backend):
                 self._reconnect()
             try:
                 return self._infer(batch)
-            except InferenceServerException as exc:
+            except _server_error() as exc:
                 reason = _reason(exc)
             self._lost(reason)
             raise EngineUnavailable(f"served engine {self.address} lost: {reason}; "
@@ -212,7 +234,7 @@ class TritonBackend(Backend):
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
         for start in range(0, len(batch), step):
             chunk = np.ascontiguousarray(batch[start:start + step], dtype=np.float32)
-            request = grpcclient.InferInput(self.input_name, list(chunk.shape), DATATYPE)
+            request = self._grpc.InferInput(self.input_name, list(chunk.shape), DATATYPE)
             request.set_data_from_numpy(chunk)
             result = self._client.infer(self.address.model, [request], model_version=self.model_version,
                                         outputs=self._requested, client_timeout=SERVED_TIMEOUT_S)

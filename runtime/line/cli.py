@@ -298,12 +298,12 @@ def _run_folder(detector, frames, out, save_maps, save_overlays, batch_size, for
         warned.append(exc)
 
     inspection = Inspection(detector, [events], artifacts, on_artifact_error=artifact_failed)
-    from tqdm import tqdm
+    from winclip.runtime.command import progress_bar
 
     stopper = Stopper(lambda name: None, lambda name: f"the events so far are whole lines in {events.partial}")
     done = 0
     try:
-        with stopper, tqdm(total=len(frames), unit="img", file=sys.stderr, disable=None) as bar:
+        with stopper, progress_bar(len(frames), "scoring") as bar:
             for batch in batched(frames, batch_size):
                 if stopper.signalled:
                     break

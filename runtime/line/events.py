@@ -35,10 +35,21 @@ def to_json_line(event: dict) -> str:
 
 def write_whole(fd: int, data: bytes) -> None:
     """Write all of `data` to a file descriptor, unbuffered: nothing of a line waits in a buffer that an
-    abrupt exit (a second signal) would drop half-written."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    abrupt exit (a second signal) would drop half-written. A write the disk refuses part-way (full, or over
+    RLIMIT_FSIZE) takes its part back, so a file ends with a whole line or the error, never a cut line."""
+    view, written = memoryview(data), 0
+    try:
+        while view:
+            n = os.write(fd, view)
+            written += n
+            view = view[n:]
+    except OSError:
+        if written:
+            try:  # an append-only file of one writer: our bytes are its last ones
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+            except OSError:  # a pipe or a terminal: nothing to take back
+                pass
+        raise
 
 
 class EventLog:

@@ -18,13 +18,13 @@ import time
 from collections import deque
 from typing import Protocol
 
-from winclip.runtime.errors import first_line
+from winclip.runtime.errors import first_line, install_hint
 from winclip.runtime.line import defaults
 from winclip.runtime.line.status import LiveStatus
 
 log = logging.getLogger(__name__)
 
-LIVE_EXTRA = "pip install 'winclip-edge[live]'"
+LIVE_EXTRA = install_hint("live")
 
 
 class Sink(Protocol):

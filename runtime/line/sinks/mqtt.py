@@ -153,7 +153,7 @@ class Mqtt(SinkKind):
     options = (
         click.option("--mqtt", default=None, metavar="HOST[:PORT]",
                      help="Live: publish every event to this MQTT broker (QoS 1, reconnecting; needs "
-                          "winclip-edge[live])."),
+                          "the live extra)."),
         click.option("--mqtt-topic", default=defaults.MQTT_TOPIC, help="Live: the MQTT topic for --mqtt."),
     )
     requires = {"mqtt_topic": "mqtt"}  # an option given without the one it refines is a usage error
