@@ -5,7 +5,7 @@
 #   .ci/arm64-sysroot.sh [CACHE]          (default CACHE: .ci-work/arm64; PYTHON: the x86 python whose pip downloads)
 #
 # CACHE/sysroot  Debian's arm64 packages of python3.11 and the C libraries it and the wheels need (dpkg -x)
-# CACHE/roots    per emulated core (cortex-a72, cortex-a76): the sysroot plus that core's /proc/cpuinfo
+# CACHE/roots    per emulated core (cortex-a72, cortex-a76): the sysroot plus that core's /proc/cpuinfo and MIDR
 # CACHE/site     the aarch64 wheels of the runtime's dependencies (pip --platform download, --target install),
 #                the same versions as the x86 python has where it has them
 # CACHE/project  winclip/runtime, calibration and benchmarks: links to this tree, so the emulated run tests this code
@@ -32,9 +32,9 @@ DEBS="python3.11 python3.11-minimal libpython3.11-minimal libpython3.11-stdlib m
 gcc-12-base libstdc++6 libgomp1 zlib1g libbz2-1.0 liblzma5 libexpat1 libffi8 libssl3 libsqlite3-0 libncursesw6
 libtinfo6 libreadline8 readline-common libuuid1 libdb5.3 libgdbm6 libgdbm-compat4 libnsl2 libtirpc3 libtirpc-common
 libgssapi-krb5-2 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0 libcom-err2 libcrypt1"
-# the [cpu] runtime and, for winclip-quantize on the ARM box, the [quantize] tools; pinned to the x86 versions
+# the [cpu] runtime, the [quantize] tools (winclip-quantize on the ARM box) and OpenVINO; pinned to the x86 versions
 WHEELS="onnxruntime numpy opencv-python-headless click tqdm onnx sympy protobuf flatbuffers packaging ml_dtypes mpmath
-typing_extensions"
+typing_extensions openvino"
 
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
@@ -68,9 +68,12 @@ for core in cortex-a72 cortex-a76; do
     rm -rf "$root" && mkdir -p "$root/proc"
     for entry in "$SYSROOT"/*; do ln -s "$entry" "$root/$(basename "$entry")"; done
     case "$core" in  # Raspberry Pi 4 and Pi 5
-        cortex-a72) cpuinfo 0xd08 0x0 3 "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid" ;;
-        cortex-a76) cpuinfo 0xd0b 0x4 1 "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" ;;
+        cortex-a72) midr=0x410fd083; cpuinfo 0xd08 0x0 3 "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid" ;;
+        cortex-a76) midr=0x414fd0b1; cpuinfo 0xd0b 0x4 1 "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" ;;
     esac >"$root/proc/cpuinfo"
+    # OpenVINO's ARM code generator reads the core's id here (and warns without it)
+    mkdir -p "$root/sys/devices/system/cpu/cpu0/regs/identification"
+    printf '0x%016x\n' "$midr" >"$root/sys/devices/system/cpu/cpu0/regs/identification/midr_el1"
 done
 
 PINS="$("$PYTHON" - $WHEELS <<'EOF'
@@ -115,5 +118,5 @@ export PYTHONPATH="$SITE:$CACHE/project" PYTHONNOUSERSITE=1 PYTHONHASHSEED=0
 exec qemu-aarch64-static -cpu "\$core" -L "\$root" "$SYSROOT/usr/bin/python3.11" -S "\$@"
 EOF
 chmod +x "$CACHE/python"
-"$CACHE/python" -c "import onnxruntime, numpy, cv2" >>"$LOG" 2>&1 || die "the emulated python cannot import the runtime's libraries"
+"$CACHE/python" -c "import onnxruntime, numpy, cv2, openvino" >>"$LOG" 2>&1 || die "the emulated python cannot import the runtime's libraries"
 echo "$CACHE/python"
