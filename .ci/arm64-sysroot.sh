@@ -15,10 +15,11 @@
 # Each step reuses its result when its inputs are unchanged; any failure is one line on stderr and exit 1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-CACHE="$(mkdir -p "${1:-$ROOT/.ci-work/arm64}" && cd "${1:-$ROOT/.ci-work/arm64}" && pwd)"
+CACHE="${1:-$ROOT/.ci-work/arm64}"
+mkdir -p "$CACHE" 2>/dev/null && CACHE="$(cd "$CACHE" && pwd)" && : 2>/dev/null >"$CACHE/prepare.log" \
+    || { echo "arm64-sysroot: cannot write the cache folder $CACHE" >&2; exit 1; }
 PYTHON="${PYTHON:-python3}"
 LOG="$CACHE/prepare.log"
-: >"$LOG"
 die() { echo "arm64-sysroot: $* (details: $LOG)" >&2; exit 1; }
 trap 'die "failed at line $LINENO"' ERR
 
@@ -118,5 +119,5 @@ export PYTHONPATH="$SITE:$CACHE/project" PYTHONNOUSERSITE=1 PYTHONHASHSEED=0
 exec qemu-aarch64-static -cpu "\$core" -L "\$root" "$SYSROOT/usr/bin/python3.11" -S "\$@"
 EOF
 chmod +x "$CACHE/python"
-"$CACHE/python" -c "import onnxruntime, numpy, cv2, openvino" >>"$LOG" 2>&1 || die "the emulated python cannot import the runtime's libraries"
+"$CACHE/python" -c "import onnxruntime, numpy, cv2" >>"$LOG" 2>&1 || die "the emulated python cannot import the runtime's libraries"
 echo "$CACHE/python"
