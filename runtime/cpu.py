@@ -117,8 +117,8 @@ ARM_PARTS = {0xD03: "Cortex-A53", 0xD05: "Cortex-A55", 0xD08: "Cortex-A72", 0xD0
 def arm_hwcaps() -> tuple[int, int] | None:
     """(AT_HWCAP, AT_HWCAP2) of this process from the C library's getauxval, or None where it cannot be asked.
 
-    The kernel's own answer for the CPU the process runs on (under QEMU: the emulated CPU's), the same bits
-    ONNX Runtime's kernel choice reads; /proc/cpuinfo's Features line is only printed from them.
+    The kernel's own answer for the CPU the process runs on (under QEMU: the emulated CPU's, whatever the
+    /proc/cpuinfo file says); on real hardware /proc/cpuinfo's Features line is printed from the same bits.
     """
     import ctypes
     import ctypes.util
@@ -167,10 +167,10 @@ def full_range_int8_exact(info: CpuInfo) -> str | None:
     or None where they may saturate and 7-bit weights are needed (x86 without an int8 dot product).
 
     aarch64 is exact on every core, with or without the dot product (checked under emulation: Cortex-A72 and
-    Cortex-A76 with weights of -128/127 against activations of 255): the NEON kernels widen each u8 x u8 product
-    (the weights' sign flipped into the zero point) to 16 bits and add pairs straight into 32-bit sums, and
-    UDOT (asimddp) and UMMLA (i8mm) sum into 32 bits. x86 without VNNI adds pairs of u8 x s8 products into a
-    saturating 16-bit register first (up to 2 x 255 x 127 = 64770 > 32767).
+    Cortex-A76 with weights of -128/127 against activations of 255): the NEON kernel widens both operands to
+    16 bits and multiply-accumulates each product straight into 32-bit sums (UMLAL), and UDOT (asimddp) and
+    UMMLA (i8mm) sum into 32 bits too. x86 without VNNI adds pairs of u8 x s8 products into a saturating
+    16-bit register first (up to 2 x 255 x 127 = 64770 > 32767).
     """
     if info.machine.lower() in AARCH64:
         return ("aarch64: ONNX Runtime's ARM int8 kernels (NEON, UDOT with asimddp, UMMLA with i8mm) add "
