@@ -134,7 +134,7 @@ class Int8Builder:
     def describe(self, settings: Int8Settings) -> str:
         weights = weight_range(settings)
         return (f"{settings.method}, per-{'channel' if settings.per_channel else 'tensor'}, "
-                f"{weights['weight_range']} weights ({weights['weight_range_why']})")
+                f"{weights['weight_range']} weights; {weights['weight_range_why']}")
 
     def make(self, fp32: Path, out: Path, settings: Int8Settings, frames: FrameSets, input_name: str) -> None:
         reader = frame_reader(frames.calibration, input_name) if settings.method == "static" else None
