@@ -65,7 +65,7 @@ cpuinfo() {  # part, variant, revision, features: two cores as an ARM Linux kern
     done
 }
 for core in cortex-a72 cortex-a76; do
-    root="$CACHE/roots/$core"
+    root="$CACHE/roots/$core.new"
     rm -rf "$root" && mkdir -p "$root/proc"
     for entry in "$SYSROOT"/*; do ln -s "$entry" "$root/$(basename "$entry")"; done
     case "$core" in  # Raspberry Pi 4 and Pi 5
@@ -75,6 +75,7 @@ for core in cortex-a72 cortex-a76; do
     # OpenVINO's ARM code generator reads the core's id here (and warns without it)
     mkdir -p "$root/sys/devices/system/cpu/cpu0/regs/identification"
     printf '0x%016x\n' "$midr" >"$root/sys/devices/system/cpu/cpu0/regs/identification/midr_el1"
+    rm -rf "${root%.new}" && mv "$root" "${root%.new}"
 done
 
 PINS="$("$PYTHON" - $WHEELS <<'EOF'
