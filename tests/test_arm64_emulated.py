@@ -151,13 +151,13 @@ def test_an_unavailable_emulator_fails_under_ci_and_skips_elsewhere(ci, tmp_path
 
 
 def emulated(arm_python: Path, *args: str, arm_cpu: str = TARGET_CPU, timeout: float = 900) -> str:
-    """Run the aarch64 python with `args` as that CPU; its stdout. A failure is the test's, with its stderr."""
+    """Run the aarch64 python with `args` as that CPU; its stdout and stderr. A failure is the test's."""
     t0 = time.perf_counter()
     proc = subprocess.run([str(arm_python), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "ARM64_CPU": arm_cpu})
     assert proc.returncode == 0, f"emulated aarch64 run failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     print(f"emulated {arm_cpu}: {' '.join(args)[:60]!r}... {time.perf_counter() - t0:.1f} s")
-    return proc.stdout
+    return proc.stdout + proc.stderr
 
 
 DESCRIBE = """
@@ -174,7 +174,7 @@ print(json.dumps(seen))
 
 def test_the_emulated_cpu_is_read_from_hwcap_and_winclip_bench_names_it(arm_python):
     seen = {name: json.loads(emulated(arm_python, "-c", DESCRIBE, *(["bench"] if name == TARGET_CPU else []),
-                                      arm_cpu=name))
+                                      arm_cpu=name).splitlines()[0])
             for name in ("cortex-a72", "cortex-a76", "max")}
     a76 = seen["cortex-a76"]
     assert a76["machine"] == "aarch64" and a76["describe"] == "Cortex-A76 (aarch64; asimd asimddp)"
@@ -223,7 +223,7 @@ def test_arm_int8_kernels_add_full_range_weights_exactly(arm_python, tmp_path):
     (tmp_path / "m.onnx").write_bytes(_matmul_integer(b))
     args = ("-c", INT8_PRODUCTS, str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), str(tmp_path / "m.onnx"))
     for arm_cpu in ("cortex-a72", TARGET_CPU):
-        assert json.loads(emulated(arm_python, *args, arm_cpu=arm_cpu))["max_abs_diff"] == 0, arm_cpu
+        assert json.loads(emulated(arm_python, *args, arm_cpu=arm_cpu).splitlines()[0])["max_abs_diff"] == 0, arm_cpu
     # on this x86 host the rule must agree with what its own kernels do
     host = json.loads(subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True).stdout)
     assert (host["max_abs_diff"] == 0) == (cpu.full_range_int8_exact(cpu.current()) is not None), host
@@ -297,3 +297,18 @@ def test_a_bundle_made_on_x86_scores_the_same_on_arm_and_arm_makes_a_guarded_int
         assert all(diff <= 1e-3 for key, diff in diffs.items() if key.startswith("int8")), diffs
     else:  # x86 without VNNI: this full-range engine is refused by auto and warned about
         assert isa_problem(engine, cpu.current()) is not None
+
+    # winclip-inspect on the ARM box, its default settings: auto takes the int8 engine made there (its guard holds
+    # on ARM) and the command scores as the API did
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "parts").mkdir()
+    shutil.copy(shown[0], tmp_path / "normal")
+    for frame in shown[1:]:
+        shutil.copy(frame, tmp_path / "parts")
+    said = emulated(arm_python, "-m", "winclip.runtime.line.cli", str(bundle), "--source", str(tmp_path / "parts"),
+                    "--object", "bottle", "--normal", str(tmp_path / "normal"), "--out", str(tmp_path / "inspect"))
+    assert "int8 engine (auto: guarded int8 on CPU" in said and "3 scored, 0 errors" in said, said
+    events = [json.loads(line) for line in (tmp_path / "inspect" / "events.jsonl").read_text().splitlines()]
+    scores = np.array([e["image_score"] for e in sorted(events, key=lambda e: e["source"])])
+    # dynamic int8 sets its activation scales per call: frames one by one here, the API scored them as one batch
+    assert np.abs(scores - there["int8@onnxruntime few-shot scores"]).max() <= 5e-3
