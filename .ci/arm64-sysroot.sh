@@ -52,7 +52,7 @@ if ! stamp_ok "$SYSROOT/.winclip-stamp" "$DEBS"; then
     for deb in "$CACHE/debs"/*.deb; do dpkg -x "$deb" "$SYSROOT.new" >>"$LOG" 2>&1 || die "dpkg -x $deb failed"; done
     [ -x "$SYSROOT.new/usr/bin/python3.11" ] || die "python3.11 is not in the extracted packages"
     echo "$DEBS" >"$SYSROOT.new/.winclip-stamp"
-    rm -rf "$SYSROOT" && mv "$SYSROOT.new" "$SYSROOT"
+    rm -rf "$SYSROOT" "$CACHE/debs" "$CACHE/apt" && mv "$SYSROOT.new" "$SYSROOT"  # extracted: the packages can go
 fi
 # One root per emulated core: the sysroot's folders (links) and that core's /proc/cpuinfo, which -L makes the
 # emulated process read. QEMU 7.2 shows the host's x86 file otherwise, and onnxruntime's CPU probe crashes on it;
