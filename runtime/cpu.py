@@ -91,6 +91,8 @@ def _macos() -> CpuInfo:
 @functools.lru_cache(maxsize=1)
 def current() -> CpuInfo:
     """This machine's CPU, read once per process."""
+    if platform.system() == "Linux" and platform.machine().lower() in AARCH64:
+        return linux_arm()
     try:
         return parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
@@ -98,3 +100,90 @@ def current() -> CpuInfo:
     if platform.system() == "Darwin":
         return _macos()
     return CpuInfo(platform.processor(), platform.machine(), frozenset())
+
+
+# --- ARM64 (aarch64) -------------------------------------------------------------------------------------------------
+AARCH64 = ("aarch64", "arm64")  # platform.machine() of a 64-bit ARM CPU (Linux, macOS)
+# Linux's aarch64 HWCAP / HWCAP2 bits (uapi asm/hwcap.h) of the features an engine's speed or exactness depends on
+HWCAP_BITS = {"asimd": 1, "asimdhp": 10, "asimddp": 20, "sve": 22}
+HWCAP2_BITS = {"sve2": 1, "i8mm": 13, "bf16": 14}
+AT_HWCAP, AT_HWCAP2 = 16, 26  # getauxval() keys
+# /proc/cpuinfo's "CPU part" of Arm's own cores (implementer 0x41) on the boards and servers a line runs
+ARM_PARTS = {0xD03: "Cortex-A53", 0xD05: "Cortex-A55", 0xD08: "Cortex-A72", 0xD0B: "Cortex-A76",
+             0xD0C: "Neoverse-N1", 0xD40: "Neoverse-V1", 0xD41: "Cortex-A78", 0xD42: "Cortex-A78AE",
+             0xD49: "Neoverse-N2", 0xD4F: "Neoverse-V2"}
+
+
+def arm_hwcaps() -> tuple[int, int] | None:
+    """(AT_HWCAP, AT_HWCAP2) of this process from the C library's getauxval, or None where it cannot be asked.
+
+    The kernel's own answer for the CPU the process runs on (under QEMU: the emulated CPU's, whatever the
+    /proc/cpuinfo file says); on real hardware /proc/cpuinfo's Features line is printed from the same bits.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        getauxval = libc.getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return int(getauxval(AT_HWCAP)), int(getauxval(AT_HWCAP2))
+
+
+def arm_features(hwcap: int, hwcap2: int) -> frozenset[str]:
+    """The feature names (as /proc/cpuinfo spells them) that HWCAP and HWCAP2 set."""
+    return frozenset([name for name, bit in HWCAP_BITS.items() if hwcap >> bit & 1]
+                     + [name for name, bit in HWCAP2_BITS.items() if hwcap2 >> bit & 1])
+
+
+def arm_model(cpuinfo_text: str) -> str:
+    """The core's name from /proc/cpuinfo's "CPU implementer" / "CPU part" lines (ARM kernels print no model name),
+    or "" when they are absent; an unknown core is named by its numbers."""
+    fields = {}
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    try:
+        implementer, part = int(fields["cpu implementer"], 16), int(fields["cpu part"], 16)
+    except (KeyError, ValueError):
+        return ""
+    if implementer == 0x41 and part in ARM_PARTS:
+        return ARM_PARTS[part]
+    return f"ARM CPU (implementer {implementer:#x}, part {part:#x})"
+
+
+def arm_cpu(cpuinfo_text: str, hwcaps: tuple[int, int] | None, machine: str = "aarch64") -> CpuInfo:
+    """An aarch64 CPU from /proc/cpuinfo text and (AT_HWCAP, AT_HWCAP2): the features from HWCAP where known
+    (else the Features line), the model from the core's part number (else any model line)."""
+    from_text = parse_cpuinfo(cpuinfo_text, machine)
+    flags = arm_features(*hwcaps) if hwcaps is not None else from_text.flags
+    return CpuInfo(arm_model(cpuinfo_text) or from_text.model, machine, flags)
+
+
+def full_range_int8_exact(info: CpuInfo) -> str | None:
+    """Why ONNX Runtime's int8 matrix kernels add the products of full-range (8-bit) weights exactly on this CPU,
+    or None where they may saturate and 7-bit weights are needed (x86 without an int8 dot product).
+
+    aarch64 is exact on every core, with or without the dot product (checked under emulation: Cortex-A72 and
+    Cortex-A76 with weights of -128/127 against activations of 255): the NEON kernel widens both operands to
+    16 bits and multiply-accumulates each product straight into 32-bit sums (UMLAL), and UDOT (asimddp) and
+    UMMLA (i8mm) sum into 32 bits too. x86 without VNNI adds pairs of u8 x s8 products into a saturating
+    16-bit register first (up to 2 x 255 x 127 = 64770 > 32767).
+    """
+    if info.machine.lower() in AARCH64:
+        return ("aarch64: ONNX Runtime's ARM int8 kernels (NEON, UDOT with asimddp, UMMLA with i8mm) add "
+                "every product into 32-bit sums, so 8-bit weights cannot saturate")
+    if info.int8_dot:
+        return f"{info.int8_dot}: the int8 dot product adds u8 x s8 products straight into 32-bit sums"
+    return None
+
+
+def linux_arm() -> CpuInfo:
+    """This aarch64 Linux machine's CPU: HWCAP for the features, /proc/cpuinfo for the core's name."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    return arm_cpu(text, arm_hwcaps(), platform.machine())

@@ -4,8 +4,9 @@ After their pre-processing (shape inference + graph optimisation; without it
 dynamic quantisation leaves weights in fp32): dynamic quantisation (the default:
 fastest here, needs no calibration) or static quantisation fed by the line's own
 frames through `CalibrationDataReader`. Weights are full-range 8-bit where the
-CPU has an int8 dot-product instruction (VNNI, ARM dot-product) and 7-bit
-elsewhere, unless asked; the engine's record keeps the CPU it was made on.
+CPU's int8 kernels cannot saturate (x86 with VNNI, every ARM64 CPU) and 7-bit
+elsewhere, unless asked; the engine's record keeps the CPU it was made on and
+which weight range it has, and why.
 """
 
 from __future__ import annotations
@@ -57,14 +58,28 @@ def need_quantize_tools() -> None:
 
 
 def for_this_cpu(settings: Int8Settings, machine: cpu.CpuInfo | None = None) -> Int8Settings:
-    """The settings with reduce_range decided: 7-bit weights unless the CPU has an int8 dot-product instruction.
+    """The settings with reduce_range decided: full-range weights where the CPU's int8 kernels add their products
+    exactly (an int8 dot product on x86; every aarch64 CPU), 7-bit elsewhere.
 
-    Without one (AVX2 only) ONNX Runtime adds pairs of u8 x s8 products in a saturating
+    On x86 without VNNI (AVX2 only) ONNX Runtime adds pairs of u8 x s8 products in a saturating
     16-bit register: full-range weights lose the map there, 7-bit ones stay exact.
     """
     if settings.reduce_range is not None:
         return settings
-    return replace(settings, reduce_range=(machine or cpu.current()).int8_dot is None)
+    return replace(settings, reduce_range=cpu.full_range_int8_exact(machine or cpu.current()) is None)
+
+
+def weight_range(settings: Int8Settings, machine: cpu.CpuInfo | None = None) -> dict:
+    """What the engine's record says of its weights: "7-bit" or "full-range", and why."""
+    decided = for_this_cpu(settings, machine)
+    name = "7-bit" if decided.reduce_range else "full-range"
+    if settings.reduce_range is not None:
+        why = "asked for (--reduce-range / --full-range)"
+    else:
+        why = (cpu.full_range_int8_exact(machine or cpu.current())
+               or "this CPU has no int8 dot product: its kernels add pairs of u8 x s8 products in a saturating "
+                  "16-bit register, which 7-bit weights cannot overflow")
+    return {"weight_range": name, "weight_range_why": why}
 
 
 def _block_nodes(model, blocks: tuple[int, ...]) -> list[str]:
@@ -117,17 +132,16 @@ class Int8Builder:
         return settings.calibration_frames if settings.method == "static" else 0
 
     def describe(self, settings: Int8Settings) -> str:
-        settings, dot = for_this_cpu(settings), cpu.current().int8_dot
+        weights = weight_range(settings)
         return (f"{settings.method}, per-{'channel' if settings.per_channel else 'tensor'}, "
-                f"{'7-bit' if settings.reduce_range else 'full-range'} weights "
-                f"(this CPU has {dot or 'no int8 dot product'})")
+                f"{weights['weight_range']} weights; {weights['weight_range_why']}")
 
     def make(self, fp32: Path, out: Path, settings: Int8Settings, frames: FrameSets, input_name: str) -> None:
         reader = frame_reader(frames.calibration, input_name) if settings.method == "static" else None
         make_int8(fp32, out, for_this_cpu(settings), reader)
 
     def record(self, settings: Int8Settings) -> dict:
-        return asdict(for_this_cpu(settings))
+        return {**asdict(for_this_cpu(settings)), **weight_range(settings)}
 
 
 BUILDER = Int8Builder()

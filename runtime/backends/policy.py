@@ -11,8 +11,9 @@ Otherwise fp32, the engine the export verified against torch, and failing that
 the bundle's only engine the backend runs.
 
 An int8 engine's guard holds for the kind of CPU it ran on: full-range weights
-made where the CPU has an int8 dot-product instruction (VNNI) can saturate on a
-CPU without one. Such an engine is warned about, and `auto` passes it over.
+made where the int8 kernels add them exactly (x86 with VNNI, any ARM64 CPU) can
+saturate on an x86 CPU without VNNI. Such an engine is warned about, and `auto`
+passes it over.
 """
 
 from __future__ import annotations
@@ -86,14 +87,18 @@ def admitted(engine: Engine | None) -> bool:
 
 
 def isa_problem(engine: Engine, cpu: cpus.CpuInfo) -> str | None:
-    """Why `engine`'s guard does not hold on `cpu`, or None: full-range int8 weights made on a CPU with an
-    int8 dot-product instruction, run on one without."""
+    """Why `engine`'s guard does not hold on `cpu`, or None: full-range int8 weights made where the int8 kernels
+    add them exactly (x86 with VNNI, ARM64), run on a CPU whose kernels can saturate on them (x86 without VNNI)."""
     made_on = (engine.made_by or {}).get("cpu") or {}
     settings = (engine.made_by or {}).get("settings") or {}
+    maker = cpus.CpuInfo(str(made_on.get("model") or ""), str(made_on.get("machine") or ""),
+                         frozenset(made_on.get("flags") or ()) | ({made_on["int8_dot"]} if made_on.get("int8_dot")
+                                                                   else set()))
     if (engine.precision != "int8" or engine.format != FORMAT_ONNX or settings.get("reduce_range") is not False
-            or not made_on.get("int8_dot") or cpu.int8_dot):
+            or cpus.full_range_int8_exact(maker) is None or cpus.full_range_int8_exact(cpu) is not None):
         return None
-    return (f"the int8 engine {engine.file} has full-range weights made on a CPU with {made_on['int8_dot']}, and "
+    made_with = made_on.get("int8_dot") or made_on.get("machine")
+    return (f"the int8 engine {engine.file} has full-range weights made on a CPU with {made_with}, and "
             f"this CPU ({cpu.model or cpu.machine}) has no int8 dot-product instruction: its products can "
             "saturate here and its accuracy guard does not hold; re-run winclip-quantize on this machine "
             "(it picks 7-bit weights without VNNI)")
