@@ -153,6 +153,11 @@ class Gallery:
         except OSError:
             return None
 
+    def has_jpeg(self, item_id: int) -> bool:
+        """Whether the item's overlay is still kept in memory (only the newest `pictures` are)."""
+        with self._lock:
+            return item_id in self._jpegs
+
     def original(self, item_id: int) -> np.ndarray | None:
         with self._lock:
             return self._originals.get(item_id)
