@@ -396,12 +396,64 @@ def test_use_any_earlier_version_is_a_new_change_in_the_log(tiny_bundle, tmp_pat
     left, chosen = store.use(1, "ben", "back to the calibrated profile")
     assert (left.number, chosen.number, store.read()["current"]) == (3, 1, 1)
     assert store.read()["log"][-1] == {**store.read()["log"][-1], "action": "use", "from": 3, "to": 1, "who": "ben"}
+    left, back = store.undo("ben", "not that one")  # undo takes the choice back: to the version left, not a parent
+    assert (left.number, back.number, store.read()["current"]) == (1, 3, 3)
+    assert store.undo("ben")[1].number == 2  # then, as ever, back to the version the current one was made from
+    store.use(1, "ben")
     assert store.use(2, "ben")[1].number == 2  # any kept version, forwards too
     with pytest.raises(ProfileError, match="already in use"):
         store.use(2, "ben")
     with pytest.raises(ProfileError, match="no version 9"):
         store.use(9, "ben")
     assert len(store.read()["versions"]) == 3  # nothing was deleted or added
+
+
+def test_every_refusal_of_a_review_write_is_a_one_line_answer(tiny_bundle, tmp_path):
+    """In-process server, no loop: the errors of "use version K" and of a label each get their JSON answer, and a
+    damaged versions.json costs the page its versions only."""
+    from test_operator_access import get, post
+    from winclip.runtime import Detector
+    from winclip.runtime.line.operator import OperatorDesk
+    from winclip.runtime.line.server import LiveServer
+
+    profile = calibrate(tiny_bundle, tmp_path)
+    detector = Detector.from_bundle(tiny_bundle, profile=profile, provider="cpu", threads=1)
+    store = ProfileStore(profile)
+    for i, path in enumerate(textile_images("nominal", 2, start=500)):
+        teach(detector, store, [GoodPart(read(path), path.name, {})], who="anna", why=f"part {i}")
+    status = LiveStatus(["cam1"])
+    desk = OperatorDesk(detector, status, [], profile_path=profile, token=TOKENS["anna"])
+    desk.open_review(None)
+    feed(desk.review, "cam1", 0, T0, 0.9, True)
+    server = LiveServer(status, port=0)
+    server.desk = desk
+    server.start()
+    url, anna = server.url, TOKENS["anna"]
+    try:
+        def use(version):
+            return post(url, "api/version", json.dumps({"version": version}).encode(), token=anna)
+
+        assert use(9)[0] == 404 and "no version 9" in use(9)[1]["error"]
+        assert use(3)[0] == 409 and "already in use" in use(3)[1]["error"]
+        data = json.loads((profile / "versions.json").read_text())
+        data["versions"][0]["pruned"] = True
+        (profile / "versions.json").write_text(json.dumps(data))
+        assert use(1)[0] == 410 and "no longer on disk" in use(1)[1]["error"]
+        # a defect of kind "good" is refused, never saved as good
+        code, answer = post(url, "api/review/label", json.dumps({"episode": 1, "label": "defect", "kind": "good"})
+                            .encode(), token=anna)
+        assert code == 400 and "reserved" in answer["error"] and not (profile / "labelled").exists()
+        (profile / "versions.json").write_text("{damaged")
+        code, answer = use(2)
+        assert code == 500 and "versions.json" in answer["error"]
+        listing = get(url, "api/review")[0]  # the page still gets its episodes
+        assert listing["total"] == 1 and "versions.json" in listing["profile"]["error"]
+        code, answer = post(url, "api/review/label", json.dumps({"episode": 1, "label": "defect", "kind": "hole"})
+                            .encode(), token=anna)
+        assert code == 200 and answer["episode"]["labels"][0]["kind"] == "hole"
+    finally:
+        server.close()
+        desk.close()
 
 
 def test_winclip_inspect_named_operators_and_the_review_desk_across_a_restart(tiny_bundle, tmp_path):

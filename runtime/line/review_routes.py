@@ -8,9 +8,9 @@ their token): `/api/review/ack`, `/api/review/label`, `/api/version` ("use versi
 
 from __future__ import annotations
 
-import json
 import math
 
+from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.line import defaults
 from winclip.runtime.line.review import VERDICTS, ReviewError
 from winclip.runtime.line.review_page import REVIEW_PAGE
@@ -34,7 +34,10 @@ def get(handler, path: str, query: dict, send_body: bool) -> bool:
                                  since=_number(query.get("since", [None])[0]),
                                  until=_number(query.get("until", [None])[0]),
                                  limit=defaults.REVIEW_PAGE)
-        listing["profile"] = desk.versions()
+        try:
+            listing["profile"] = desk.versions()
+        except WinclipError as exc:  # a damaged versions.json must not cost the page its episodes
+            listing["profile"] = {"error": first_line(exc)}
         listing["access"] = desk.guard.counts()
         handler._json(200, listing, send_body)
     elif path.startswith((PICTURE, ORIGINAL)) and path.endswith(".jpg"):
@@ -61,16 +64,10 @@ def post(handler, path: str, access) -> None:
 
     desk = handler.server.live.desk
     try:
-        body, kind = handler._body()
+        _, kind, fields = handler._request()
         if kind != "json":
             raise OperatorError("send a JSON object")
-        try:
-            fields = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, ValueError):
-            raise OperatorError("the body is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise OperatorError("the body must be a JSON object")
-        who = str(access.name or fields.get("who") or f"operator at {handler.client_address[0]}")
+        who = handler._who(access, fields)
         note = str(fields.get("why") or fields.get("note") or "")
         if path == "/api/version":
             version = _whole(fields.get("version"), "say which version: {\"version\": K}")
@@ -86,12 +83,14 @@ def post(handler, path: str, access) -> None:
             label = fields.get("label")
             if label not in ("good", "defect"):
                 raise OperatorError("say what it is: {\"label\": \"good\"} or {\"label\": \"defect\", \"kind\": K}")
-            done = desk.review.label(episode, "good" if label == "good" else str(fields.get("kind") or "defect"),
-                                     who, note)
+            kind_of_defect = fields.get("kind")
+            done = desk.review.label(episode, who, note, good=label == "good",
+                                     kind=None if label == "good" or kind_of_defect in (None, "") else str(kind_of_defect))
         handler._json(200, {"episode": done}, True)
-    except (OperatorError, ReviewError) as exc:
+    except (WinclipError, OSError) as exc:  # every refusal and failure is a one-line answer, never a dropped line
         handler.close_connection = True
-        handler._json(exc.status, {"error": str(exc)}, True)
+        status = getattr(exc, "status", 500) if isinstance(exc, WinclipError) else 500
+        handler._json(status, {"error": first_line(exc) if isinstance(exc, OSError) else str(exc)}, True)
 
 
 def _whole(value, message: str) -> int:
