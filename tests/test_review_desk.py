@@ -365,10 +365,48 @@ def test_token_files_name_operators_and_a_removed_line_stops_its_token(tmp_path)
     assert guard.counts()["allowed"] == 4
 
 
-def test_the_old_single_token_format_and_bad_files(tmp_path):
+def test_a_token_file_change_is_seen_whenever_and_however_it_is_made(tmp_path, monkeypatch):
+    import winclip.runtime.line.access as access
+
+    path = tmp_path / "operators"
+    path.write_text("anna:%s\nben:%s\n" % (TOKENS["anna"], TOKENS["ben"]))
+    tokens = load_token(path)
+    # ben's line removed: his name goes from the page's list at once, not at the next write request
+    replacement = tmp_path / "operators.new"
+    replacement.write_text("anna:%s\n" % TOKENS["anna"])
+    os.replace(replacement, path)
+    assert tokens.names == ["anna"]
+    # edited in place to the same size, its modification time set back: still re-read
+    before = path.stat()
+    time.sleep(0.05)
+    with open(path, "r+") as fh:
+        fh.write("anna:%s\n" % TOKENS["anna"].upper())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert WriteGuard(tokens).authorize("Bearer " + TOKENS["anna"].upper()).name == "anna"
+    # changed while the run was reading it at the start: the change is seen at the first request
+    read = access._read_token_file
+
+    def read_then_change(p):
+        text = read(p)
+        p.write_text("carla:%s\n" % ("c" * 20))
+        return text
+
+    path.write_text("anna:%s\n" % TOKENS["anna"])
+    monkeypatch.setattr(access, "_read_token_file", read_then_change)
+    started = load_token(path)
+    monkeypatch.setattr(access, "_read_token_file", read)
+    assert started.match("c" * 20) == (True, "carla") and started.match(TOKENS["anna"])[0] is False
+
+
+def test_the_old_single_token_format_and_bad_files(tmp_path, caplog):
     old = tmp_path / "token"
     old.write_text("legacy-token_ABCDEFGHIJKLMNOP\nignored second line\n")
     guard = WriteGuard(load_token(old))
+    assert "only line 1 is used" in caplog.text  # the second line is not silently dropped
+    # a one-line file that reads as name:token says so: an older token holding ':' would now be its tail
+    one = tmp_path / "one"
+    one.write_text("Plant:Line3-secret-0123456789\n")
+    assert load_token(one).names == ["Plant"] and "read as the token of operator Plant" in caplog.text
     access = guard.authorize("Bearer legacy-token_ABCDEFGHIJKLMNOP")
     assert access.refused is None and access.name is None  # no name: the page's typed name is used
     assert load_token(None, {"WINCLIP_OPERATOR_TOKEN": "dora:" + "d" * 16}).names == ["dora"]
