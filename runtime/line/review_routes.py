@@ -1,14 +1,16 @@
 """The review desk's part of the live server: its page, its reads, its writes and its metrics.
 
-Reads: `/review` (the page), `/api/review?source=S&verdict=V&since=T&until=T` (episodes newest first, the
-history, the versions), `/review/picture/<id>.jpg` (the best frame's overlay), `/review/original/<id>.jpg`
-(its original pixels). Writes (the server's WriteGuard has let them through; the operator's name comes from
-their token): `/api/review/ack`, `/api/review/label`, `/api/version` ("use version K").
+Reads: `/review` (the page), `/api/review?source=S&verdict=V&since=T&until=T&within=SECONDS` (episodes newest
+first, the history, the versions; `within`: the last SECONDS by the run's clock), `/review/picture/<id>.jpg`
+(the best frame's overlay), `/review/original/<id>.jpg` (its original pixels). Writes (the server's WriteGuard
+has let them through; the operator's name comes from their token): `/api/review/ack`, `/api/review/label`,
+`/api/version` ("use version K").
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.line import defaults
@@ -29,9 +31,12 @@ def get(handler, path: str, query: dict, send_body: bool) -> bool:
         return False
     elif path == "/api/review":
         chosen = query.get("verdict", [None])[0]
+        since, within = _number(query.get("since", [None])[0]), _number(query.get("within", [None])[0])
+        if within is not None:  # "the last hour" by the run's clock: the tablet's may be off
+            since = max(since or 0.0, time.time() - within)
         listing = review.listing(source=query.get("source", [None])[0] or None,
                                  verdict_is=chosen if chosen in VERDICTS else None,
-                                 since=_number(query.get("since", [None])[0]),
+                                 since=since,
                                  until=_number(query.get("until", [None])[0]),
                                  limit=defaults.REVIEW_PAGE)
         try:
