@@ -45,6 +45,7 @@ from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import jpeg_bytes, png_bytes
 from winclip.runtime.labelled import GOOD, LABELLED_FOLDER, LabelError, defect_kind
 from winclip.runtime.line import defaults
+from winclip.runtime.line.status import DOWN
 from winclip.runtime.profile_versions import clean_text
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ REVIEW_NAME = "review.json"
 REVIEW_FORMAT = "winclip-edge-review"
 REVIEW_SCHEMA = 1
 VERDICTS = ("new", "acknowledged", "good", "defect")  # what a person said of an episode (new: nothing yet)
-DOWN = ("reconnecting", "lost")
 
 
 class ReviewError(WinclipError):
@@ -80,7 +80,7 @@ class ReviewBook:
                  gap_frames: int = defaults.REVIEW_GAP_FRAMES, gap_s: float = defaults.REVIEW_GAP_S,
                  start_thread: bool = True):
         self.path = None if out is None else Path(out) / REVIEW_NAME
-        self.overlay_root = None if out is None else (Path(out) / "overlays").resolve()
+        self.overlay_root = None if out is None else (Path(out) / defaults.OVERLAY_FOLDER).resolve()
         self.status, self.gallery, self.versions = status, gallery, versions
         self.label_root = None if label_root is None else Path(label_root)
         self.gap_frames, self.gap_s = gap_frames, gap_s
@@ -202,8 +202,10 @@ class ReviewBook:
 
     # --- the page's side
     def listing(self, *, source: str | None = None, verdict_is: str | None = None, since: float | None = None,
-                until: float | None = None, limit: int = defaults.REVIEW_PAGE) -> dict:
-        """Episodes newest first within the filters, the sources and verdict counts, and the history."""
+                until: float | None = None, limit: int = defaults.REVIEW_LISTING,
+                versions: dict | None = None) -> dict:
+        """Episodes newest first within the filters, the sources and verdict counts, and the history (its
+        versions from `versions`, the profile's history when the caller has read it already)."""
         now = time.time()
         with self._lock:  # only copies under the lock: the loop's observe() waits on it
             every = list(self.episodes.values())
@@ -219,8 +221,9 @@ class ReviewBook:
             history = {"drift": [dict(h) for h in self.drift], "outages": [dict(h) for h in self.outages]}
         for episode in listed:  # files are looked at outside the lock
             episode["picture"] = self._has_picture(episode)
+        history["versions"] = self._version_log() if versions is None else list(versions.get("log", []))
         return {"episodes": listed, "matched": len(chosen), "total": len(every), "sources": sources,
-                "verdicts": tally, "history": {**history, "versions": self._version_log()},
+                "verdicts": tally, "history": history,
                 "persisted": None if self.path is None else str(self.path),
                 "labels_to": None if self.label_root is None else str(self.label_root / LABELLED_FOLDER),
                 "gap": {"frames": self.gap_frames, "seconds": self.gap_s}, "now": round(now, 3)}

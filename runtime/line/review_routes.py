@@ -34,15 +34,16 @@ def get(handler, path: str, query: dict, send_body: bool) -> bool:
         since, within = _number(query.get("since", [None])[0]), _number(query.get("within", [None])[0])
         if within is not None:  # "the last hour" by the run's clock: the tablet's may be off
             since = max(since or 0.0, time.time() - within)
+        try:
+            profile = desk.versions()  # read once: the listing's history takes its log from it
+        except WinclipError as exc:  # a damaged versions.json must not cost the page its episodes
+            profile = {"error": first_line(exc)}
         listing = review.listing(source=query.get("source", [None])[0] or None,
                                  verdict_is=chosen if chosen in VERDICTS else None,
                                  since=since,
                                  until=_number(query.get("until", [None])[0]),
-                                 limit=defaults.REVIEW_PAGE)
-        try:
-            listing["profile"] = desk.versions()
-        except WinclipError as exc:  # a damaged versions.json must not cost the page its episodes
-            listing["profile"] = {"error": first_line(exc)}
+                                 limit=defaults.REVIEW_LISTING, versions=profile)
+        listing["profile"] = profile
         listing["access"] = desk.guard.counts()
         handler._json(200, listing, send_body)
     elif path.startswith((PICTURE, ORIGINAL)) and path.endswith(".jpg"):
