@@ -38,13 +38,12 @@ from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from winclip.runtime.atomic import write_atomic
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import jpeg_bytes, png_bytes
 from winclip.runtime.labelled import GOOD, LABELLED_FOLDER, LabelError, defect_kind
 from winclip.runtime.line import defaults
+from winclip.runtime.line.history import KeptImages, saved_overlay
 from winclip.runtime.line.status import DOWN
 from winclip.runtime.profile_versions import clean_text
 
@@ -92,8 +91,7 @@ class ReviewBook:
         self.outages: deque[dict] = deque(maxlen=defaults.REVIEW_HISTORY)
         self._open: dict[str, int] = {}  # source -> its open episode
         self._normal_since: dict[str, int] = {}  # source -> frames judged normal since its last flagged frame
-        self._originals: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._original_bytes = 0
+        self._originals = KeptImages(defaults.REVIEW_ORIGINALS, int(defaults.REVIEW_ORIGINALS_MB * (1 << 20)))
         self._down: dict[str, dict] = {}  # source -> its open outage
         self._labelling: set[int] = set()  # episodes whose label is being written: a second label waits its turn
         self.counts = {"reviews": 0, "labels": {}}  # this run's, for /metrics
@@ -132,7 +130,8 @@ class ReviewBook:
                                    "threshold": event.get("threshold"), "version": event.get("profile_version"),
                                    "regions": len(event.get("regions") or []),
                                    "item": None if flagged is None else flagged.id, "overlay": event.get("overlay")}
-                self._keep_original(current["id"], frame.image)
+                if frame.image is not None:
+                    self._originals.put(current["id"], frame.image)
             self._dirty = True
 
     def _continues(self, episode: dict, source: str, captured: float) -> bool:
@@ -147,24 +146,8 @@ class ReviewBook:
         self._open[source] = episode["id"]
         while len(self.episodes) > defaults.REVIEW_EPISODES:
             old, _ = self.episodes.popitem(last=False)
-            self._drop_original(old)
+            self._originals.pop(old)
         return episode
-
-    def _keep_original(self, episode_id: int, image) -> None:
-        if image is None:
-            return
-        self._drop_original(episode_id)
-        self._originals[episode_id] = image
-        self._original_bytes += image.nbytes
-        limit = int(defaults.REVIEW_ORIGINALS_MB * (1 << 20))
-        while self._originals and (len(self._originals) > defaults.REVIEW_ORIGINALS or self._original_bytes > limit):
-            _, old = self._originals.popitem(last=False)
-            self._original_bytes -= old.nbytes
-
-    def _drop_original(self, episode_id: int) -> None:
-        old = self._originals.pop(episode_id, None)
-        if old is not None:
-            self._original_bytes -= old.nbytes
 
     def note(self, event: dict) -> None:
         """An event the desk emits: drift episodes go into the history (versions come from the profile's log)."""
@@ -280,14 +263,7 @@ class ReviewBook:
         return None if image is None else jpeg_bytes(image, quality=90)
 
     def _disk_overlay(self, episode: dict) -> Path | None:
-        saved = (episode.get("best") or {}).get("overlay")
-        if saved is None or self.overlay_root is None:
-            return None
-        try:
-            path = Path(saved).resolve()
-        except OSError:
-            return None
-        return path if path.is_relative_to(self.overlay_root) and path.is_file() else None
+        return saved_overlay((episode.get("best") or {}).get("overlay"), self.overlay_root)
 
     def acknowledge(self, episode_id: int, who: str, note: str = "") -> dict:
         """Mark an episode reviewed: who, when, a note. Persisted before this returns."""
