@@ -558,3 +558,21 @@ def test_winclip_inspect_named_operators_and_the_review_desk_across_a_restart(ti
         assert code == 0, stderr
     finally:
         stream.stop()
+
+
+def test_the_operator_guide_states_the_review_desk_levels_defaults_holds():
+    """docs/operator.md repeats the desk's levels for its readers: they must be the ones in force."""
+    from pathlib import Path
+
+    from winclip.runtime.line import defaults
+
+    guide = " ".join((Path(__file__).parents[1] / "docs" / "operator.md").read_text().split())
+    for said in (f"at most {defaults.REVIEW_GAP_FRAMES} frames of that source",
+                 f"captured at most {defaults.REVIEW_GAP_S:g} s after it",
+                 f"newest {defaults.REVIEW_ORIGINALS} episodes of the run",
+                 f"within {defaults.REVIEW_ORIGINALS_MB:g} MiB",
+                 f"within {defaults.REVIEW_FLUSH_S:g} s after new frames",
+                 f"At most {defaults.REVIEW_EPISODES:,} episodes and {defaults.REVIEW_HISTORY} drift and "
+                 f"{defaults.REVIEW_HISTORY} outage entries",
+                 f"episodes newest first (at most {defaults.REVIEW_LISTING})"):
+        assert said in guide, said
