@@ -26,7 +26,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from winclip.runtime.errors import MissingExtra
+from winclip.runtime.errors import MissingExtra, WinclipError
 from winclip.runtime.line import defaults
 from winclip.runtime.line import review_routes
 from winclip.runtime.line.page import PAGE
@@ -166,8 +166,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_request(self) -> None:
         """A POST: the token first (before any body is read), then a bounded body, then the desk."""
-        from winclip.runtime.line.operator import OperatorError
-
         desk = self.server.live.desk
         path = urllib.parse.urlsplit(self.path).path
         if desk is None or path not in ("/api/teach", "/api/teach/preview", "/api/undo", *review_routes.WRITES):
@@ -199,9 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._json(200, {"preview": answer}, True)
                     return
                 job = answer
-        except OperatorError as exc:
+        except WinclipError as exc:  # a refusal, or any failure on purpose: one line, never a dropped connection
             self.close_connection = True
-            self._json(exc.status, {"error": str(exc)}, True)
+            self._json(getattr(exc, "status", 500), {"error": str(exc)}, True)
             return
         self._json(202, {"job": job.to_json()}, True)
 
