@@ -209,16 +209,21 @@ class ProfileStore:
             return Version(number, folder, entry)
 
     def undo(self, who: str, why: str = "") -> tuple[Version, Version]:
-        """Make the version the current one was made from current again: (the one left, the one now current)."""
+        """Take back the last change: after "use version K", the version that was in use before it; else the
+        version the current one was made from. (the one left, the one now current)."""
         with self.locked():
             data = self.read()
             if not self.versioned or data["current"] == 1 and len(data["versions"]) == 1:
                 raise ProfileError(f"{self.root} has only the version it was calibrated as: nothing to undo")
             left = self.version(data=data)
-            parent = left.entry.get("parent")
-            if parent is None:
-                raise ProfileError(f"version {left.number} of {self.root} is its first: nothing to undo")
-            back = self.version(parent, data)
+            last = (data.get("log") or [{}])[-1]
+            if last.get("action") == "use" and last.get("to") == left.number and isinstance(last.get("from"), int):
+                back = self.version(last["from"], data)  # ProfileError when it is no longer on disk
+            else:
+                parent = left.entry.get("parent")
+                if parent is None:
+                    raise ProfileError(f"version {left.number} of {self.root} is its first: nothing to undo")
+                back = self.version(parent, data)
             data["current"] = back.number
             data.setdefault("log", []).append({"time": now_iso(), "action": "undo", "from": left.number,
                                                "to": back.number, "who": clean_text(who, "unknown"),

@@ -190,14 +190,18 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             click(browser, f'.episode[data-id="{first}"] button.ack')
             assert "Acknowledge episode" in confirm(browser, True)
             assert wait_for(lambda: "refused" in text(browser, f'.episode[data-id="{first}"] .result'), 10)
-            assert run.desk.guard.counts()["refused"]["missing"] == 1
+            assert run.desk.guard.counts()["refused"]["missing"] == 1 and run.desk.guard.counts()["allowed"] == 0
+            assert run.desk.review.listing()["verdicts"]["acknowledged"] == 0
+            refusal = text(browser, f'.episode[data-id="{first}"] .result')
 
             # ben's token: cancel changes nothing; confirm acknowledges, in his name, beside the button
             browser.find_element(By.ID, "token").send_keys(BEN)
             browser.find_element(By.ID, "who").click()  # the token field's change event fires
             click(browser, f'.episode[data-id="{first}"] button.ack')
             confirm(browser, False)
-            assert run.desk.review.listing()["verdicts"]["acknowledged"] == 0
+            threading.Event().wait(1.0)  # a request the Cancel failed to stop would have arrived by now
+            assert run.desk.guard.counts()["allowed"] == 0 and run.desk.review.listing()["verdicts"]["acknowledged"] == 0
+            assert text(browser, f'.episode[data-id="{first}"] .result') == refusal  # nothing new beside the button
             click(browser, f'.episode[data-id="{first}"] button.ack')
             confirm(browser, True)
             assert wait_for(lambda: "acknowledged by ben" in text(browser, f'.episode[data-id="{first}"] .result'), 10)
@@ -237,6 +241,24 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             assert [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".episode")] == [str(first)]
             Select(browser.find_element(By.ID, "f-verdict")).select_by_value("")
             assert wait_for(lambda: text(browser, "#matched") == f"{len(episodes)} match", 10)
+            # by time, counted back from the run's clock: a tablet 10 h ahead still sees the last 8 h
+            browser.execute_script("window.realNow = Date.now; Date.now = () => window.realNow() + 10 * 3600e3;")
+            Select(browser.find_element(By.ID, "f-range")).select_by_value("28800")
+            threading.Event().wait(1.0)
+            assert wait_for(lambda: text(browser, "#matched") == f"{len(episodes)} match", 10)
+            browser.execute_script("Date.now = window.realNow;")
+
+            # what people type is shown as text, never run as the page's own markup
+            attack = '<img src=x onerror="window.injected=1"><b id="injected">x</b>'
+            request = urllib.request.Request(run.url + "api/review/ack", method="POST",
+                                             data=json.dumps({"episode": second, "note": attack}).encode(),
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": f"Bearer {ANNA}"})
+            assert urllib.request.urlopen(request, timeout=10).status == 200
+            assert wait_for(lambda: "onerror" in text(browser, f'.episode[data-id="{second}"]'), 10)
+            assert browser.find_elements(By.ID, "injected") == []
+            assert len(card(browser, second).find_elements(By.CSS_SELECTOR, "img")) <= 1  # only its picture
+            assert browser.execute_script("return window.injected === undefined")
 
             # any earlier version, through a dialog that says what changes; the loop switches to it
             click(browser, '#versions tr[data-version="1"] button.use')
@@ -249,7 +271,7 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             assert wait_for(lambda: "use" in text(browser, "#history"), 10)
 
             metrics = urllib.request.urlopen(run.url + "metrics", timeout=10).read().decode()
-            assert "winclip_reviews_total 1.0" in metrics and 'winclip_labels_total{kind="hole"} 1.0' in metrics
+            assert "winclip_reviews_total 2.0" in metrics and 'winclip_labels_total{kind="hole"} 1.0' in metrics
 
             # a tablet at the line: 360 px wide, nothing sideways, the buttons still there
             browser.set_window_size(360, 800)

@@ -61,13 +61,17 @@ def parse_tokens(text: str, where: str) -> list[tuple[str | None, str]]:
     """(name, token) pairs of a token file's text.
 
     Lines `name:token`, one per operator (blank lines and '#' comments are skipped). A file whose first
-    line is not `name:token` is the older format: that first line is the one token, with no name.
+    line is not `name:token` is the older format: that first line is the one token, with no name (further
+    lines are ignored, with a warning in the log).
     """
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
     lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
     if not lines:
         raise TokenError(f"{where} holds no operator token")
     if not NAMED_LINE.fullmatch(lines[0][1]):
+        if len(lines) > 1:
+            log.warning("%s: only line %d is used, as the one unnamed token (line 1 is not name:token); "
+                        "to name operators, write every line as name:token", where, lines[0][0])
         return [(None, _checked(lines[0][1], where))]
     pairs, names = [], set()
     for n, line in lines:
@@ -93,15 +97,16 @@ class OperatorTokens:
     """The operators allowed to write: from a token file (re-read when it changes, so a removed line stops
     that token without a restart) or one fixed token (the environment)."""
 
-    def __init__(self, pairs: list[tuple[str | None, str]], path: Path | None = None):
+    def __init__(self, pairs: list[tuple[str | None, str]], path: Path | None = None, stamp=None):
+        """`stamp`: the file's _stat() from before `pairs` were read from it (a change after it is seen)."""
         self.path = None if path is None else Path(path)
         self._lock = threading.Lock()
         self._entries = [(name, _digest(token)) for name, token in pairs]
-        self._stamp = self._stat() if self.path is not None else None
-        self.reloads = 0
+        self._stamp = stamp if stamp is not None or self.path is None else self._stat()
 
     @property
     def names(self) -> list[str]:
+        self._refresh()  # a removed line's name goes at once, as its token does
         with self._lock:
             return [name for name, _ in self._entries if name is not None]
 
@@ -122,13 +127,13 @@ class OperatorTokens:
             info = self.path.stat()
         except OSError:
             return None
-        return info.st_mtime_ns, info.st_size, info.st_ino
+        return _stamp(info)
 
     def _refresh(self) -> None:
-        """Re-read the file when its time, size or inode changed; one that cannot be used lets no one write."""
+        """Re-read the file when its times, size or inode changed; one that cannot be used lets no one write."""
         if self.path is None:
             return
-        stamp = self._stat()
+        stamp = self._stat()  # taken before reading: a change while it is read is seen next time
         if stamp == self._stamp:
             return
         try:
@@ -139,8 +144,12 @@ class OperatorTokens:
         with self._lock:
             self._entries = [(name, _digest(token)) for name, token in pairs]
             self._stamp = stamp
-            self.reloads += 1
         log.info("--operator-token-file %s re-read: %d operator token(s)", self.path, len(pairs))
+
+
+def _stamp(info: os.stat_result) -> tuple:
+    # st_ctime_ns too: an edit of the same size whose mtime was set back still changes it
+    return info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino
 
 
 def _read_token_file(path: Path) -> str:
@@ -159,14 +168,20 @@ def load_token(path: Path | None, environ=None) -> OperatorTokens | None:
     environ = os.environ if environ is None else environ
     if path is not None:
         path = Path(path)
-        text = _read_token_file(path)
         try:
-            info = path.stat()  # who else may read it
+            info = path.stat()  # before reading: a change made while it is read is picked up at the first request
         except OSError as exc:
             raise TokenError(f"cannot read --operator-token-file {path}: {exc.strerror or exc}") from None
+        text = _read_token_file(path)
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("--operator-token-file %s can be read by other users of this box (chmod 600 it)", path)
-        return OperatorTokens(parse_tokens(text, f"--operator-token-file {path}"), path)
+        pairs = parse_tokens(text, f"--operator-token-file {path}")
+        if len(pairs) == 1 and pairs[0][0] is not None:
+            # an older one-token file whose token holds ':' after a letter reads the same way: say how it was read
+            log.warning("--operator-token-file %s is read as the token of operator %s (the text after the first "
+                        "':'); a token of the older one-token format that holds ':' must now be written "
+                        "name:TOKEN", path, pairs[0][0])
+        return OperatorTokens(pairs, path, stamp=_stamp(info))
     if environ.get(defaults.OPERATOR_TOKEN_ENV):
         return OperatorTokens(parse_tokens(environ[defaults.OPERATOR_TOKEN_ENV], defaults.OPERATOR_TOKEN_ENV))
     return None
@@ -207,10 +222,6 @@ class WriteGuard:
             else:
                 self.refused[reason] += 1
         return Access(reason, name if reason is None else None)
-
-    def check(self, authorization: str | None) -> str | None:
-        """None when the request may write, else why not ("read-only", "missing" or "wrong"), counted."""
-        return self.authorize(authorization).refused
 
     def counts(self) -> dict:
         with self._lock:

@@ -361,7 +361,7 @@ def _open_desk(detector, status, sinks, out, plan, opened: list, server=None):
 
     desk = OperatorDesk(detector, status, sinks, profile_path=plan["profile"], token=plan["token"],
                         history=plan["serve"] is not None,
-                        overlay_root=out / "overlays" if plan["overlays"] != "none" else None,
+                        overlay_root=out / defaults.OVERLAY_FOLDER if plan["overlays"] != "none" else None,
                         keep_threshold=plan["keep_thresholds"][0], keep_pixel_threshold=plan["keep_thresholds"][1])
     opened.append(desk)
     if server is not None:
@@ -466,7 +466,8 @@ def _run_live(detector, specs, out, plan, *, every, max_frames, duration, wait_f
         overlays = None
         if plan["overlays"] != "none":
             try:
-                overlays = LiveOverlayWriter(out / "overlays", keep_days=plan["keep_days"], keep_gb=plan["keep_gb"])
+                overlays = LiveOverlayWriter(out / defaults.OVERLAY_FOLDER, keep_days=plan["keep_days"],
+                                             keep_gb=plan["keep_gb"])
             except OSError as exc:
                 raise click.ClickException(f"cannot write overlays to {out / 'overlays'}: {first_line(exc)}") from None
         server = next((thing for thing in opened if isinstance(thing, LiveServer)), None)

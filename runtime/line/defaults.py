@@ -6,6 +6,7 @@ from winclip.runtime.defaults import BACKOFF_S, OPEN_ATTEMPTS  # noqa: F401  (a 
 
 # --- saved overlays
 OVERLAY_CHOICES = ("anomalous", "all", "none")  # which scored frames get a saved overlay
+OVERLAY_FOLDER = "overlays"  # inside OUT: the saved overlays, where the page and the review desk find them again
 
 # --- sources
 STALL_TIMEOUT_S = 5.0  # no frame for this long: the source counts as lost and is reopened
@@ -54,7 +55,7 @@ REVIEW_HISTORY = 500  # drift and outage entries kept, each
 REVIEW_ORIGINALS = 30  # newest episodes whose best frame's original pixels stay in memory (for labels) ...
 REVIEW_ORIGINALS_MB = 128.0  # ... within this much memory
 REVIEW_FLUSH_S = 2.0  # new frames reach OUT/review.json within this long (reviews and labels at once)
-REVIEW_PAGE = 200  # episodes one listing returns
+REVIEW_LISTING = 200  # episodes one listing returns
 OPERATOR_TOKEN_ENV = "WINCLIP_OPERATOR_TOKEN"  # the operator token, when not in --operator-token-file
 MIN_TOKEN_CHARS = 16
 MAX_POST_BYTES = 32 << 20  # largest request body a write may send (an uploaded frame)

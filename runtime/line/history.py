@@ -88,6 +88,50 @@ class Flagged:
                 "original": has_original, "taught": self.taught, "undone": self.undone}
 
 
+class KeptImages:
+    """Images by key, the newest kept within a count and a number of bytes (the oldest go first). Not locked:
+    its owner holds its own lock around every call."""
+
+    def __init__(self, count: int, max_bytes: int):
+        self.count, self.max_bytes = count, max_bytes
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def put(self, key: int, image: np.ndarray) -> None:
+        self.pop(key)
+        self._images[key] = image
+        self._bytes += image.nbytes
+        while self._images and (len(self._images) > self.count or self._bytes > self.max_bytes):
+            _, old = self._images.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def pop(self, key: int) -> np.ndarray | None:
+        old = self._images.pop(key, None)
+        if old is not None:
+            self._bytes -= old.nbytes
+        return old
+
+    def get(self, key: int) -> np.ndarray | None:
+        return self._images.get(key)
+
+    def __contains__(self, key) -> bool:
+        return key in self._images
+
+    def values(self):
+        return self._images.values()
+
+
+def saved_overlay(saved: str | None, root: Path | None) -> Path | None:
+    """An overlay the run saved, when it is still a file inside `root` (OUT/overlays, resolved); else None."""
+    if saved is None or root is None:
+        return None
+    try:
+        path = Path(saved).resolve()
+    except OSError:
+        return None
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
 class Gallery:
     """The newest anomalous frames: pictures and originals for the newest few, an index for the rest."""
 
@@ -100,8 +144,7 @@ class Gallery:
         self._ids = itertools.count(1)
         self._index: deque[Flagged] = deque(maxlen=index)
         self._jpegs: OrderedDict[int, bytes] = OrderedDict()
-        self._originals: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._original_bytes = 0
+        self._originals = KeptImages(pictures, self.originals_bytes)
 
     def add(self, frame, outcome, event: dict, version: int | None = None, jpeg: bytes | None = None) -> Flagged:
         """Keep an anomalous frame: its overlay at the page's width (`jpeg` when the live preview already drew
@@ -116,12 +159,7 @@ class Gallery:
             self._jpegs[item.id] = jpeg
             while len(self._jpegs) > self.pictures:
                 self._jpegs.popitem(last=False)
-            self._originals[item.id] = frame.image
-            self._original_bytes += frame.image.nbytes
-            while self._originals and (len(self._originals) > self.pictures
-                                       or self._original_bytes > self.originals_bytes):
-                _, old = self._originals.popitem(last=False)
-                self._original_bytes -= old.nbytes
+            self._originals.put(item.id, frame.image)
         return item
 
     def page(self, before: int | None = None, limit: int = defaults.GALLERY_PAGE, source: str | None = None) -> dict:
@@ -153,6 +191,11 @@ class Gallery:
         except OSError:
             return None
 
+    def has_jpeg(self, item_id: int) -> bool:
+        """Whether the item's overlay is still kept in memory (only the newest `pictures` are)."""
+        with self._lock:
+            return item_id in self._jpegs
+
     def original(self, item_id: int) -> np.ndarray | None:
         with self._lock:
             return self._originals.get(item_id)
@@ -172,12 +215,4 @@ class Gallery:
                     item.taught, item.undone = None, item.taught
 
     def _disk_picture(self, item: Flagged) -> Path | None:
-        if item.overlay_path is None or self.overlay_root is None:
-            return None
-        try:
-            path = Path(item.overlay_path).resolve()
-        except OSError:
-            return None
-        if not path.is_relative_to(self.overlay_root) or not path.is_file():
-            return None
-        return path
+        return saved_overlay(item.overlay_path, self.overlay_root)

@@ -36,7 +36,7 @@ from pathlib import Path
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import ImageReadError, decode_image
 from winclip.runtime.line import defaults
-from winclip.runtime.line.access import WriteGuard
+from winclip.runtime.line.access import OperatorTokens, WriteGuard
 from winclip.runtime.line.drift import DriftWatch
 from winclip.runtime.line.history import Gallery, ScoreTrend
 from winclip.runtime.line.preview import Preview, preview_teach
@@ -96,7 +96,8 @@ class Switch:
 class OperatorDesk:
     """History, drift and profile changes for one live run (see the module docstring)."""
 
-    def __init__(self, detector, status, sinks: list, *, profile_path: Path | None = None, token: str | None = None,
+    def __init__(self, detector, status, sinks: list, *, profile_path: Path | None = None,
+                 token: OperatorTokens | str | None = None,
                  history: bool = True, overlay_root: Path | None = None, keep_threshold: bool = False,
                  keep_pixel_threshold: bool = False, drift: DriftWatch | None = None):
         self.detector, self.status, self.sinks = detector, status, sinks

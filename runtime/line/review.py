@@ -38,13 +38,13 @@ from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from winclip.runtime.atomic import write_atomic
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import jpeg_bytes, png_bytes
 from winclip.runtime.labelled import GOOD, LABELLED_FOLDER, LabelError, defect_kind
 from winclip.runtime.line import defaults
+from winclip.runtime.line.history import KeptImages, saved_overlay
+from winclip.runtime.line.status import DOWN
 from winclip.runtime.profile_versions import clean_text
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ REVIEW_NAME = "review.json"
 REVIEW_FORMAT = "winclip-edge-review"
 REVIEW_SCHEMA = 1
 VERDICTS = ("new", "acknowledged", "good", "defect")  # what a person said of an episode (new: nothing yet)
-DOWN = ("reconnecting", "lost")
 
 
 class ReviewError(WinclipError):
@@ -80,7 +79,7 @@ class ReviewBook:
                  gap_frames: int = defaults.REVIEW_GAP_FRAMES, gap_s: float = defaults.REVIEW_GAP_S,
                  start_thread: bool = True):
         self.path = None if out is None else Path(out) / REVIEW_NAME
-        self.overlay_root = None if out is None else (Path(out) / "overlays").resolve()
+        self.overlay_root = None if out is None else (Path(out) / defaults.OVERLAY_FOLDER).resolve()
         self.status, self.gallery, self.versions = status, gallery, versions
         self.label_root = None if label_root is None else Path(label_root)
         self.gap_frames, self.gap_s = gap_frames, gap_s
@@ -92,9 +91,9 @@ class ReviewBook:
         self.outages: deque[dict] = deque(maxlen=defaults.REVIEW_HISTORY)
         self._open: dict[str, int] = {}  # source -> its open episode
         self._normal_since: dict[str, int] = {}  # source -> frames judged normal since its last flagged frame
-        self._originals: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._original_bytes = 0
+        self._originals = KeptImages(defaults.REVIEW_ORIGINALS, int(defaults.REVIEW_ORIGINALS_MB * (1 << 20)))
         self._down: dict[str, dict] = {}  # source -> its open outage
+        self._labelling: set[int] = set()  # episodes whose label is being written: a second label waits its turn
         self.counts = {"reviews": 0, "labels": {}}  # this run's, for /metrics
         self._dirty = False
         self._load()
@@ -131,12 +130,13 @@ class ReviewBook:
                                    "threshold": event.get("threshold"), "version": event.get("profile_version"),
                                    "regions": len(event.get("regions") or []),
                                    "item": None if flagged is None else flagged.id, "overlay": event.get("overlay")}
-                self._keep_original(current["id"], frame.image)
+                if frame.image is not None:
+                    self._originals.put(current["id"], frame.image)
             self._dirty = True
 
     def _continues(self, episode: dict, source: str, captured: float) -> bool:
-        return (self._normal_since.get(source, 0) <= self.gap_frames
-                and captured - episode["end"] <= self.gap_s and episode["run"] == self.run)
+        # the open episode is always this run's: _open is never filled from review.json
+        return self._normal_since.get(source, 0) <= self.gap_frames and captured - episode["end"] <= self.gap_s
 
     def _start(self, source: str, captured: float) -> dict:
         episode = {"id": self._next_id, "run": self.run, "source": source, "start": captured, "end": captured,
@@ -146,24 +146,8 @@ class ReviewBook:
         self._open[source] = episode["id"]
         while len(self.episodes) > defaults.REVIEW_EPISODES:
             old, _ = self.episodes.popitem(last=False)
-            self._drop_original(old)
+            self._originals.pop(old)
         return episode
-
-    def _keep_original(self, episode_id: int, image) -> None:
-        if image is None:
-            return
-        self._drop_original(episode_id)
-        self._originals[episode_id] = image
-        self._original_bytes += image.nbytes
-        limit = int(defaults.REVIEW_ORIGINALS_MB * (1 << 20))
-        while self._originals and (len(self._originals) > defaults.REVIEW_ORIGINALS or self._original_bytes > limit):
-            _, old = self._originals.popitem(last=False)
-            self._original_bytes -= old.nbytes
-
-    def _drop_original(self, episode_id: int) -> None:
-        old = self._originals.pop(episode_id, None)
-        if old is not None:
-            self._original_bytes -= old.nbytes
 
     def note(self, event: dict) -> None:
         """An event the desk emits: drift episodes go into the history (versions come from the profile's log)."""
@@ -201,33 +185,50 @@ class ReviewBook:
 
     # --- the page's side
     def listing(self, *, source: str | None = None, verdict_is: str | None = None, since: float | None = None,
-                until: float | None = None, limit: int = defaults.REVIEW_PAGE) -> dict:
-        """Episodes newest first within the filters, the sources and verdict counts, and the history."""
-        with self._lock:
+                until: float | None = None, limit: int = defaults.REVIEW_LISTING,
+                versions: dict | None = None) -> dict:
+        """Episodes newest first within the filters, the sources and verdict counts, and the history (its
+        versions from `versions`, the profile's history when the caller has read it already)."""
+        now = time.time()
+        with self._lock:  # only copies under the lock: the loop's observe() waits on it
             every = list(self.episodes.values())
-            kept = set(self._originals)
             chosen = [e for e in reversed(every)
                       if (source is None or e["source"] == source)
                       and (verdict_is is None or verdict(e) == verdict_is)
                       and (since is None or e["end"] >= since) and (until is None or e["start"] <= until)]
-            listed = [self._public(e, e["id"] in kept) for e in chosen[:limit]]
+            listed = [self._public(e, now) for e in chosen[:limit]]
             sources = sorted({e["source"] for e in every} | set(getattr(self.status, "sources", {}) or {}))
             tally = {v: 0 for v in VERDICTS}
             for e in every:
                 tally[verdict(e)] += 1
-            history = {"drift": list(self.drift), "outages": list(self.outages)}
+            history = {"drift": [dict(h) for h in self.drift], "outages": [dict(h) for h in self.outages]}
+        for episode in listed:  # files are looked at outside the lock
+            episode["picture"] = self._has_picture(episode)
+        history["versions"] = self._version_log() if versions is None else list(versions.get("log", []))
         return {"episodes": listed, "matched": len(chosen), "total": len(every), "sources": sources,
-                "verdicts": tally, "history": {**history, "versions": self._version_log()},
+                "verdicts": tally, "history": history,
                 "persisted": None if self.path is None else str(self.path),
                 "labels_to": None if self.label_root is None else str(self.label_root / LABELLED_FOLDER),
-                "gap": {"frames": self.gap_frames, "seconds": self.gap_s}, "now": round(time.time(), 3)}
+                "gap": {"frames": self.gap_frames, "seconds": self.gap_s}, "now": round(now, 3)}
 
-    def _public(self, episode: dict, has_original: bool) -> dict:
-        best = episode["best"] or {}
-        picture = (episode["run"] == self.run and best.get("item") is not None) or self._disk_overlay(episode) is not None
-        return {**episode, "verdict": verdict(episode), "this_run": episode["run"] == self.run,
-                "original": has_original, "picture": bool(picture),
-                "open": self._open.get(episode["source"]) == episode["id"] and episode["run"] == self.run}
+    def _public(self, episode: dict, now: float) -> dict:
+        """An episode as the page reads it (under the lock; `picture` is filled in outside it)."""
+        return {**_copy(episode), "verdict": verdict(episode), "this_run": episode["run"] == self.run,
+                "original": episode["id"] in self._originals, "picture": None, "open": self._is_open(episode, now)}
+
+    def _is_open(self, episode: dict, now: float) -> bool:
+        """Whether a flagged frame of its source would still join it (the gap rule, counted from now)."""
+        source = episode["source"]
+        return (episode["run"] == self.run and self._open.get(source) == episode["id"]
+                and self._normal_since.get(source, 0) <= self.gap_frames and now - episode["end"] <= self.gap_s)
+
+    def _has_picture(self, episode: dict) -> bool:
+        """Whether picture() has something to send: the gallery keeps only its newest JPEGs, the disk the saved."""
+        item = (episode["best"] or {}).get("item")
+        if episode["run"] == self.run and item is not None and self.gallery is not None \
+                and self.gallery.has_jpeg(item):
+            return True
+        return self._disk_overlay(episode) is not None
 
     def _version_log(self) -> list:
         if self.versions is None:
@@ -262,14 +263,7 @@ class ReviewBook:
         return None if image is None else jpeg_bytes(image, quality=90)
 
     def _disk_overlay(self, episode: dict) -> Path | None:
-        saved = (episode.get("best") or {}).get("overlay")
-        if saved is None or self.overlay_root is None:
-            return None
-        try:
-            path = Path(saved).resolve()
-        except OSError:
-            return None
-        return path if path.is_relative_to(self.overlay_root) and path.is_file() else None
+        return saved_overlay((episode.get("best") or {}).get("overlay"), self.overlay_root)
 
     def acknowledge(self, episode_id: int, who: str, note: str = "") -> dict:
         """Mark an episode reviewed: who, when, a note. Persisted before this returns."""
@@ -279,43 +273,69 @@ class ReviewBook:
                                  "note": clean_text(note, "")}
             self.counts["reviews"] += 1
             self._dirty = True
-            public = self._public(episode, episode_id in self._originals)
-        self.save()
+            public = self._public(episode, time.time())
+        self.save(sync=True)
+        public["picture"] = self._has_picture(public)
         return public
 
-    def label(self, episode_id: int, kind: str, who: str, note: str = "") -> dict:
-        """Label an episode's best frame good or a defect of `kind`: its original pixels go into
-        <profile>/labelled/<kind>/ as PNG. Persisted before this returns."""
+    def label(self, episode_id: int, who: str, note: str = "", *, good: bool, kind: str | None = None) -> dict:
+        """Label an episode's best frame: good, or a defect of `kind` (a folder name, never a reserved one such
+        as good; "defect" when not given). Its original pixels go into <profile>/labelled/<kind>/ as PNG.
+        One label per episode, even when two people press at once. Persisted before this returns."""
         if self.label_root is None:
             raise ReviewError("labels are written into the line profile: start winclip-inspect with --profile", 409)
-        kind = GOOD if kind == GOOD else self._kind(kind)
+        kind = GOOD if good else self._kind("defect" if kind is None else kind)
         with self._lock:
             episode = self._episode(episode_id)
-            image = self._originals.get(episode_id)
-            best = dict(episode["best"] or {})
             if episode["labels"]:
-                raise ReviewError(f"episode {episode_id} is labelled {episode['labels'][-1]['kind']} already "
-                                  f"({episode['labels'][-1]['file']})", 409)
-        if image is None:
-            raise ReviewError(f"the original pixels of episode {episode_id} are no longer kept (only those of the "
-                              f"newest {defaults.REVIEW_ORIGINALS} episodes of this run are)", 410)
-        folder = self.label_root / LABELLED_FOLDER / kind
-        name = f"{_slug(episode['source'])}-f{best.get('frame', 0)}-{_stamp(best.get('time') or time.time())}.png"
+                last = episode["labels"][-1]
+                raise ReviewError(f"episode {episode_id} is labelled {last.get('kind')} already"
+                                  + (f" ({last['file']})" if last.get("file") else ""), 409)
+            if episode_id in self._labelling:
+                raise ReviewError(f"episode {episode_id} is being labelled by someone else just now", 409)
+            image = self._originals.get(episode_id)
+            if image is None:
+                raise ReviewError(f"the original pixels of episode {episode_id} are no longer kept (only those of "
+                                  f"the newest {defaults.REVIEW_ORIGINALS} episodes of this run are)", 410)
+            self._labelling.add(episode_id)  # from here to the append: no second label of this episode
+            best = dict(episode["best"] or {})
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(folder / name, png_bytes(image), sync=True)
-        except OSError as exc:
-            raise ReviewError(f"cannot write {folder / name}: {exc.strerror or first_line(exc)}", 500) from None
-        entry = {"kind": kind, "who": clean_text(who, "unknown"), "time": round(time.time(), 3),
-                 "file": str(folder / name), "note": clean_text(note, "")}
-        with self._lock:
-            episode["labels"].append(entry)
-            self.counts["labels"][kind] = self.counts["labels"].get(kind, 0) + 1
-            self._dirty = True
-            public = self._public(episode, True)
-        self.save()
+            path = self._write_label(kind, episode, best, image)
+            entry = {"kind": kind, "who": clean_text(who, "unknown"), "time": round(time.time(), 3),
+                     "file": str(path), "note": clean_text(note, "")}
+            with self._lock:
+                episode["labels"].append(entry)
+                self.counts["labels"][kind] = self.counts["labels"].get(kind, 0) + 1
+                self._dirty = True
+                public = self._public(episode, time.time())
+        finally:
+            with self._lock:
+                self._labelling.discard(episode_id)
+        self.save(sync=True)
+        public["picture"] = self._has_picture(public)
         log.info("episode %d labelled %s by %s: %s", episode_id, kind, entry["who"], entry["file"])
         return public
+
+    def _write_label(self, kind: str, episode: dict, best: dict, image) -> Path:
+        """The PNG of a label, under a name no other label has: sources whose names read alike (cam 1, cam_1)
+        may share a frame number and millisecond, so the episode's id is in the name, and a taken name is
+        never replaced."""
+        folder = self.label_root / LABELLED_FOLDER / kind
+        stem = (f"{_slug(episode['source'])}-f{best.get('frame', 0)}-{_stamp(best.get('time') or time.time())}"
+                f"-e{episode['id']}")
+        path = folder / f"{stem}.png"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(2, 100):
+                if not path.exists():
+                    break
+                path = folder / f"{stem}-{n}.png"
+            else:
+                raise ReviewError(f"{folder} has too many labels named {stem}-*.png", 409)
+            write_atomic(path, png_bytes(image), sync=True)
+        except OSError as exc:
+            raise ReviewError(f"cannot write {path}: {exc.strerror or first_line(exc)}", 500) from None
+        return path
 
     @staticmethod
     def _kind(kind: str) -> str:
@@ -340,22 +360,24 @@ class ReviewBook:
                     "persisted": None if self.path is None else str(self.path)}
 
     # --- persistence
-    def save(self) -> None:
-        """Write review.json atomically (when the run has an OUT folder)."""
+    def save(self, *, sync: bool = False) -> None:
+        """Write review.json atomically (when the run has an OUT folder); `sync` (after a review or a label,
+        which the answer says are kept) waits until it is on the disk, so a power cut cannot take it back."""
         if self.path is None:
             return
         with self._write_lock:
-            with self._lock:
+            with self._lock:  # a copy under the lock; serialised outside it, so the loop does not wait
                 data = {"format": REVIEW_FORMAT, "schema_version": REVIEW_SCHEMA, "saved": round(time.time(), 3),
-                        "episodes": list(self.episodes.values()), "drift": list(self.drift),
-                        "outages": list(self.outages)}
-                body = json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
+                        "episodes": [_copy(e) for e in self.episodes.values()],
+                        "drift": [dict(h) for h in self.drift], "outages": [dict(h) for h in self.outages]}
                 self._dirty = False
             try:
-                write_atomic(self.path, body)
-            except OSError as exc:
+                body = json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
+                write_atomic(self.path, body, sync=sync)
+            except (OSError, TypeError, ValueError) as exc:  # a value JSON cannot hold must not stop the saves
                 self._dirty = True
-                log.warning("cannot save the review desk to %s: %s", self.path, exc.strerror or first_line(exc))
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+                log.warning("cannot save the review desk to %s: %s", self.path, reason)
 
     def _load(self) -> None:
         if self.path is None or not self.path.exists():
@@ -379,8 +401,16 @@ class ReviewBook:
         for episode in episodes[-defaults.REVIEW_EPISODES:]:
             if episode is not None:
                 self.episodes[episode["id"]] = episode
+        # drift or an outage still open when that run stopped (the camera lost, then the run killed) ended with it:
+        # closed at its last save, and marked so, rather than dropped or "still drifting" for ever
+        ended = data.get("saved")
+        if not isinstance(ended, (int, float)) or isinstance(ended, bool):
+            ended = max([e["end"] for e in self.episodes.values()] + [0.0]) or None
+        for entry in history[0] + history[1]:
+            if entry.get("end") is None:
+                entry.update(end=ended, ended_with_run=True)
         self.drift.extend(history[0])
-        self.outages.extend(h for h in history[1] if h.get("end") is not None)  # an outage left open ended with its run
+        self.outages.extend(history[1])
 
     def _keep(self) -> None:
         """Save what changed every REVIEW_FLUSH_S, and watch the sources' health every second."""
@@ -391,7 +421,10 @@ class ReviewBook:
             except Exception as exc:  # the watch must never end the thread that saves
                 log.debug("review: health watch: %s", first_line(exc))
             if self._dirty and time.monotonic() - last >= defaults.REVIEW_FLUSH_S:
-                self.save()
+                try:
+                    self.save()
+                except Exception as exc:  # nothing may end this thread: it saves and watches for outages
+                    log.warning("review: cannot save: %s", first_line(exc))
                 last = time.monotonic()
 
     def close(self) -> None:
@@ -419,6 +452,11 @@ def _episode_from(raw) -> dict | None:
     except (KeyError, TypeError, ValueError):
         return None
     return episode
+
+
+def _copy(episode: dict) -> dict:
+    """An episode as it is now: its `best` and `review` are replaced, never changed in place; labels are appended."""
+    return {**episode, "labels": [dict(x) for x in episode["labels"]]}
 
 
 def _slug(text: str) -> str:

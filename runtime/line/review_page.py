@@ -160,7 +160,7 @@ function query() {
   if (range === "custom") {
     const from = isoTime($("f-from").value), to = isoTime($("f-to").value);
     if (from) p.set("since", from); if (to) p.set("until", to);
-  } else if (Number(range) > 0) p.set("since", Date.now() / 1000 - Number(range));
+  } else if (Number(range) > 0) p.set("within", range);  // the run counts back from its own clock, not the tablet's
   return p.toString();
 }
 for (const id of ["f-source", "f-verdict", "f-range", "f-from", "f-to"]) $(id).addEventListener("change", () => {
@@ -237,8 +237,8 @@ function drawEpisodes(writable) {
 function historyRows() {
   const rows = [], h = data.history;
   for (const l of h.versions) rows.push({t: Date.parse(l.time) / 1000, what: l.action, where: `version ${l.from} → ${l.to}`, who: `${l.who}${l.why ? ": " + l.why : ""}`, kind: "version"});
-  for (const d of h.drift) rows.push({t: d.start, end: d.end, what: "drift", where: d.source, who: `${d.direction || ""} KS ${fmt(d.distance, 2)}` + (d.end ? `, cleared ${clock(d.end)}` : ", still drifting"), kind: "drift"});
-  for (const o of h.outages) rows.push({t: o.start, end: o.end, what: "outage", where: o.source, who: (o.end ? `back at ${clock(o.end)} (${fmt(o.end - o.start, 0)} s)` : "still down") + (o.detail ? " · " + o.detail : ""), kind: "outage"});
+  for (const d of h.drift) rows.push({t: d.start, end: d.end, what: "drift", where: d.source, who: `${d.direction || ""} KS ${fmt(d.distance, 2)}` + (!d.end ? ", still drifting" : d.ended_with_run ? `, until the run stopped at ${clock(d.end)}` : `, cleared ${clock(d.end)}`), kind: "drift"});
+  for (const o of h.outages) rows.push({t: o.start, end: o.end, what: "outage", where: o.source, who: (!o.end ? "still down" : o.ended_with_run ? `down until the run stopped at ${clock(o.end)}` : `back at ${clock(o.end)} (${fmt(o.end - o.start, 0)} s)`) + (o.detail ? " · " + o.detail : ""), kind: "outage"});
   return rows.sort((a, b) => b.t - a.t);
 }
 function drawHistory() {
@@ -253,8 +253,8 @@ function drawHistory() {
 
 function drawVersions(writable) {
   const body = $("versions").tBodies[0]; body.textContent = "";
-  const p = data.profile || {versions: []};
-  if (!p.versions.length) { const tr = el("tr"); const td = el("td", "k", "this run's profile keeps no versions (or there is none)"); td.colSpan = 4; tr.appendChild(td); body.appendChild(tr); }
+  const p = data.profile && data.profile.versions ? data.profile : {versions: []};
+  if (!p.versions.length) { const tr = el("tr"); const td = el("td", "k", (data.profile || {}).error ? `the profile's versions cannot be read: ${data.profile.error}` : "this run's profile keeps no versions (or there is none)"); td.colSpan = 4; tr.appendChild(td); body.appendChild(tr); }
   const using = p.in_use !== undefined ? p.in_use : p.current;
   const current = p.versions.find(x => x.version === using) || {};
   for (const v of p.versions) {
@@ -305,7 +305,8 @@ function drawTimeline() {
   const now = data.now, starts = data.episodes.map(e => e.start).concat(rows.map(r => r.t)).filter(Boolean);
   // from the first thing within the filters (not the whole chosen range), so a short run is not one thin line
   const first = Math.min(now - 60, ...starts), t1 = Number(params.get("until")) || now;
-  let t0 = Math.max(Number(params.get("since")) || 0, first);
+  const since = params.get("within") ? now - Number(params.get("within")) : Number(params.get("since")) || 0;
+  let t0 = Math.max(since, first);
   t0 -= (t1 - t0) * 0.03;
   if (t1 <= t0) t0 = t1 - 60;
   const x = t => L + (W - L - R) * Math.min(1, Math.max(0, (t - t0) / (t1 - t0)));

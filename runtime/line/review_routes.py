@@ -1,16 +1,18 @@
 """The review desk's part of the live server: its page, its reads, its writes and its metrics.
 
-Reads: `/review` (the page), `/api/review?source=S&verdict=V&since=T&until=T` (episodes newest first, the
-history, the versions), `/review/picture/<id>.jpg` (the best frame's overlay), `/review/original/<id>.jpg`
-(its original pixels). Writes (the server's WriteGuard has let them through; the operator's name comes from
-their token): `/api/review/ack`, `/api/review/label`, `/api/version` ("use version K").
+Reads: `/review` (the page), `/api/review?source=S&verdict=V&since=T&until=T&within=SECONDS` (episodes newest
+first, the history, the versions; `within`: the last SECONDS by the run's clock), `/review/picture/<id>.jpg`
+(the best frame's overlay), `/review/original/<id>.jpg` (its original pixels). Writes (the server's WriteGuard
+has let them through; the operator's name comes from their token): `/api/review/ack`, `/api/review/label`,
+`/api/version` ("use version K").
 """
 
 from __future__ import annotations
 
-import json
 import math
+import time
 
+from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.line import defaults
 from winclip.runtime.line.review import VERDICTS, ReviewError
 from winclip.runtime.line.review_page import REVIEW_PAGE
@@ -29,12 +31,19 @@ def get(handler, path: str, query: dict, send_body: bool) -> bool:
         return False
     elif path == "/api/review":
         chosen = query.get("verdict", [None])[0]
+        since, within = _number(query.get("since", [None])[0]), _number(query.get("within", [None])[0])
+        if within is not None:  # "the last hour" by the run's clock: the tablet's may be off
+            since = max(since or 0.0, time.time() - within)
+        try:
+            profile = desk.versions()  # read once: the listing's history takes its log from it
+        except WinclipError as exc:  # a damaged versions.json must not cost the page its episodes
+            profile = {"error": first_line(exc)}
         listing = review.listing(source=query.get("source", [None])[0] or None,
                                  verdict_is=chosen if chosen in VERDICTS else None,
-                                 since=_number(query.get("since", [None])[0]),
+                                 since=since,
                                  until=_number(query.get("until", [None])[0]),
-                                 limit=defaults.REVIEW_PAGE)
-        listing["profile"] = desk.versions()
+                                 limit=defaults.REVIEW_LISTING, versions=profile)
+        listing["profile"] = profile
         listing["access"] = desk.guard.counts()
         handler._json(200, listing, send_body)
     elif path.startswith((PICTURE, ORIGINAL)) and path.endswith(".jpg"):
@@ -61,16 +70,10 @@ def post(handler, path: str, access) -> None:
 
     desk = handler.server.live.desk
     try:
-        body, kind = handler._body()
+        _, kind, fields = handler._request()
         if kind != "json":
             raise OperatorError("send a JSON object")
-        try:
-            fields = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, ValueError):
-            raise OperatorError("the body is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise OperatorError("the body must be a JSON object")
-        who = str(access.name or fields.get("who") or f"operator at {handler.client_address[0]}")
+        who = handler._who(access, fields)
         note = str(fields.get("why") or fields.get("note") or "")
         if path == "/api/version":
             version = _whole(fields.get("version"), "say which version: {\"version\": K}")
@@ -86,12 +89,14 @@ def post(handler, path: str, access) -> None:
             label = fields.get("label")
             if label not in ("good", "defect"):
                 raise OperatorError("say what it is: {\"label\": \"good\"} or {\"label\": \"defect\", \"kind\": K}")
-            done = desk.review.label(episode, "good" if label == "good" else str(fields.get("kind") or "defect"),
-                                     who, note)
+            kind_of_defect = fields.get("kind")
+            done = desk.review.label(episode, who, note, good=label == "good",
+                                     kind=None if label == "good" or kind_of_defect in (None, "") else str(kind_of_defect))
         handler._json(200, {"episode": done}, True)
-    except (OperatorError, ReviewError) as exc:
+    except (WinclipError, OSError) as exc:  # every refusal and failure is a one-line answer, never a dropped line
         handler.close_connection = True
-        handler._json(exc.status, {"error": str(exc)}, True)
+        status = getattr(exc, "status", 500) if isinstance(exc, WinclipError) else 500
+        handler._json(status, {"error": first_line(exc) if isinstance(exc, OSError) else str(exc)}, True)
 
 
 def _whole(value, message: str) -> int:

@@ -26,7 +26,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from winclip.runtime.errors import MissingExtra
+from winclip.runtime.errors import MissingExtra, WinclipError
 from winclip.runtime.line import defaults
 from winclip.runtime.line import review_routes
 from winclip.runtime.line.page import PAGE
@@ -166,8 +166,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_request(self) -> None:
         """A POST: the token first (before any body is read), then a bounded body, then the desk."""
-        from winclip.runtime.line.operator import OperatorError
-
         desk = self.server.live.desk
         path = urllib.parse.urlsplit(self.path).path
         if desk is None or path not in ("/api/teach", "/api/teach/preview", "/api/undo", *review_routes.WRITES):
@@ -189,30 +187,40 @@ class _Handler(BaseHTTPRequestHandler):
             review_routes.post(self, path, access)
             return
         try:
-            body, kind = self._body()
-            fields = {}
-            if kind == "json":
-                try:
-                    fields = json.loads(body.decode("utf-8")) if body else {}
-                except (UnicodeDecodeError, ValueError):
-                    raise OperatorError("the body is not valid JSON") from None
-                if not isinstance(fields, dict):
-                    raise OperatorError("the body must be a JSON object")
-            who = access.name or fields.get("who") or f"operator at {self.client_address[0]}"  # a named token decides
-            why = fields.get("why") or ""
+            body, kind, fields = self._request()
+            who, why = self._who(access, fields), str(fields.get("why") or "")
             if path == "/api/undo":
-                job = desk.request_undo(who=str(who), why=str(why) or "undo on the live page")
+                job = desk.request_undo(who=who, why=why or "undo on the live page")
             else:
-                answer = _teach(desk, path, body if kind == "image" else None, fields, str(who), str(why))
+                answer = _teach(desk, path, body if kind == "image" else None, fields, who, why)
                 if path == "/api/teach/preview":
                     self._json(200, {"preview": answer}, True)
                     return
                 job = answer
-        except OperatorError as exc:
+        except WinclipError as exc:  # a refusal, or any failure on purpose: one line, never a dropped connection
             self.close_connection = True
-            self._json(exc.status, {"error": str(exc)}, True)
+            self._json(getattr(exc, "status", 500), {"error": str(exc)}, True)
             return
         self._json(202, {"job": job.to_json()}, True)
+
+    def _request(self) -> tuple[bytes, str, dict]:
+        """A write's body, its kind, and its fields (a JSON body's object; none for an image)."""
+        from winclip.runtime.line.operator import OperatorError
+
+        body, kind = self._body()
+        if kind != "json":
+            return body, kind, {}
+        try:
+            fields = json.loads(body.decode("utf-8")) if body else {}
+        except (UnicodeDecodeError, ValueError):
+            raise OperatorError("the body is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise OperatorError("the body must be a JSON object")
+        return body, kind, fields
+
+    def _who(self, access, fields: dict) -> str:
+        """Whose change it is: a named token decides; an unnamed one takes the typed name, else the address."""
+        return str(access.name or fields.get("who") or f"operator at {self.client_address[0]}")
 
     def _body(self) -> tuple[bytes, str]:
         """The request body within its bound: ("json" | "image", bytes)."""

@@ -21,6 +21,7 @@ from winclip.runtime.line.defaults import OVERLAYS_KEPT
 ROLLING = 256  # scored frames behind p50/p95 latency
 FPS_WINDOW_S = 10.0  # FPS counts the frames scored in the last this-many seconds, so it falls when a source stops
 HEALTH_STATES = ("starting", "ok", "reconnecting", "lost", "ended")
+DOWN = ("reconnecting", "lost")  # a source that should be sending and is not (an outage)
 
 
 @dataclass
@@ -100,7 +101,7 @@ class LiveStatus:
         with self._lock:
             state = self._source(source)
             if state.health != health:
-                if health in ("reconnecting", "lost") and state.health == "ok":
+                if health in DOWN and state.health == "ok":
                     state.losses += 1
                 state.since = time.time()
             state.health, state.detail = health, detail
@@ -172,7 +173,7 @@ class LiveStatus:
         lat = snap["latency_ms"]
         p50 = "-" if lat["p50"] is None else f"{lat['p50']:.0f}"
         p95 = "-" if lat["p95"] is None else f"{lat['p95']:.0f}"
-        down = [n for n, s in snap["sources"].items() if s["health"] in ("reconnecting", "lost")]
+        down = [n for n, s in snap["sources"].items() if s["health"] in DOWN]
         line = (f"scored {snap['scored']}  dropped {snap['dropped']}  anomalous {snap['anomalous']}  "
                 f"errors {snap['errors']}  p50/p95 {p50}/{p95} ms  {snap['fps']:.2f} fps")
         return line + (f"  down: {', '.join(down)}" if down else "")
