@@ -1,19 +1,24 @@
 """ISA-aware int8 and `--backend auto`: the CPU decides the weight range, auto measures once and remembers.
 
-The CPU is injected (`winclip.runtime.cpu.current`), never taken from the machine the tests run on.
+The policy's CPU is injected (`winclip.runtime.cpu.current`); an engine is made and guarded on the CPU the
+test really runs on, whose kernels decide whether its guard holds, so what depends on that CPU is derived from
+it. tests/test_emulated_x86.py runs this file again under QEMU's AVX2-only CPU.
 """
 
 import json
 import logging
+import os
+import platform
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import line_frames, run_cli
+from conftest import emulator, line_frames, run_cli
 from winclip.calibration.engines.build import add_engine
-from winclip.calibration.engines.int8 import Int8Settings
-from winclip.runtime import Detector, cpu
+from winclip.calibration.engines.int8 import Int8Settings, for_this_cpu
+from winclip.runtime import Detector, cpu, cpuid
 from winclip.runtime.backends import auto
 from winclip.runtime.bundle import Bundle
 
@@ -25,6 +30,8 @@ AVX2_BOX = """processor : 0
 model name : Test EPYC, AVX2 only
 flags : fpu sse2 avx2 fma
 """
+# a bundle with a full-range int8 engine made on a VNNI host, handed to this file's run under QEMU
+VNNI_BUNDLE_VARIABLE = "WINCLIP_VNNI_BUNDLE"
 ARM_BOX = """processor : 0
 BogoMIPS : 50.00
 Features : fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
@@ -53,49 +60,79 @@ def test_cpuinfo_is_read_for_int8_dot_product_and_bf16():
     assert cpu.current().machine  # the real machine reads without error
 
 
+def test_cpuid_is_what_the_kernels_see():
+    if platform.machine().lower() not in cpu.X86_64:
+        pytest.skip("CPUID is an x86-64 instruction")
+    read = cpuid.read()
+    if read is None:
+        pytest.skip("this kernel refuses executable memory: /proc/cpuinfo is read instead")
+    brand, flags = read
+    kernel = cpu.parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    assert flags <= kernel.flags and "avx2" in flags  # an emulated CPU has a subset of the host's features
+    if emulator():  # QEMU's Haswell: /proc/cpuinfo is the host's, the kernels see AVX2 only, and so do we
+        assert not flags & {"avx512f", "avx512_vnni", "avx_vnni"} and cpu.current().int8_dot is None
+    else:
+        assert flags == kernel.flags & set(cpuid.FEATURE_BITS.values()) and brand == kernel.model
+    assert cpu.current().flags == flags
+
+
 def test_weight_range_follows_the_cpu_and_is_recorded(tiny_bundle, frames, tmp_path, monkeypatch):
-    made = {}
-    for name, text in (("vnni", VNNI_BOX), ("avx2", AVX2_BOX)):
-        as_cpu(monkeypatch, text)
-        copy = shutil.copytree(tiny_bundle, tmp_path / name)
-        made[name] = add_engine(copy, "int8", frames)
-    assert made["vnni"].made_by["settings"]["reduce_range"] is False  # full-range: exact and faster with VNNI
-    assert made["avx2"].made_by["settings"]["reduce_range"] is True  # 7-bit: AVX2 kernels saturate on 8-bit
-    assert made["vnni"].made_by["cpu"] == {"model": "Test EPYC with VNNI", "machine": "x86_64",
-                                           "int8_dot": "avx512_vnni",
-                                           "flags": ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
-                                                     "avx512_bf16"]}
-    assert made["avx2"].made_by["cpu"]["int8_dot"] is None
-    as_cpu(monkeypatch, VNNI_BOX)  # asked for, the range is kept whatever the CPU
+    vnni, avx2 = cpu.parse_cpuinfo(VNNI_BOX, "x86_64"), cpu.parse_cpuinfo(AVX2_BOX, "x86_64")
+    assert for_this_cpu(Int8Settings(), vnni).reduce_range is False  # full-range: exact and faster with VNNI
+    assert for_this_cpu(Int8Settings(), avx2).reduce_range is True  # 7-bit: AVX2 kernels saturate on 8-bit
+    assert for_this_cpu(Int8Settings(reduce_range=True), vnni).reduce_range is True  # asked for: kept
+    # made and guarded on the CPU this test runs on (natively, and under QEMU's AVX2-only Haswell)
+    real = cpu.current()
+    made = add_engine(shutil.copytree(tiny_bundle, tmp_path / "real"), "int8", frames)
+    assert made.made_by["settings"]["reduce_range"] is (real.int8_dot is None) and made.made_by["cpu"] == real.record()
+    as_cpu(monkeypatch, VNNI_BOX)  # the record names the CPU it was made on (7-bit weights: exact on any CPU)
     forced = add_engine(shutil.copytree(tiny_bundle, tmp_path / "forced"), "int8", frames,
                         settings=Int8Settings(reduce_range=True))
     assert forced.made_by["settings"]["reduce_range"] is True
+    assert forced.made_by["cpu"] == {"model": "Test EPYC with VNNI", "machine": "x86_64", "int8_dot": "avx512_vnni",
+                                     "flags": ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"]}
+    # full-range asked for on the command line (the real CPU): guarded with VNNI, saturated without it
     proc = run_cli("winclip-quantize", str(tmp_path / "forced"), "--precision", "int8", "--images", str(frames),
                    "--full-range", "--force")
-    assert proc.returncode == 0, proc.stderr
-    assert Bundle.load(tmp_path / "forced").manifest.engine("int8").made_by["settings"]["reduce_range"] is False
+    if real.int8_dot:
+        assert proc.returncode == 0, proc.stderr
+        assert Bundle.load(tmp_path / "forced").manifest.engine("int8").made_by["settings"]["reduce_range"] is False
+    else:
+        assert proc.returncode != 0 and "failed its accuracy guard" in proc.stderr, proc.stderr
 
 
-def test_a_vnni_engine_on_a_cpu_without_vnni_is_warned_about_and_still_correct(tiny_bundle, frames, tmp_path,
-                                                                               monkeypatch, caplog):
-    as_cpu(monkeypatch, VNNI_BOX)
-    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
-    add_engine(copy, "int8", frames)
+@pytest.fixture(scope="module")
+def vnni_bundle(tiny_bundle, frames, tmp_path_factory):
+    """The tiny bundle with a full-range int8 engine made and guarded on a CPU with an int8 dot product: made
+    here on such a CPU, or handed over by the process that runs this file under QEMU's AVX2-only CPU."""
+    handed = os.environ.get(VNNI_BUNDLE_VARIABLE)
+    if handed:
+        return Path(handed)
+    if cpu.current().int8_dot is None:
+        pytest.skip("full-range int8 weights pass their guard only on a CPU with an int8 dot product (VNNI)")
+    root = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("vnni") / "bundle")
+    add_engine(root, "int8", frames)
+    return root
+
+
+def test_a_vnni_engine_on_a_cpu_without_vnni_is_warned_about_and_still_correct(vnni_bundle, monkeypatch, caplog):
+    made_with = Bundle.load(vnni_bundle).manifest.engine("int8").made_by["cpu"]["int8_dot"]
     frame = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
-    fp32 = Detector.from_bundle(copy, object="bottle", precision="fp32", cache=False)(frame)[0]
-    with caplog.at_level(logging.WARNING):
-        on_vnni = Detector.from_bundle(copy, object="bottle", cache=False)
-    assert on_vnni.engine.precision == "int8" and "VNNI" not in caplog.text
-    as_cpu(monkeypatch, AVX2_BOX)
+    fp32 = Detector.from_bundle(vnni_bundle, object="bottle", precision="fp32", cache=False)(frame)[0]
+    if cpu.current().int8_dot:
+        with caplog.at_level(logging.WARNING):
+            on_vnni = Detector.from_bundle(vnni_bundle, object="bottle", cache=False)
+        assert on_vnni.engine.precision == "int8" and "VNNI" not in caplog.text
+        as_cpu(monkeypatch, AVX2_BOX)  # the policy, on an injected CPU; its kernels run for real under QEMU
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        det = Detector.from_bundle(copy, object="bottle", cache=False)
+        det = Detector.from_bundle(vnni_bundle, object="bottle", cache=False)
     assert det.engine.precision == "fp32"  # auto passes over an engine whose guard does not hold here
-    assert "made on a CPU with avx512_vnni" in caplog.text and "auto passes it over" in caplog.text
+    assert f"made on a CPU with {made_with}" in caplog.text and "auto passes it over" in caplog.text
     assert det(frame)[0].image_score == fp32.image_score
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        asked = Detector.from_bundle(copy, object="bottle", precision="int8", cache=False)
+        asked = Detector.from_bundle(vnni_bundle, object="bottle", precision="int8", cache=False)
     assert asked.engine.precision == "int8" and "running it as asked" in caplog.text
     assert abs(asked(frame)[0].image_score - fp32.image_score) < 0.05
 
@@ -103,9 +140,9 @@ def test_a_vnni_engine_on_a_cpu_without_vnni_is_warned_about_and_still_correct(t
 def test_auto_times_each_candidate_once_and_remembers_the_fastest(tiny_bundle, frames, tmp_path, monkeypatch,
                                                                  caplog):
     pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
-    as_cpu(monkeypatch, VNNI_BOX)
     copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
-    add_engine(copy, "int8", frames)
+    add_engine(copy, "int8", frames)  # made and guarded for the real CPU, whose kernels run it
+    as_cpu(monkeypatch, VNNI_BOX)
     cache = tmp_path / "cache"
     timed = []
     real_measure = auto.measure
