@@ -18,9 +18,10 @@ import pytest
 from conftest import emulator, line_frames, run_cli
 from winclip.calibration.engines.build import add_engine
 from winclip.calibration.engines.int8 import Int8Settings, for_this_cpu
-from winclip.runtime import Detector, cpu, cpuid
-from winclip.runtime.backends import auto
+from winclip.runtime import Detector, backends, cpu, cpuid
+from winclip.runtime.backends import BackendOptions, auto
 from winclip.runtime.bundle import Bundle
+from winclip.runtime.cache import cache_path
 
 VNNI_BOX = """processor : 0
 model name : Test EPYC with VNNI
@@ -144,33 +145,95 @@ def test_auto_times_each_candidate_once_and_remembers_the_fastest(tiny_bundle, f
     add_engine(copy, "int8", frames)  # made and guarded for the real CPU, whose kernels run it
     as_cpu(monkeypatch, VNNI_BOX)
     cache = tmp_path / "cache"
-    timed = []
+    measured = []
     real_measure = auto.measure
-    monkeypatch.setattr(auto, "measure", lambda backend, batch: timed.append(backend.name) or real_measure(backend, batch))
+    monkeypatch.setattr(auto, "measure", lambda opened, batch: measured.append(sorted(b.name for b in opened.values()))
+                        or real_measure(opened, batch))
     with caplog.at_level(logging.INFO):
         det = Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache)
     # fp32 is not a candidate where a guarded int8 exists; the ONNX int8 engine runs on both backends
-    assert sorted(timed) == ["onnxruntime", "openvino"] and det.engine.precision == "int8"
+    assert measured == [["onnxruntime", "openvino"]] and det.engine.precision == "int8"
     assert "the fastest of 2 measured on this machine" in det.backend.reason and "timing 2 engines" in caplog.text
     remembered = json.loads(next(cache.glob("auto-*.json")).read_text())
     assert remembered["backend"] == det.backend.name and remembered["engine_sha256"] == det.engine.sha256
     assert set(remembered["seconds"]) == {"onnxruntime int8", "openvino int8"}
-    timed.clear()
+    measured.clear()
     again = Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache)
-    assert timed == [] and again.backend.name == det.backend.name and "when measured" in again.backend.reason
+    assert measured == [] and again.backend.name == det.backend.name and "when measured" in again.backend.reason
     frame = np.random.default_rng(1).integers(0, 255, (70, 90, 3), dtype=np.uint8)
     assert np.isfinite(again(frame)[0].image_score)
     as_cpu(monkeypatch, VNNI_BOX.replace("avx512_bf16", "amx_int8"))  # another CPU: measured again
     Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache)
-    assert len(timed) == 2 and len(list(cache.glob("auto-*.json"))) == 2
-    timed.clear()  # --precision still forces a choice: fp32 on both backends
+    assert len(measured) == 1 and len(list(cache.glob("auto-*.json"))) == 2
+    measured.clear()  # --precision still forces a choice: fp32 on both backends
     forced = Detector.from_bundle(copy, object="bottle", backend="auto", precision="fp32", cache_dir=cache)
-    assert forced.engine.precision == "fp32" and sorted(timed) == ["onnxruntime", "openvino"]
+    assert forced.engine.precision == "fp32" and measured == [["onnxruntime", "openvino"]]
+
+
+def test_auto_runs_the_fastest_remembers_it_under_its_key_and_measures_again_when_it_slows(
+        tiny_bundle, frames, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    add_engine(copy, "int8", frames)
+    speed = {}  # seconds per call, injected by backend
+    calls = []
+    monkeypatch.setattr(auto, "time_call", lambda backend, batch: calls.append(backend.name) or speed[backend.name])
+
+    def open_auto(cache, **kwargs):
+        calls.clear()
+        with caplog.at_level(logging.INFO):
+            return Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache, **kwargs).backend
+
+    def record(cache):
+        found, _ = auto.candidates(Bundle.load(copy), BackendOptions(cache_dir=cache))
+        key = auto.choice_key(found, BackendOptions(cache_dir=cache))  # the key the module's docstring names
+        return json.loads(cache_path(f"auto-{key}.json", cache).read_text())
+
+    for fast, slow in (("openvino", "onnxruntime"), ("onnxruntime", "openvino")):
+        cache = tmp_path / f"cache-{fast}"
+        speed.update({fast: 0.010, slow: 0.030})
+        chosen = open_auto(cache)
+        assert chosen.name == fast and f"{fast} int8 10.0 ms, {slow} int8 30.0 ms" in chosen.reason
+        rounds = len(calls) // 2  # interleaved rounds: one call of each per round, so load hits both alike
+        assert calls == calls[:2] * rounds and set(calls) == {fast, slow} and auto.MIN_ROUNDS <= rounds <= auto.ROUNDS
+        kept = record(cache)
+        assert kept["backend"] == fast and kept["seconds"] == {f"{fast} int8": 0.01, f"{slow} int8": 0.03}
+        assert "load_average" in kept and kept["engine_sha256"] == chosen.engine.sha256
+    speed.update({"onnxruntime": 0.015})  # a little slower than recorded: the choice stands, one call checks it
+    assert open_auto(cache).name == "onnxruntime" and calls == ["onnxruntime"]
+    speed.update({"onnxruntime": 0.050})  # 5x slower than recorded: measured again, and openvino wins now
+    caplog.clear()
+    assert open_auto(cache).name == "openvino" and "measuring again" in caplog.text
+    assert record(cache)["seconds"] == {"openvino int8": 0.03, "onnxruntime int8": 0.05}
+    speed.update({"onnxruntime": 0.001})  # --remeasure: measured although the remembered one is as fast as ever
+    assert open_auto(cache, remeasure=True).name == "onnxruntime" and calls.count("openvino") >= auto.MIN_ROUNDS
+
+
+def test_auto_says_why_it_passed_each_engine_over(tiny_bundle, frames, tmp_path, monkeypatch):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    made = add_engine(copy, "int8", frames)
+    monkeypatch.setitem(backends.BACKENDS, "openvino", "winclip_not_installed:Backend")  # a box without it
+    manifest = json.loads((copy / "manifest.json").read_text())
+    int8 = next(e for e in manifest["engines"] if e["precision"] == "int8")
+    for edit, why in ((lambda e: e["made_by"].update(tool="somebody"), "not vouched for"),
+                      (lambda e: e["guard"].update(passed=False, failures=["x < 0.98"]), "failed its guard")):
+        entry = json.loads(json.dumps(int8))
+        edit(entry)
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "engines": [
+            entry if e["precision"] == "int8" else e for e in manifest["engines"]]}))
+        det = Detector.from_bundle(copy, object="bottle", backend="auto", cache=False)
+        assert det.engine.precision == "fp32" and "openvino: library missing" in det.backend.reason
+        assert f"onnxruntime int8: {why}" in det.backend.reason, det.backend.reason
+    if made.made_by["settings"]["reduce_range"] is False:  # full-range weights: wrong on a CPU without VNNI
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        as_cpu(monkeypatch, AVX2_BOX)
+        det = Detector.from_bundle(copy, object="bottle", backend="auto", cache=False)
+        assert "onnxruntime int8: wrong ISA" in det.backend.reason and det.engine.precision == "fp32"
 
 
 def test_auto_with_one_candidate_does_not_measure(tiny_bundle, monkeypatch, tmp_path):
     monkeypatch.setattr(auto, "MEASURED", {"onnxruntime": "onnxruntime"})
-    monkeypatch.setattr(auto, "measure", lambda backend, batch: pytest.fail("measured a single candidate"))
+    monkeypatch.setattr(auto, "measure", lambda opened, batch: pytest.fail("measured a single candidate"))
     det = Detector.from_bundle(tiny_bundle, object="bottle", backend="auto", cache_dir=tmp_path)
     assert det.backend.name == "onnxruntime" and "the only candidate here" in det.backend.reason
     assert not list(tmp_path.glob("auto-*.json"))
