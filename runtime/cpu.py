@@ -59,6 +59,24 @@ class CpuInfo:
         """The flags of REPORTED_FLAGS this CPU has, in that order."""
         return [f for f in REPORTED_FLAGS if f in self.flags]
 
+    @property
+    def isa_class(self) -> str:
+        """The class of CPU a speed belongs to, e.g. "x86-64 AVX-512 VNNI BF16" or "x86-64 AVX2 only"."""
+        f = self.flags
+        if self.machine.lower() not in X86_64:
+            return f"{self.machine or 'unknown architecture'} {' '.join(self.reported_flags) or 'no SIMD flags known'}"
+        if "avx512f" in f:
+            extras = [name for flag, name in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"), ("amx_int8", "AMX"))
+                      if flag in f]
+            return " ".join(["x86-64 AVX-512", *extras])
+        if "avx2" in f:
+            return "x86-64 AVX2 + AVX-VNNI" if "avx_vnni" in f else "x86-64 AVX2 only"
+        return "x86-64 without AVX2"
+
+    def headline(self) -> str:
+        """The first line of a speed report: "CPU: AMD EPYC, x86-64 AVX2 only"."""
+        return f"CPU: {self.model or 'unknown model'}, {self.isa_class}"
+
     def describe(self) -> str:
         """One line for people and tables: model, architecture, the flags that matter."""
         flags = " ".join(self.reported_flags) or "no SIMD flags known"

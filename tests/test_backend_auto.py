@@ -58,6 +58,11 @@ def test_cpuinfo_is_read_for_int8_dot_product_and_bf16():
     assert avx2.int8_dot is None and not avx2.bf16 and avx2.reported_flags == ["avx2", "fma"]
     assert arm.int8_dot == "asimddp" and "asimddp" in arm.describe()
     assert cpu.parse_cpuinfo("flags : avx2 avx_vnni\n").int8_dot == "avx_vnni"
+    # the class of CPU a speed belongs to, first in winclip-bench's report
+    assert vnni.headline() == "CPU: Test EPYC with VNNI, x86-64 AVX-512 VNNI BF16"
+    assert avx2.isa_class == "x86-64 AVX2 only"
+    assert cpu.parse_cpuinfo("flags : avx2 fma avx_vnni\n", "x86_64").isa_class == "x86-64 AVX2 + AVX-VNNI"
+    assert cpu.parse_cpuinfo("flags : avx2 avx512f\n", "x86_64").isa_class == "x86-64 AVX-512"
     assert cpu.current().machine  # the real machine reads without error
 
 
