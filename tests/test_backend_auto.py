@@ -10,12 +10,14 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import emulator, line_frames, run_cli
+from conftest import emulator, import_blocker, line_frames, run_cli
 from winclip.calibration.engines.build import add_engine
 from winclip.calibration.engines.int8 import Int8Settings, for_this_cpu
 from winclip.runtime import Detector, backends, cpu, cpuid
@@ -242,6 +244,26 @@ def test_auto_with_one_candidate_does_not_measure(tiny_bundle, monkeypatch, tmp_
     det = Detector.from_bundle(tiny_bundle, object="bottle", backend="auto", cache_dir=tmp_path)
     assert det.backend.name == "onnxruntime" and "the only candidate here" in det.backend.reason
     assert not list(tmp_path.glob("auto-*.json"))
+
+
+def test_commands_run_auto_by_default_where_two_local_backends_are_installed(tiny_bundle, frames, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    assert backends.default_backend() == "auto"
+    common = (str(tiny_bundle), "--source", str(frames), "--object", "bottle")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = run_cli("winclip-inspect", *common, "--out", str(tmp_path / "auto"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "auto: the fastest of 2 measured on this machine" in proc.stderr and "timing 2 engines" in proc.stderr
+    for command in ("winclip-inspect", "winclip-calibrate", "winclip-bench"):
+        shown = run_cli(command, "--help").stdout
+        assert "--remeasure" in shown and "auto where ONNX Runtime and OpenVINO are both" in " ".join(shown.split())
+    assert "--remeasure" in run_cli("winclip-eval", "run", "--help").stdout
+    # a box with ONNX Runtime alone: onnxruntime, nothing measured
+    blocked = import_blocker(("openvino",)) + "from winclip.runtime.line.cli import main\nmain()\n"
+    alone = subprocess.run([*emulator(), sys.executable, "-c", blocked, *common, "--out", str(tmp_path / "alone")],
+                           capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+    assert alone.returncode == 0, alone.stderr
+    assert "on onnxruntime CPU" in alone.stderr and "measured" not in alone.stderr and "timing" not in alone.stderr
 
 
 def test_inspect_takes_the_backend_and_device_from_the_command_line(tiny_bundle, frames, tmp_path):

@@ -27,7 +27,8 @@ from winclip.runtime import cpu
 # QEMU's Haswell less the features its TCG cannot emulate (each would print a warning on every start)
 EMULATED_X86 = "Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm"
 CHECKS = "tests/test_backend_auto.py"
-SKIP = "not test_inspect_takes_the_backend"  # its device and backend options do not depend on the CPU (~1.5 min)
+# options and injected timings do not depend on the CPU, and their commands are slow to start emulated
+SKIP = "not test_inspect_takes_the_backend and not by_default and not fastest_remembers"
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_S = 900  # measured: about 6 minutes on a loaded 2-core EPYC
 

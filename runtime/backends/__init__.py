@@ -52,7 +52,13 @@ def default_backend() -> str:
 
     from winclip.runtime.backends.auto import MEASURED
 
-    return "auto" if sum(find_spec(module) is not None for module in MEASURED.values()) > 1 else DEFAULT_BACKEND
+    def installed(module: str) -> bool:
+        try:
+            return find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or blocked package is as good as none
+            return False
+
+    return "auto" if sum(installed(module) for module in MEASURED.values()) > 1 else DEFAULT_BACKEND
 
 
 def backend_for_address(address: str) -> str:
