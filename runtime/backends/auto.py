@@ -39,7 +39,7 @@ import numpy as np
 from winclip.runtime import cpu as cpus
 from winclip.runtime.atomic import write_atomic
 from winclip.runtime.backends.base import Backend, BackendOptions
-from winclip.runtime.backends.policy import AUTO_PRECISIONS, distrust, isa_problem
+from winclip.runtime.backends.policy import AUTO_PRECISIONS, passed_over
 from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import Engine
 from winclip.runtime.errors import BundleError, MissingExtra, WinclipError, first_line
@@ -88,7 +88,7 @@ def candidates(bundle, options: BackendOptions) -> tuple[list[Candidate], list[s
             wanted = [p for p, _ in AUTO_PRECISIONS.get(kind, ())]
             chosen = []
             for engine in (e for e in runnable if e.precision in wanted):
-                why = _passed_over(engine, machine)
+                why = passed_over(engine, machine)
                 if why is None:
                     chosen.append(engine)
                 else:
@@ -98,17 +98,6 @@ def candidates(bundle, options: BackendOptions) -> tuple[list[Candidate], list[s
     if options.precision == "auto" and not options.engine_sha256 and any(c.engine.precision != "fp32" for c in found):
         found = [c for c in found if c.engine.precision != "fp32"]  # fp32 only where nothing guarded is faster
     return found, skipped
-
-
-def _passed_over(engine: Engine, machine: cpus.CpuInfo) -> str | None:
-    """Why auto does not measure an engine of a precision it wants, in a few words; None when it does."""
-    problem = distrust(engine)
-    if problem:
-        return "failed its guard" if "FAILED" in problem else f"not vouched for ({problem})"
-    if isa_problem(engine, machine):
-        made_on = (engine.made_by or {}).get("cpu") or {}
-        return f"wrong ISA (full-range weights made with {made_on.get('int8_dot')}; this CPU has none)"
-    return None
 
 
 def choice_key(found: list[Candidate], options: BackendOptions) -> str:
