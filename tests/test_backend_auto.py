@@ -254,7 +254,7 @@ def test_commands_run_auto_by_default_where_two_local_backends_are_installed(tin
     proc = run_cli("winclip-inspect", *common, "--out", str(tmp_path / "auto"), env=env)
     assert proc.returncode == 0, proc.stderr
     assert "auto: the fastest of 2 measured on this machine" in proc.stderr and "timing 2 engines" in proc.stderr
-    for command in ("winclip-inspect", "winclip-calibrate", "winclip-bench"):
+    for command in ("winclip-inspect", "winclip-calibrate", "winclip-bench", "winclip-serve"):
         shown = run_cli(command, "--help").stdout
         assert "--remeasure" in shown and "auto where ONNX Runtime and OpenVINO are both" in " ".join(shown.split())
     assert "--remeasure" in run_cli("winclip-eval", "run", "--help").stdout
