@@ -114,6 +114,15 @@ def needs(why: str) -> None:
     pytest.skip(why, allow_module_level=True)
 
 
+def needs_openvino() -> None:
+    """The openvino extra (openvino and nncf), or a skip (under CI: a failure)."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as missing:
+        needs(f"the openvino extra is not installed ({missing.name}): pip install '.[openvino]'")
+
+
 def line_frames(folder: Path, per_kind: int) -> Path:
     """A folder of a line's real frames: `per_kind` good textiles and as many with local defects."""
     for kind in ("nominal", "local"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import emulator, import_blocker, line_frames, run_cli
+from conftest import emulator, import_blocker, line_frames, needs_openvino, run_cli
 from winclip.calibration.engines.build import add_engine
 from winclip.calibration.engines.int8 import Int8Settings, for_this_cpu
 from winclip.runtime import Detector, backends, cpu, cpuid
@@ -147,7 +147,7 @@ def test_a_vnni_engine_on_a_cpu_without_vnni_is_warned_about_and_still_correct(v
 
 def test_auto_times_each_candidate_once_and_remembers_the_fastest(tiny_bundle, frames, tmp_path, monkeypatch,
                                                                  caplog):
-    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    needs_openvino()
     copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     add_engine(copy, "int8", frames)  # made and guarded for the real CPU, whose kernels run it
     as_cpu(monkeypatch, VNNI_BOX)
@@ -181,7 +181,7 @@ def test_auto_times_each_candidate_once_and_remembers_the_fastest(tiny_bundle, f
 
 def test_auto_runs_the_fastest_remembers_it_under_its_key_and_measures_again_when_it_slows(
         tiny_bundle, frames, tmp_path, monkeypatch, caplog):
-    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    needs_openvino()
     copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     add_engine(copy, "int8", frames)
     speed = {}  # seconds per call, injected by backend
@@ -249,7 +249,7 @@ def test_auto_with_one_candidate_does_not_measure(tiny_bundle, monkeypatch, tmp_
 
 
 def test_commands_run_auto_by_default_where_two_local_backends_are_installed(tiny_bundle, frames, tmp_path):
-    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    needs_openvino()
     assert backends.default_backend() == "auto"
     common = (str(tiny_bundle), "--source", str(frames), "--object", "bottle")
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -269,7 +269,7 @@ def test_commands_run_auto_by_default_where_two_local_backends_are_installed(tin
 
 
 def test_inspect_takes_the_backend_and_device_from_the_command_line(tiny_bundle, frames, tmp_path):
-    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    needs_openvino()
     common = ("--source", str(frames), "--object", "bottle")
     proc = run_cli("winclip-inspect", str(tiny_bundle), *common, "--out", str(tmp_path / "ov"),
                    "--backend", "openvino", "--device", "CPU")

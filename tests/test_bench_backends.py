@@ -2,14 +2,12 @@
 
 import json
 
-import pytest
-
-from conftest import run_cli
+from conftest import needs_openvino, run_cli
 from winclip.runtime import cpu
 
 
 def test_bench_rows_per_backend_with_the_cpu(tiny_bundle, tmp_path):
-    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    needs_openvino()
     out = tmp_path / "bench"
     missing = tmp_path / "no-anomalib-python"
     missing.write_text("#!/bin/sh\nexit 1\n")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import line_frames, needs, run_cli
+from conftest import line_frames, needs_openvino, run_cli
 from winclip.calibration.engines import openvino_int8
 from winclip.calibration.engines.openvino_int8 import NncfSettings
 from winclip.runtime import Detector, cpu
@@ -16,11 +16,8 @@ from winclip.runtime.backends import BackendOptions, backend_class, open_backend
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.errors import BundleError, MissingExtra
 
-try:
-    import nncf  # noqa: F401
-    import openvino as ov
-except ImportError as missing:  # under CI a failure, as the serve and browser tests are
-    needs(f"the openvino extra is not installed ({missing.name}): pip install '.[openvino]'")
+needs_openvino()  # under CI a failure, as the serve and browser tests are
+import openvino as ov  # noqa: E402
 
 
 def _frame(seed=0, shape=(70, 90, 3)):
