@@ -29,6 +29,7 @@ TESTS = Path(__file__).parent
 # Set in a test process that runs under QEMU (tests/test_emulated_x86.py): the CPU model it emulates, so the
 # commands the tests start run on that CPU too (QEMU's user mode runs a child's exec natively otherwise).
 EMULATED_CPU_VARIABLE = "WINCLIP_EMULATED_CPU"
+TINY_BUNDLE_VARIABLE = "WINCLIP_TINY_BUNDLE"  # a tiny bundle made natively, for such a process (read only)
 TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"
 TINY = "winclip-tiny"
 SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.line.cli",
@@ -56,8 +57,14 @@ def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
-    return export(tmp_path_factory.mktemp("bundles") / "tiny", tiny_checkpoint, TINY, objects=("bottle", "metal_nut"))
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    """The tiny model's bundle: exported here, or handed over by the process that started this one under QEMU
+    (made natively, it saves the emulated run torch and the export)."""
+    handed = os.environ.get(TINY_BUNDLE_VARIABLE)
+    if handed:
+        return Path(handed)
+    checkpoint = request.getfixturevalue("tiny_checkpoint")
+    return export(tmp_path_factory.mktemp("bundles") / "tiny", checkpoint, TINY, objects=("bottle", "metal_nut"))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EMULATED_CPU_VARIABLE, emulator, line_frames, needs
+from conftest import EMULATED_CPU_VARIABLE, TINY_BUNDLE_VARIABLE, emulator, line_frames, needs
 from test_backend_auto import VNNI_BUNDLE_VARIABLE
 from winclip.calibration.engines.build import add_engine
 from winclip.runtime import cpu
@@ -46,19 +46,22 @@ def qemu() -> str:
 
 
 def test_the_int8_and_auto_tests_pass_on_an_avx2_only_cpu(qemu, tiny_bundle, tmp_path):
-    env = {**os.environ, EMULATED_CPU_VARIABLE: EMULATED_X86}
+    env = {**os.environ, EMULATED_CPU_VARIABLE: EMULATED_X86, TINY_BUNDLE_VARIABLE: str(tiny_bundle)}
     made_with_vnni = cpu.current().int8_dot is not None
     if made_with_vnni:
         root = shutil.copytree(tiny_bundle, tmp_path / "vnni")
-        add_engine(root, "int8", line_frames(tmp_path, 5))  # full-range weights, guarded on this CPU
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        add_engine(root, "int8", line_frames(frames, 5))  # full-range weights, guarded on this CPU
         env[VNNI_BUNDLE_VARIABLE] = str(root)
     proc = subprocess.run([qemu, "-cpu", EMULATED_X86, sys.executable, "-m", "pytest", "-q", "-rA", "-k", SKIP,
-                           "-p", "no:cacheprovider", CHECKS], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=LIMIT_S)
+                           "-p", "no:cacheprovider", "--durations=4", CHECKS],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=LIMIT_S)
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-6000:]
     passed = set(re.findall(r"^PASSED \S+::(\w+)", report, re.M))
     assert {"test_cpuid_is_what_the_kernels_see", "test_weight_range_follows_the_cpu_and_is_recorded",
-            "test_auto_times_each_candidate_once_and_remembers_the_fastest"} <= passed, report[-3000:]
+            "test_auto_times_each_candidate_once_and_remembers_the_fastest",
+            "test_auto_says_why_it_passed_each_engine_over"} <= passed, report[-3000:]
     if made_with_vnni:  # the VNNI engine ran on real AVX2 kernels: passed over by auto, still close when asked
         assert "test_a_vnni_engine_on_a_cpu_without_vnni_is_warned_about_and_still_correct" in passed, report[-3000:]
