@@ -30,7 +30,7 @@ CHECKS = "tests/test_backend_auto.py"
 # options and injected timings do not depend on the CPU, and their commands are slow to start emulated
 SKIP = "not test_inspect_takes_the_backend and not by_default and not fastest_remembers"
 ROOT = Path(__file__).resolve().parent.parent
-LIMIT_S = 900  # measured: about 6 minutes on a loaded 2-core EPYC
+LIMIT_S = 600  # measured: 2 min on a loaded 2-core EPYC (load 5); 6-8 min when the emulated run exported itself
 
 
 @pytest.fixture(scope="module")
