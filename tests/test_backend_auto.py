@@ -156,8 +156,8 @@ def test_auto_times_each_candidate_once_and_remembers_the_fastest(tiny_bundle, f
     cache = tmp_path / "cache"
     measured = []
     real_measure = auto.measure
-    monkeypatch.setattr(auto, "measure", lambda opened, batch: measured.append(sorted(b.name for b in opened.values()))
-                        or real_measure(opened, batch))
+    monkeypatch.setattr(auto, "measure", lambda opened, batch, start: measured.append(
+        sorted(b.name for b in opened.values())) or real_measure(opened, batch, start))
     with caplog.at_level(logging.INFO):
         det = Detector.from_bundle(copy, object="bottle", backend="auto", cache_dir=cache)
     # fp32 is not a candidate where a guarded int8 exists; the ONNX int8 engine runs on both backends
@@ -242,7 +242,7 @@ def test_auto_says_why_it_passed_each_engine_over(tiny_bundle, frames, tmp_path,
 
 def test_auto_with_one_candidate_does_not_measure(tiny_bundle, monkeypatch, tmp_path):
     monkeypatch.setattr(auto, "MEASURED", {"onnxruntime": "onnxruntime"})
-    monkeypatch.setattr(auto, "measure", lambda opened, batch: pytest.fail("measured a single candidate"))
+    monkeypatch.setattr(auto, "measure", lambda *args: pytest.fail("measured a single candidate"))
     det = Detector.from_bundle(tiny_bundle, object="bottle", backend="auto", cache_dir=tmp_path)
     assert det.backend.name == "onnxruntime" and "the only candidate here" in det.backend.reason
     assert not list(tmp_path.glob("auto-*.json"))

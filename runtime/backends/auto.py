@@ -125,11 +125,10 @@ def time_call(backend: Backend, batch: np.ndarray) -> float:
     return time.perf_counter() - t
 
 
-def measure(opened: dict[str, Backend], batch: np.ndarray) -> dict[str, float]:
-    """Median seconds per call of each opened backend (by label): a warm-up call each, then interleaved rounds."""
-    start = time.perf_counter()
-    for backend in opened.values():
-        backend.run(batch)  # first calls pay for lazy initialisation and cold caches
+def measure(opened: dict[str, Backend], batch: np.ndarray, start: float | None = None) -> dict[str, float]:
+    """Median seconds per call of each opened, warmed-up backend (by label), in interleaved rounds; the budget
+    counts from `start` (time.perf_counter(); default: now)."""
+    start = time.perf_counter() if start is None else start
     times: dict[str, list[float]] = {label: [] for label in opened}
     for round_ in range(ROUNDS):
         if round_ >= MIN_ROUNDS and time.perf_counter() - start > BUDGET_S:
@@ -203,14 +202,21 @@ class MeasuredChoice:
                  "the choice is remembered", len(found), ", ".join(c.label for c in found), MIN_ROUNDS, ROUNDS,
                  BUDGET_S)
         opened: dict[str, tuple[Candidate, Backend]] = {}
+        start = time.perf_counter()
         for candidate in found:
+            backend = None
             try:
-                opened[candidate.label] = (candidate, _open(bundle, candidate, options))
+                backend = _open(bundle, candidate, options)
+                backend.run(batch)  # the warm-up: first calls pay for lazy initialisation and cold caches
+                opened[candidate.label] = (candidate, backend)
             except WinclipError as exc:
                 log.warning("auto: %s cannot run here: %s", candidate.label, first_line(exc))
+                if backend is not None:
+                    backend.close()
         if not opened:
             raise BundleError("auto: none of the engines it measured could run here")
-        seconds = {label: round(s, 4) for label, s in measure({k: b for k, (_, b) in opened.items()}, batch).items()}
+        seconds = {label: round(s, 4)
+                   for label, s in measure({k: b for k, (_, b) in opened.items()}, batch, start).items()}
         best = min(seconds, key=seconds.get)
         for label, (_, other) in opened.items():
             if label != best:
