@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from winclip.runtime.command import CONTEXT, Command, Whole, require_onnxruntime
+from winclip.runtime.command import CONTEXT, Command, Whole, backend_options, require_onnxruntime
 from winclip.benchmarks.measure import frame_times
 from winclip.runtime.defaults import OPSET
 from winclip.runtime.errors import install_hint
@@ -52,7 +52,8 @@ def machine() -> dict:
     this = cpu.current()
     info = {"machine": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
-            "cpu": this.model, "cpu_features": this.reported_flags, "int8_dot": this.int8_dot}
+            "cpu": this.model, "cpu_features": this.reported_flags, "int8_dot": this.int8_dot,
+            "cpu_class": this.isa_class, "headline": this.headline()}
     try:
         import openvino
 
@@ -210,7 +211,8 @@ def run_anomalib_child(python: str, cfg: dict, work: Path) -> dict:
 def markdown(result: dict) -> str:
     peaks = result["gemm_peak_gflops"]
     m = result["machine"]
-    lines = [f"machine: {m.get('cpu', '')} ({m['machine']}, {m['cores']} cores, "
+    lines = [m.get("headline", f"CPU: {m.get('cpu', '')}"), "",
+             f"machine: {m.get('cpu', '')} ({m['machine']}, {m['cores']} cores, "
              f"ISA: {' '.join(m.get('cpu_features', [])) or 'none known'}; int8 dot product: "
              f"{m.get('int8_dot') or 'none'}); onnxruntime {m['onnxruntime']}"
              + (f", openvino {m['openvino']}" if m.get("openvino") else ""),
@@ -274,8 +276,8 @@ def stage_peak_lines(rows: list[dict]) -> list[str]:
               help="Engines to time, comma separated.")
 @click.option("--provider", "providers", default="cpu", callback=_csv(str, ("cpu", "cuda")),
               help="Devices, comma separated (cpu for every backend; cuda for ONNX Runtime).")
-@click.option("--backend", "backends", default="onnxruntime", callback=_csv(str, ("onnxruntime", "openvino", "auto")),
-              help="Backends, comma separated: their rows side by side.")
+@backend_options(parse=_csv(str, ("onnxruntime", "openvino", "auto")),
+                 help_more=" Comma separated (onnxruntime,openvino,auto): their rows side by side.")
 @click.option("--batch", "batches", default="1", callback=_csv(int), help="Frames per session call, comma separated.")
 @click.option("--shots", "shots", default="0,4", callback=_csv(int), help="0 = zero-shot; K = WinCLIP+ with K normals.")
 @click.option("--frames", type=Whole(1, 10_000), default=5, help="Timed batches per configuration.")
@@ -298,7 +300,7 @@ def stage_peak_lines(rows: list[dict]) -> list[str]:
 @click.option("--anomalib-python", type=click.Path(path_type=Path), default=None,
               help="With --compare-anomalib: the Python of a venv that has anomalib. [default: this one]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write bench.json and bench.md here.")
-def main(bundle, precisions, providers, backends, batches, shots, frames, warmup, threads, images, normal_dir,
+def main(bundle, precisions, providers, backend, remeasure, batches, shots, frames, warmup, threads, images, normal_dir,
          object_name, compare_torch, checkpoint, model_configs, compare_anomalib, anomalib_python, out):
     """Time BUNDLE's engines per frame and per stage, with cold start, memory and FLOP rate.
 
@@ -307,12 +309,16 @@ def main(bundle, precisions, providers, backends, batches, shots, frames, warmup
     """
     from tqdm import tqdm
 
+    from winclip.runtime import cpu
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.errors import BundleError
     from winclip.runtime.flops import frame_flops
     from winclip.runtime.images import ImageReadError, list_images
     require_onnxruntime()  # one line naming the extra, not a traceback
     from winclip.runtime.backends.onnxruntime import choose_providers
+
+    click.echo(cpu.current().headline(), err=True)  # first: every number below belongs to this class of CPU
+    backends = backend
 
     try:
         b = Bundle.load(bundle)
@@ -356,7 +362,7 @@ def main(bundle, precisions, providers, backends, batches, shots, frames, warmup
     base = {"bundle": str(Path(bundle).resolve()), "frames": frames, "warmup": warmup, "threads": threads,
             "images": [str(p) for p in frame_paths], "normals": [str(p) for p in normal_paths],
             "object": object_name, "checkpoint": str(checkpoint) if checkpoint else None,
-            "model_configs": [str(Path(c).resolve()) for c in model_configs]}
+            "model_configs": [str(Path(c).resolve()) for c in model_configs], "remeasure": remeasure}
     configs = list(product(backends, precisions, providers, batches, shots))
     torch_configs = list(product(batches, shots)) if compare_torch else []
     anomalib_python, anomalib_note = anomalib_interpreter(anomalib_python) if compare_anomalib else (None, None)

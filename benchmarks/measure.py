@@ -91,7 +91,7 @@ def _detector_options(cfg: dict) -> dict:
 
     object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]  # as the torch side
     return dict(object=object_name, provider=cfg["provider"], precision=cfg["precision"], threads=cfg.get("threads"),
-                backend=cfg.get("backend", "onnxruntime"))
+                backend=cfg.get("backend", "onnxruntime"), remeasure=bool(cfg.get("remeasure")))
 
 
 def _first_start(cfg: dict) -> float:

@@ -57,6 +57,30 @@ class Finite(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+def backend_options(parse: Callable | None = None, help_more: str = ""):
+    """--backend and --remeasure, the same for every command that runs a bundle's engine.
+
+    The default is `auto` where more than one local backend is installed (ONNX Runtime
+    and OpenVINO): the first start measures them on this machine, a few seconds, said
+    once on stderr; later starts reuse the choice. `parse`: a click callback for a
+    command that takes several backends (winclip-bench: a comma-separated list).
+    """
+    from winclip.runtime.backends import BACKENDS, default_backend
+
+    def decorate(f):
+        f = click.option("--remeasure", is_flag=True,
+                         help="With backend auto: measure the local backends again instead of reusing the choice "
+                              "remembered for this engine, library, CPU and settings.")(f)
+        kind = {"callback": parse} if parse else {"type": click.Choice(BACKENDS)}
+        return click.option("--backend", "backend", default=default_backend, **kind,
+                            show_default="auto where ONNX Runtime and OpenVINO are both installed, else onnxruntime",
+                            help="Inference backend; auto times the installed local ones on this machine (interleaved "
+                                 "rounds, about 10 s on a quiet box) and runs the fastest, remembered with the load "
+                                 f"it was measured under.{help_more}")(f)
+
+    return decorate
+
+
 def Whole(lo: int, hi: int) -> click.IntRange:  # noqa: N802  (reads as a type, like click.IntRange)
     """A whole-number option from lo to hi: an upper bound on every count keeps absurd values out."""
     return click.IntRange(lo, hi)

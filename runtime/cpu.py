@@ -4,9 +4,13 @@ int8 engines depend on the CPU they run on: with an int8 dot-product instruction
 (x86 AVX512-VNNI or AVX-VNNI, ARM's dot-product extension) u8 x s8 products add
 up exactly, so full-range 8-bit weights are both faster and closer to fp32;
 without one (AVX2 only) ONNX Runtime's kernels add pairs of products in a
-saturating 16-bit register and need 7-bit weights to stay exact. The answer is
-read once from /proc/cpuinfo (Linux) or sysctl (macOS); elsewhere the flags are
-unknown and the safe choice (7-bit weights) follows. Tests inject the text.
+saturating 16-bit register and need 7-bit weights to stay exact. On x86-64 the
+answer is read once from the CPUID instruction itself (see cpuid.py): what the
+kernels of ONNX Runtime and OpenVINO dispatch on, even where /proc/cpuinfo says
+otherwise (an emulated CPU: QEMU's `-cpu Haswell` on a VNNI host). Elsewhere, or
+where CPUID cannot be run, /proc/cpuinfo (Linux) or sysctl (macOS); failing
+those the flags are unknown and the safe choice (7-bit weights) follows. Tests
+inject the text.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_b
 INT8_DOT_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "asimddp")
 # bf16 arithmetic the CPU does natively (OpenVINO's bf16 inference hint needs one)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+# platform.machine() of the CPUs whose features CPUID tells
+X86_64 = ("x86_64", "amd64")
 # macOS sysctl names -> the Linux flag they stand for
 MACOS_FEATURES = {"hw.optional.arm.FEAT_DotProd": "asimddp", "hw.optional.arm.FEAT_I8MM": "i8mm",
                   "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.avx2_0": "avx2",
@@ -52,6 +58,24 @@ class CpuInfo:
     def reported_flags(self) -> list[str]:
         """The flags of REPORTED_FLAGS this CPU has, in that order."""
         return [f for f in REPORTED_FLAGS if f in self.flags]
+
+    @property
+    def isa_class(self) -> str:
+        """The class of CPU a speed belongs to, e.g. "x86-64 AVX-512 VNNI BF16" or "x86-64 AVX2 only"."""
+        f = self.flags
+        if self.machine.lower() not in X86_64:
+            return f"{self.machine or 'unknown architecture'} {' '.join(self.reported_flags) or 'no SIMD flags known'}"
+        if "avx512f" in f:
+            extras = [name for flag, name in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"), ("amx_int8", "AMX"))
+                      if flag in f]
+            return " ".join(["x86-64 AVX-512", *extras])
+        if "avx2" in f:
+            return "x86-64 AVX2 + AVX-VNNI" if "avx_vnni" in f else "x86-64 AVX2 only"
+        return "x86-64 without AVX2"
+
+    def headline(self) -> str:
+        """The first line of a speed report: "CPU: AMD EPYC, x86-64 AVX2 only"."""
+        return f"CPU: {self.model or 'unknown model'}, {self.isa_class}"
 
     def describe(self) -> str:
         """One line for people and tables: model, architecture, the flags that matter."""
@@ -88,15 +112,32 @@ def _macos() -> CpuInfo:
     return CpuInfo(sysctl("machdep.cpu.brand_string"), platform.machine(), frozenset(flags))
 
 
+def _x86(from_cpuinfo: CpuInfo | None) -> CpuInfo | None:
+    """The CPU as CPUID describes it (flags and brand string), or None where CPUID cannot be run here."""
+    from winclip.runtime import cpuid
+
+    read = cpuid.read()
+    if read is None:
+        return None
+    brand, flags = read
+    return CpuInfo(brand or (from_cpuinfo.model if from_cpuinfo else ""), platform.machine(), flags)
+
+
 @functools.lru_cache(maxsize=1)
 def current() -> CpuInfo:
     """This machine's CPU, read once per process."""
     if platform.system() == "Linux" and platform.machine().lower() in AARCH64:
         return linux_arm()
     try:
-        return parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
+        from_cpuinfo = parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
-        pass
+        from_cpuinfo = None
+    if platform.machine().lower() in X86_64:
+        from_cpuid = _x86(from_cpuinfo)
+        if from_cpuid is not None:
+            return from_cpuid
+    if from_cpuinfo is not None:
+        return from_cpuinfo
     if platform.system() == "Darwin":
         return _macos()
     return CpuInfo(platform.processor(), platform.machine(), frozenset())

@@ -59,7 +59,8 @@ class Detector:
                  precision: str = "auto", threads: int | None = None, temperature: float | None = None,
                  threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
                  self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND,
-                 engine: str | None = None, wait_for_engine: bool = False, engine_sha256: str | None = None):
+                 engine: str | None = None, wait_for_engine: bool = False, engine_sha256: str | None = None,
+                 remeasure: bool = False):
         """bundle: a loaded Bundle. object_name: whose text prototypes score (default: the bundle's only
         object). backend: a name of winclip.runtime.backends.BACKENDS; provider: the device it runs on
         (auto | cuda | cpu for onnxruntime); precision: auto | fp32 | fp16 | int8. threshold /
@@ -68,7 +69,7 @@ class Detector:
         and passed self-checks. engine: a served engine's address (triton://HOST:PORT/MODEL): the batch is
         run there by the backend its scheme names, scoring stays here; wait_for_engine: keep trying a
         server that cannot be reached at start. engine_sha256: run this engine where the bundle has it
-        (a profile's)."""
+        (a profile's). remeasure: backend auto measures again instead of reusing its remembered choice."""
         self.bundle = bundle
         m = bundle.manifest
         if object_name is None:
@@ -81,7 +82,7 @@ class Detector:
             backend = backend_for_address(engine)
         self.backend: Backend = open_backend(bundle, backend, BackendOptions(
             device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir,
-            endpoint=engine, wait=wait_for_engine, engine_sha256=engine_sha256))
+            endpoint=engine, wait=wait_for_engine, engine_sha256=engine_sha256, remeasure=remeasure))
         self.engine = self.backend.engine
         self.output_names = m.output_names
         self.preprocess = Preprocessor(m.preprocess)

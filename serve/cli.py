@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.command import CONTEXT, one_line_errors, require_onnxruntime, setup_logging
+from winclip.runtime.command import CONTEXT, backend_options, one_line_errors, require_onnxruntime, setup_logging
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS, SERVED_MODEL_NAME, TRITON_PORTS
 from winclip.serve import defaults
 from winclip.serve.repository import DEFAULT_TARGET, TARGETS
@@ -24,7 +24,7 @@ from winclip.serve.repository import DEFAULT_TARGET, TARGETS
 log = logging.getLogger("winclip.serve")  # not __name__: run as a script, that is "__main__"
 
 PORT = click.IntRange(1, 65535)
-SERVER_ONLY = ("provider", "threads", "host", "http_port", "grpc_port", "metrics_port", "no_cache")
+SERVER_ONLY = ("provider", "backend", "remeasure", "threads", "host", "http_port", "grpc_port", "metrics_port", "no_cache")
 
 
 @click.command(context_settings=CONTEXT)
@@ -33,6 +33,7 @@ SERVER_ONLY = ("provider", "threads", "host", "http_port", "grpc_port", "metrics
               help="Engine to serve: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
               help="ONNX Runtime provider of the engine.")
+@backend_options(help_more=" The engine runs here, so not triton.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime intra-op threads per engine call. [default: all cores]")
 @click.option("--model-name", default=SERVED_MODEL_NAME,
@@ -57,7 +58,7 @@ SERVER_ONLY = ("provider", "threads", "host", "http_port", "grpc_port", "metrics
               help="With --write-repo: where NVIDIA's server runs the engine (onnxruntime on GPU or CPU, or its "
                    "TensorRT or OpenVINO accelerator).")
 @click.pass_context
-def main(ctx, bundle, precision, provider, threads, model_name, max_batch, max_queue_delay_us, dynamic_batching,
+def main(ctx, bundle, precision, provider, backend, remeasure, threads, model_name, max_batch, max_queue_delay_us, dynamic_batching,
          instances, host, http_port, grpc_port, metrics_port, no_cache, write_repo, repo_target):
     """Serve the chosen engine of BUNDLE through Triton Inference Server.
 
@@ -83,10 +84,13 @@ def main(ctx, bundle, precision, provider, threads, model_name, max_batch, max_q
         raise click.UsageError("--repo-target needs --write-repo DIR")
     if len({http_port, grpc_port, metrics_port}) < 3:
         raise click.UsageError("--http-port, --grpc-port and --metrics-port must differ")
+    if backend == "triton":
+        raise click.UsageError("--backend triton would serve a served engine; choose a local backend")
     require_onnxruntime()
     from winclip.serve.server import EngineServer, ServeOptions
 
-    options = ServeOptions(precision=precision, provider=provider, threads=threads, cache=not no_cache,
+    options = ServeOptions(precision=precision, provider=provider, backend=backend, remeasure=remeasure,
+                           threads=threads, cache=not no_cache,
                            model_name=model_name, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
                            dynamic_batching=dynamic_batching, instances=instances, host=host, http_port=http_port,
                            grpc_port=grpc_port, metrics_port=metrics_port)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from winclip.runtime.backends import Backend, BackendOptions, open_backend
+from winclip.runtime.backends import DEFAULT_BACKEND, Backend, BackendOptions, open_backend
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.defaults import SERVED_MODEL_NAME, TRITON_PORTS
 from winclip.runtime.errors import MissingExtra, WinclipError, install_hint
@@ -47,6 +47,8 @@ class ServeOptions:
 
     precision: str = "auto"
     provider: str = "auto"
+    backend: str = DEFAULT_BACKEND  # a local backend, or auto (winclip-serve: auto where two are installed)
+    remeasure: bool = False
     threads: int | None = None
     cache: bool = True
     model_name: str = SERVED_MODEL_NAME
@@ -126,8 +128,9 @@ class EngineServer:
         check_model_name(options.model_name)
         self.options = options
         self.bundle = Bundle.load(bundle_path)
-        self.backend = open_backend(self.bundle, "onnxruntime", BackendOptions(
-            device=options.provider, precision=options.precision, threads=options.threads, cache=options.cache))
+        self.backend = open_backend(self.bundle, options.backend, BackendOptions(
+            device=options.provider, precision=options.precision, threads=options.threads, cache=options.cache,
+            remeasure=options.remeasure))
         self.engine = self.backend.engine
         self.version = served_version(self.engine.sha256)
         self.triton = None

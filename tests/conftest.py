@@ -26,6 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tes
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="winclip-test-cache-")  # the runtime's graph cache
 
 TESTS = Path(__file__).parent
+# Set in a test process that runs under QEMU (tests/test_emulated_x86.py): the CPU model it emulates, so the
+# commands the tests start run on that CPU too (QEMU's user mode runs a child's exec natively otherwise).
+EMULATED_CPU_VARIABLE = "WINCLIP_EMULATED_CPU"
+TINY_BUNDLE_VARIABLE = "WINCLIP_TINY_BUNDLE"  # a tiny bundle made natively, for such a process (read only)
 TINY_CONFIG = TESTS / "model_configs" / "winclip-tiny.json"
 TINY = "winclip-tiny"
 SCRIPTS = {"winclip-export": "winclip.export.cli", "winclip-inspect": "winclip.runtime.line.cli",
@@ -53,8 +57,14 @@ def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
-    return export(tmp_path_factory.mktemp("bundles") / "tiny", tiny_checkpoint, TINY, objects=("bottle", "metal_nut"))
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    """The tiny model's bundle: exported here, or handed over by the process that started this one under QEMU
+    (made natively, it saves the emulated run torch and the export)."""
+    handed = os.environ.get(TINY_BUNDLE_VARIABLE)
+    if handed:
+        return Path(handed)
+    checkpoint = request.getfixturevalue("tiny_checkpoint")
+    return export(tmp_path_factory.mktemp("bundles") / "tiny", checkpoint, TINY, objects=("bottle", "metal_nut"))
 
 
 @pytest.fixture
@@ -88,13 +98,36 @@ def run_cli(name: str, *args: str, check: bool = False, env: dict | None = None,
     if script:
         exe = Path(sys.executable).parent / name
         assert exe.is_file(), f"console script {name} is not installed beside {sys.executable}"
-        cmd = [str(exe), *args]
+        cmd = [sys.executable, str(exe), *args] if emulator() else [str(exe), *args]
     else:
         cmd = [sys.executable, "-m", SCRIPTS[name], *args]
+    cmd = [*emulator(), *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def emulator() -> list[str]:
+    """The QEMU command line this test process runs under (empty when it runs natively)."""
+    model = os.environ.get(EMULATED_CPU_VARIABLE)
+    return [shutil.which("qemu-x86_64-static") or "qemu-x86_64", "-cpu", model] if model else []
+
+
+def needs(why: str) -> None:
+    """Skip a test whose optional peer or extra is missing here; under CI (`CI` set) fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test: {why}")
+    pytest.skip(why, allow_module_level=True)
+
+
+def needs_openvino() -> None:
+    """The openvino extra (openvino and nncf), or a skip (under CI: a failure)."""
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as missing:
+        needs(f"the openvino extra is not installed ({missing.name}): pip install '.[openvino]'")
 
 
 def line_frames(folder: Path, per_kind: int) -> Path:

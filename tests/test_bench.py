@@ -3,6 +3,7 @@
 import json
 
 from conftest import TINY_CONFIG, run_cli
+from winclip.runtime.backends import default_backend
 
 
 def test_bench_writes_a_table_and_json(tiny_bundle, tmp_path):
@@ -33,7 +34,10 @@ def test_bench_writes_a_table_and_json(tiny_bundle, tmp_path):
         assert row["p50_ms"] > 0
     header = [line for line in proc.stdout.splitlines() if line.startswith("| engine |")]
     assert len(header) == 2 and header[1].endswith("| load | first frame | memory build | steady state | whole run |")
-    assert len([line for line in proc.stdout.splitlines() if line.startswith("| fp32 |")]) == 4 + 4
+    # the default backend: auto where ONNX Runtime and OpenVINO are both installed (its rows say so)
+    label = "fp32" if default_backend() == "onnxruntime" else f"{default_backend()} fp32"
+    assert {row["backend"] for row in result["rows"]} == {default_backend()}
+    assert len([line for line in proc.stdout.splitlines() if line.startswith(f"| {label} |")]) == 4 + 4
 
 
 def test_bench_refuses_what_it_cannot_measure(tiny_bundle):

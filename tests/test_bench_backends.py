@@ -2,14 +2,12 @@
 
 import json
 
-import pytest
-
-from conftest import run_cli
+from conftest import needs_openvino, run_cli
 from winclip.runtime import cpu
 
 
 def test_bench_rows_per_backend_with_the_cpu(tiny_bundle, tmp_path):
-    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
+    needs_openvino()
     out = tmp_path / "bench"
     missing = tmp_path / "no-anomalib-python"
     missing.write_text("#!/bin/sh\nexit 1\n")
@@ -27,8 +25,11 @@ def test_bench_rows_per_backend_with_the_cpu(tiny_bundle, tmp_path):
     assert ov_row["providers"] == ["CPU"] and ov_row["speedup_vs_fp32"] > 0  # against ONNX Runtime's fp32
     this = cpu.current()
     assert result["machine"]["cpu"] == this.model and result["machine"]["cpu_features"] == this.reported_flags
-    first = proc.stdout.splitlines()[0]
-    assert first.startswith("machine: ") and "ISA: " in first and "int8 dot product: " in first
+    # the class of CPU first, on stderr as the run starts and atop the table: every number belongs to it
+    assert proc.stderr.splitlines()[0] == this.headline() == proc.stdout.splitlines()[0]
+    assert result["machine"]["cpu_class"] == this.isa_class and this.isa_class in this.headline()
+    machine = proc.stdout.splitlines()[2]
+    assert machine.startswith("machine: ") and "ISA: " in machine and "int8 dot product: " in machine
     assert any(line.startswith("| openvino fp32 |") for line in proc.stdout.splitlines())
     assert any(line.startswith("| fp32 |") for line in proc.stdout.splitlines())
     assert result["anomalib"] == [] and "skipped: anomalib is not installed" in result["anomalib_note"]

@@ -367,8 +367,8 @@ def _with_engines(manifest, *precisions, degraded=(), root=None):
     (("fp16", "int8"), (), "cpu", "int8", "auto: guarded int8 on CPU"),
     (("int8",), (), "cuda", "fp32", "auto: fp32"),  # int8 engines are made for the CPU provider
     (("fp16",), (), "cpu", "fp32", "auto: fp32"),  # fp16 is for CUDA
-    (("fp16", "int8"), ("fp16",), "cuda", "fp32", "auto: fp32"),  # added despite a failed guard: never auto
-    (("fp16", "int8"), ("int8",), "cpu", "fp32", "auto: fp32"),
+    (("fp16", "int8"), ("fp16",), "cuda", "fp32", "auto: fp32 (passed over: fp16 failed its guard)"),  # never auto
+    (("fp16", "int8"), ("int8",), "cpu", "fp32", "auto: fp32 (passed over: int8 failed its guard)"),  # said why
     ((), (), "cuda", "fp32", "auto: fp32"),
 ])
 def test_auto_precision_policy(tiny_bundle, have, degraded, device, chosen, why):

@@ -8,14 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import line_frames, run_cli
-from winclip.runtime import Detector
+from conftest import line_frames, needs_openvino, run_cli
+from winclip.calibration.engines import openvino_int8
+from winclip.calibration.engines.openvino_int8 import NncfSettings
+from winclip.runtime import Detector, cpu
 from winclip.runtime.backends import BackendOptions, backend_class, open_backend
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.errors import BundleError, MissingExtra
 
-ov = pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install '.[openvino]')")
-pytest.importorskip("nncf", reason="the openvino extra is not installed (pip install '.[openvino]')")
+needs_openvino()  # under CI a failure, as the serve and browser tests are
+import openvino as ov  # noqa: E402
 
 
 def _frame(seed=0, shape=(70, 90, 3)):
@@ -57,7 +59,10 @@ def ir_bundle(tiny_bundle, line_images, tmp_path_factory):
     assert "added visual-int8-openvino-" in proc.stdout and "| zero-shot |" in proc.stderr
     assert "guarded at bf16 compute" in proc.stderr or "guarded at f32 compute" in proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 1  # NNCF's progress bars stay off the result line
-    proc = run_cli("winclip-quantize", str(root), "--precision", "int8", "--images", str(line_images))
+    # The tiny model's 7-bit ONNX Runtime engine (a CPU without VNNI) fails the rank guard on these frames
+    # (score spearman 0.886: its scores sit within 4e-3 of each other) on any CPU; full-range passes with VNNI.
+    seven_bit = () if cpu.current().int8_dot else ("--accept-degraded",)
+    proc = run_cli("winclip-quantize", str(root), "--precision", "int8", "--images", str(line_images), *seven_bit)
     assert proc.returncode == 0, proc.stderr
     return root
 
@@ -82,6 +87,21 @@ def test_openvino_runs_the_fp32_graph_as_onnxruntime_does(tiny_bundle, tmp_path)
     det.backend.check_outputs(outputs, det.bundle.manifest, 2)
 
 
+def test_the_nncf_recipe_follows_the_cpu_and_a_failure_without_vnni_says_what_to_use(monkeypatch):
+    vnni = cpu.parse_cpuinfo("model name : Test EPYC\nflags : avx2 fma avx512f avx512_vnni\n", "x86_64")
+    avx2 = cpu.parse_cpuinfo("model name : Test EPYC\nflags : avx2 fma\n", "x86_64")
+    assert openvino_int8.for_this_cpu(NncfSettings(), vnni).overflow_fix == "first_layer_only"  # NNCF's default
+    assert openvino_int8.for_this_cpu(NncfSettings(), avx2).overflow_fix == "enable"  # half-range weights everywhere
+    assert openvino_int8.for_this_cpu(NncfSettings(overflow_fix="disable"), avx2).overflow_fix == "disable"  # asked
+    builder = openvino_int8.BUILDER
+    for machine, fix, hint in ((vnni, "first_layer_only", None), (avx2, "enable", openvino_int8.NEEDS_VNNI)):
+        monkeypatch.setattr(cpu, "current", lambda machine=machine: machine)
+        assert builder.record(NncfSettings())["overflow_fix"] == fix
+        assert f"overflow fix {fix.replace('_', ' ')}" in builder.describe(NncfSettings())
+        assert builder.failure_hint() == hint
+    assert openvino_int8.NEEDS_VNNI == "OpenVINO int8 needs VNNI on this CPU; use the ONNX Runtime int8 engine"
+
+
 def test_the_int8_ir_is_stored_checked_and_chosen_by_backend(ir_bundle):
     m = _manifest(ir_bundle)
     assert m["schema_version"] == 3
@@ -90,6 +110,8 @@ def test_the_int8_ir_is_stored_checked_and_chosen_by_backend(ir_bundle):
     assert ir["weights"]["sha256"] == hashlib.sha256((ir_bundle / ir["weights"]["file"]).read_bytes()).hexdigest()
     assert ir["made_by"]["backend"] == "openvino" and ir["made_by"]["settings"]["ignore"] == ["attention"]
     assert ir["made_by"]["settings"]["float_matmuls"] > 0 and ir["made_by"]["cpu"]["flags"] is not None
+    fix = "first_layer_only" if cpu.current().int8_dot else "enable"  # the recipe of the CPU it was made on
+    assert ir["made_by"]["settings"]["overflow_fix"] == fix and fix.replace("_", " ") in ir["guard"]["recipe"]
     assert set(ir["guard"]["embedding_cosine_min"]) == {"image_embedding", "window_embeddings_2",
                                                        "window_embeddings_3", "patch_features"}
     b = Bundle.load(ir_bundle)

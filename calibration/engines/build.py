@@ -134,9 +134,11 @@ def _add_engine(root: Path, builder, backend: str, precision: str, images: Path,
     report["object"] = object_name
     if compute is not None:
         report["compute"] = compute
+    report["recipe"] = how  # what was guarded, with the choices this CPU made (weight range, overflow fix)
     if not report["passed"] and not accept_degraded:
+        hint = builder.failure_hint() if hasattr(builder, "failure_hint") else None
         raise QuantizeError(f"the {precision} engine failed its accuracy guard: {'; '.join(report['failures'])}; "
-                            "the bundle is unchanged (--accept-degraded adds it anyway)")
+                            f"{hint + '; ' if hint else ''}the bundle is unchanged (--accept-degraded adds it anyway)")
     digest = hashlib.sha256(engine_bytes).hexdigest()
     stem, suffix = engine_file_name(precision, builder.format).rsplit(".", 1)
     name = f"{stem}-{digest[:12]}.{suffix}"  # a new name: readers never see a half-swap

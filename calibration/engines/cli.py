@@ -27,7 +27,8 @@ SETTINGS = {
         calibration_frames=o["calibration_frames"] or DEFAULT.calibration_frames),
     ("openvino", "int8"): lambda o: NncfSettings(
         calibration_frames=o["calibration_frames"] or NNCF.calibration_frames, per_channel=o["per_channel"],
-        smooth_quant_alpha=o["smooth_quant_alpha"], ignore=tuple(o["keep_float"]), preset=o["preset"]),
+        smooth_quant_alpha=o["smooth_quant_alpha"], ignore=tuple(o["keep_float"]), preset=o["preset"],
+        overflow_fix=None if o["reduce_range"] is None else ("enable" if o["reduce_range"] else "first_layer_only")),
 }
 
 
@@ -67,8 +68,9 @@ def guard_table(report: dict) -> str:
               help="int8: dynamic (activation ranges per frame) or static (from calibration frames).")
 @click.option("--per-channel/--per-tensor", default=DEFAULT.per_channel, help="int8 weight scales.")
 @click.option("--reduce-range/--full-range", default=None,
-              help="7-bit or 8-bit int8 weights (ONNX Runtime). CPUs without VNNI (AVX2 only) saturate on "
-                   "full-range weights. [default: full-range where this CPU has VNNI or ARM dot product, else 7-bit]")
+              help="7-bit or 8-bit int8 weights (ONNX Runtime; for OpenVINO: NNCF's overflow fix on every layer, "
+                   "or on the first only). CPUs without VNNI (AVX2 only) saturate on full-range weights. "
+                   "[default: full-range where this CPU has VNNI or ARM dot product, else 7-bit]")
 @click.option("--format", "quant_format", type=click.Choice(QUANT_FORMATS), default=DEFAULT.quant_format,
               help="Static int8 graph format.")
 @click.option("--quantize-attention", is_flag=True, help="Also quantise attention's activation x activation products.")

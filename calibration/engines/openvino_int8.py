@@ -8,6 +8,13 @@ kept in floating point (the patch-feature branch, the first or last block,
 attention's activation x activation products), the SmoothQuant alpha,
 per-channel or per-tensor weights, and the number of calibration frames.
 The engine runs on the OpenVINO backend and is guarded there.
+
+The recipe depends on the CPU, as ONNX Runtime's weight range does: without an
+int8 dot-product instruction (AVX2 only) OpenVINO's int8 kernels add u8 x s8
+pairs in saturating 16-bit registers, and NNCF's default (its overflow fix on
+the first layer only) failed the guard of ViT-B-16+ there (embedding cosine
+0.983-0.985). NNCF's overflow fix on every layer halves the weights' range, as
+7-bit weights do for ONNX Runtime: that is the recipe where the CPU has no VNNI.
 """
 
 from __future__ import annotations
@@ -16,16 +23,21 @@ import contextlib
 import logging
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import FrameSets
+from winclip.runtime import cpu
 from winclip.runtime.contract import FORMAT_OPENVINO_IR, PATCH_FEATURES, WEIGHTS_SUFFIX
 from winclip.runtime.errors import MissingExtra, install_hint
 
 OPENVINO_EXTRA = install_hint("openvino")
 PRESETS = ("performance", "mixed")  # symmetric activations, or asymmetric ones (NNCF's presets)
+# NNCF's OverflowFix values: half-range weights on every layer, on the first only (NNCF's default), nowhere
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
+# what a guard failure on a CPU without an int8 dot product tells the user to do instead
+NEEDS_VNNI = "OpenVINO int8 needs VNNI on this CPU; use the ONNX Runtime int8 engine"
 # ops whose inputs can be traced back to a constant weight through them
 WEIGHT_PATH_OPS = ("Constant", "Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "FakeQuantize")
 
@@ -102,6 +114,7 @@ class NncfSettings:
     ignore: tuple[str, ...] = ()  # names of IGNORE_SCOPES kept in floating point
     preset: str = "performance"  # performance (symmetric activations) | mixed (asymmetric)
     fast_bias_correction: bool = True
+    overflow_fix: str | None = None  # one of OVERFLOW_FIXES; None: by the CPU (for_this_cpu)
 
     def check(self, layers: int) -> None:
         unknown = [s for s in self.ignore if s not in IGNORE_SCOPES]
@@ -109,10 +122,21 @@ class NncfSettings:
             raise QuantizeError(f"unknown scope {unknown[0]!r} to keep in floating point; use {', '.join(IGNORE_SCOPES)}")
         if self.preset not in PRESETS:
             raise QuantizeError(f"unknown preset {self.preset!r}; use {' or '.join(PRESETS)}")
+        if self.overflow_fix is not None and self.overflow_fix not in OVERFLOW_FIXES:
+            raise QuantizeError(f"unknown overflow fix {self.overflow_fix!r}; use {', '.join(OVERFLOW_FIXES)}")
         if self.calibration_frames < 1:
             raise QuantizeError("NNCF needs at least one calibration frame")
         if self.smooth_quant_alpha is not None and self.smooth_quant_alpha > 1:
             raise QuantizeError(f"SmoothQuant alpha must be at most 1 (negative: off), got {self.smooth_quant_alpha}")
+
+
+def for_this_cpu(settings: NncfSettings, machine: cpu.CpuInfo | None = None) -> NncfSettings:
+    """The settings with the overflow fix decided: on every layer unless the CPU has an int8 dot product
+    (VNNI), where NNCF's default (first layer only) keeps more of each weight's range."""
+    if settings.overflow_fix is not None:
+        return settings
+    dot = (machine or cpu.current()).int8_dot
+    return replace(settings, overflow_fix="first_layer_only" if dot else "enable")
 
 
 def _tools():
@@ -133,12 +157,13 @@ def make_openvino_int8(fp32_path: Path, out_xml: Path, settings: NncfSettings, f
     """Write the int8 IR (out_xml and its .bin) of the fp32 ONNX graph; returns how many MatMuls stayed float."""
     nncf, ov = _tools()
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                       AdvancedSmoothQuantParameters, QuantizationParameters)
+                                                       AdvancedSmoothQuantParameters, OverflowFix,
+                                                       QuantizationParameters)
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-step INFO lines are not the user's business
     model = ov.Core().read_model(str(fp32_path))
     ignored = ignored_nodes(model, settings)
-    advanced = AdvancedQuantizationParameters()
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(for_this_cpu(settings).overflow_fix))
     if settings.smooth_quant_alpha is not None:
         advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=settings.smooth_quant_alpha)
     if not settings.per_channel:
@@ -172,11 +197,13 @@ class OpenVinoInt8Builder:
         return settings.calibration_frames
 
     def describe(self, settings: NncfSettings) -> str:
+        settings, dot = for_this_cpu(settings), cpu.current().int8_dot
         alpha = "default" if settings.smooth_quant_alpha is None else (
             "off" if settings.smooth_quant_alpha < 0 else settings.smooth_quant_alpha)
         kept = f", {'+'.join(settings.ignore)} kept float" if settings.ignore else ""
         return (f"NNCF, {settings.calibration_frames} frames, SmoothQuant {alpha}, "
-                f"per-{'channel' if settings.per_channel else 'tensor'}{kept}")
+                f"per-{'channel' if settings.per_channel else 'tensor'}{kept}, overflow fix "
+                f"{settings.overflow_fix.replace('_', ' ')} (this CPU has {dot or 'no int8 dot product'})")
 
     def make(self, fp32: Path, out: Path, settings: NncfSettings, frames: FrameSets, input_name: str) -> dict:
         return {"float_matmuls": make_openvino_int8(fp32, out, settings, frames)}
@@ -189,8 +216,12 @@ class OpenVinoInt8Builder:
 
         return "bf16" if cpu_computes_bf16() else "f32"
 
+    def failure_hint(self) -> str | None:
+        """What to do when the guard fails: on a CPU without VNNI even the overflow fix may not save it."""
+        return None if cpu.current().int8_dot else NEEDS_VNNI
+
     def record(self, settings: NncfSettings) -> dict:
-        return {**asdict(settings), "ignore": list(settings.ignore), "model_type": "transformer"}
+        return {**asdict(for_this_cpu(settings)), "ignore": list(settings.ignore), "model_type": "transformer"}
 
 
 BUILDER = OpenVinoInt8Builder()

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from winclip.calibration.evaluation.layouts import LAYOUTS
-from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole
+from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole, backend_options
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS
 from winclip.runtime.errors import first_line, install_hint
 
@@ -97,6 +97,7 @@ def main():
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine to evaluate (auto: as winclip-inspect chooses).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
+@backend_options()
 @click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--batch-size", type=Whole(1, 1024), default=4, help="Images per session call.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -108,7 +109,7 @@ def main():
               help="Exit non-zero (3) when the run is INCOMPLETE: images, settings or categories were skipped.")
 @click.pass_context
 def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, profile, pixel_size, precision,
-        provider, threads, batch_size, out, save_scores, force, strict):
+        provider, backend, remeasure, threads, batch_size, out, save_scores, force, strict):
     """Evaluate BUNDLE on a labelled data set: per category, each shot count, and the mean.
 
     Prints a markdown table; with --out also writes CSV, JSON and an HTML report
@@ -137,6 +138,7 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
     names = [n.strip() for value in categories for n in value.split(",") if n.strip()]
     options = EvalOptions(shots=shots, seeds=seeds, seed=seed, pixel_size=pixel_size, objects=objects,
                           provider=provider, precision=precision, threads=threads, profile=profile,
+                          backend=backend, remeasure=remeasure,
                           batch_size=batch_size)
     try:
         layout = detect_layout(dataset) if layout == "auto" else layout

@@ -31,6 +31,7 @@ import numpy as np
 from winclip.calibration.evaluation.engine_pass import OutputCache, embed_test_set, score_cached
 from winclip.calibration.evaluation.layouts import Category, Sample, read_dataset
 from winclip.calibration.evaluation.metrics import METRICS, PixelSet, counts_at_threshold, roc_points
+from winclip.runtime.backends import DEFAULT_BACKEND
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.contract import normalize_object_name
 from winclip.runtime.detector import Detector
@@ -58,6 +59,8 @@ class EvalOptions:
     provider: str = "auto"
     precision: str = "auto"
     threads: int | None = None
+    backend: str = DEFAULT_BACKEND  # winclip-eval passes its --backend (default: auto where two are installed)
+    remeasure: bool = False
     profile: Path | None = None  # evaluate this line profile's memory and thresholds instead of --shots
     batch_size: int = 4
     examples: int = 2  # overlays per kind (best/worst good, best/worst defective) in the report
@@ -221,10 +224,12 @@ def evaluate(bundle_path: Path, dataset: Path, layout: str, categories: list[Cat
             continue
         if profile is not None:
             detector = Detector.from_bundle(bundle_path, profile=profile, provider=options.provider,
-                                            precision=options.precision, threads=options.threads)
+                                            precision=options.precision, threads=options.threads,
+                                            backend=options.backend, remeasure=options.remeasure)
         else:
             detector = Detector(bundle, object_name=object_name, provider=options.provider,
-                                precision=options.precision, threads=options.threads)
+                                precision=options.precision, threads=options.threads, backend=options.backend,
+                                remeasure=options.remeasure)
         result.engine = {"precision": detector.engine.precision, "file": detector.engine.file,
                          "provider": detector.backend.device,
                          "chosen": detector.backend.reason}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.command import CONTEXT, Command, Finite, Whole
+from winclip.runtime.command import CONTEXT, Command, Finite, Whole, backend_options
 from winclip.runtime.defaults import MEMORY_MAX_SHOTS, PRECISIONS, PROVIDERS
 from winclip.runtime.errors import first_line
 
@@ -35,11 +35,12 @@ from winclip.runtime.errors import first_line
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
               help="Engine the profile is made with (and bound to).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
+@backend_options()
 @click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--force", is_flag=True, help="Replace an existing profile at --out.")
 @click.pass_context
 def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, seed, false_alarm_rate, labelled_dir,
-         threshold_from, precision, provider, threads, force):
+         threshold_from, precision, provider, backend, remeasure, threads, force):
     """Make a line profile for BUNDLE from normal parts only (no defects needed), without re-export.
 
     The profile holds the WinCLIP+ memory of K normal images (chosen reproducibly)
@@ -60,7 +61,7 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
         if given:
             raise click.UsageError(f"--{given[0].replace('_dir', '').replace('_name', '').replace('_', '-')} makes a "
                                    "new profile; --add-normal changes the one at --out")
-        return _add_normal(bundle, out, add_dir, who, why, precision, provider, threads)
+        return _add_normal(bundle, out, add_dir, who, why, precision, provider, threads, backend, remeasure)
     if normal_dir is None:
         raise click.UsageError("--normal DIR is needed to make a profile (or --add-normal DIR to change one)")
     if who is not None or why is not None:
@@ -80,7 +81,7 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
     with one_line_errors():
         try:
             detector = Detector.from_bundle(bundle, object=object_name, provider=provider, precision=precision,
-                                            threads=threads)
+                                            threads=threads, backend=backend, remeasure=remeasure)
             click.echo(f"{bundle}: {detector.describe()}", err=True)
             with progress_bar(planned_images(normal_dir, labelled_dir), "scoring") as bar:
                 result = calibrate(detector, normal_dir, shots, false_alarm_rate, seed, labelled_dir, threshold_from,
@@ -128,7 +129,7 @@ def _panels(detector, result) -> list:
                   result.normal_map_max, result.defect_map_max, {"pixel threshold": detector.pixel_threshold})]
 
 
-def _add_normal(bundle, out, add_dir, who, why, precision, provider, threads):
+def _add_normal(bundle, out, add_dir, who, why, precision, provider, threads, backend, remeasure):
     """winclip-calibrate --add-normal: the next version of the profile at OUT, with DIR's good parts taught."""
     import getpass
 
@@ -144,7 +145,8 @@ def _add_normal(bundle, out, add_dir, who, why, precision, provider, threads):
     with one_line_errors():
         store = ProfileStore(out)
         before = store.load()[0]
-        detector = Detector.from_bundle(bundle, precision=precision, provider=provider, threads=threads, profile=before)
+        detector = Detector.from_bundle(bundle, precision=precision, provider=provider, threads=threads, profile=before,
+                                        backend=backend, remeasure=remeasure)
         click.echo(f"{bundle}: {detector.describe()}", err=True)
         images, _ = read_folder(add_dir, "normal images to add")
         if not images:

@@ -30,7 +30,8 @@ DEFAULT_BACKEND = "onnxruntime"
 # a served engine's address scheme -> the backend that speaks to it (--engine triton://HOST:PORT/MODEL)
 SCHEMES: dict[str, str] = {TRITON_SCHEME: "triton"}
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "backend_for_address", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "backend_class", "backend_for_address", "default_backend",
+           "open_backend"]
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -42,6 +43,22 @@ def backend_class(name: str) -> type[Backend]:
         return getattr(import_module(module), cls)
     except ImportError as exc:
         raise MissingExtra(f"the {name} backend needs {exc.name}: {EXTRAS.get(name, 'see the docs')}") from None
+
+
+def default_backend() -> str:
+    """The backend a command runs when none is asked for: auto where more than one local backend is installed
+    (it measures which one is fastest on this CPU, and remembers), else ONNX Runtime. Found without importing."""
+    from importlib.util import find_spec
+
+    from winclip.runtime.backends.auto import MEASURED
+
+    def installed(module: str) -> bool:
+        try:
+            return find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or blocked package is as good as none
+            return False
+
+    return "auto" if sum(installed(module) for module in MEASURED.values()) > 1 else DEFAULT_BACKEND
 
 
 def backend_for_address(address: str) -> str:

@@ -35,6 +35,7 @@ class BackendOptions:
     wait: bool = False  # a remote backend: keep trying a server that cannot be reached at start
     engine_sha256: str | None = None  # run this engine where the bundle has it (a line profile's engine)
     inference_precision: str | None = None  # OpenVINO: f32 | bf16 compute for an fp32 engine (default f32)
+    remeasure: bool = False  # backend auto: measure again instead of reusing the remembered choice
 
 
 class Backend(ABC):

@@ -104,6 +104,17 @@ def isa_problem(engine: Engine, cpu: cpus.CpuInfo) -> str | None:
             "(it picks 7-bit weights without VNNI)")
 
 
+def passed_over(engine: Engine, cpu: cpus.CpuInfo) -> str | None:
+    """Why `auto` does not take an engine of a precision it wants, in a few words; None when it takes it."""
+    problem = distrust(engine)
+    if problem:
+        return "failed its guard" if "FAILED" in problem else f"not vouched for ({problem})"
+    if isa_problem(engine, cpu):
+        made_on = (engine.made_by or {}).get("cpu") or {}
+        return f"wrong ISA (full-range weights made with {made_on.get('int8_dot')}; this CPU has none)"
+    return None
+
+
 def choose_engine(manifest: Manifest, precision: str, device_kind: str, formats: tuple[str, ...] = (FORMAT_ONNX,),
                   engine_sha256: str | None = None, cpu: cpus.CpuInfo | None = None) -> tuple[Engine, str]:
     """The engine to run and why, among the engines of `formats` (a backend's, best first).
@@ -134,15 +145,20 @@ def choose_engine(manifest: Manifest, precision: str, device_kind: str, formats:
                         "by name", precision, problem)
         _warn_isa(engine, cpu)
         return engine, "asked for"
+    skipped = []
     for wanted, why in AUTO_PRECISIONS.get(device_kind, ()):
-        for engine in (e for e in runnable if e.precision == wanted and admitted(e)):
+        for engine in (e for e in runnable if e.precision == wanted):
+            if not admitted(engine):
+                skipped.append(f"{engine.label} {passed_over(engine, cpu)}")
+                continue
             problem = isa_problem(engine, cpu)
             if problem is None:
                 return engine, f"auto: {why}"
             log.warning("%s; auto passes it over", problem)
+            skipped.append(f"{engine.label} {passed_over(engine, cpu)}")
     fp32 = next((e for e in runnable if e.precision == "fp32"), None)
     if fp32 is not None:
-        return fp32, "auto: fp32"
+        return fp32, "auto: fp32" + (f" (passed over: {'; '.join(skipped)})" if skipped else "")
     return runnable[0], f"auto: the only engine this backend runs ({runnable[0].label})"
 
 

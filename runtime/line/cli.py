@@ -16,9 +16,8 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.backends import BACKENDS, DEFAULT_BACKEND
-from winclip.runtime.command import (CONTEXT, Command, Finite, Whole, one_line_errors, require_onnxruntime,
-                                     setup_logging)
+from winclip.runtime.command import (CONTEXT, Command, Finite, Whole, backend_options, one_line_errors,
+                                     require_onnxruntime, setup_logging)
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS, check_threshold
 from winclip.runtime.errors import first_line
 from winclip.runtime.line import defaults
@@ -85,8 +84,7 @@ def _sink_options(command):
 @click.option("--provider", "--device", "provider", default="auto",
               help=f"What the backend runs on: onnxruntime {'|'.join(PROVIDERS)}; openvino CPU|GPU|NPU "
                    "(any device name OpenVINO has).")
-@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULT_BACKEND,
-              help="Inference backend; auto times the installed ones on this machine once and remembers the fastest.")
+@backend_options()
 @click.option("--engine", "engine_address", default=None, metavar="URL",
               help="Run the bundle's engine on a server: triton://HOST[:PORT]/MODEL (winclip-serve or Triton, its "
                    "gRPC port); preprocessing and scoring (text, profile, thresholds) stay here. "
@@ -143,7 +141,7 @@ def _sink_options(command):
                    "Without either the page is read-only.")
 @click.pass_context
 def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
-         pixel_threshold, provider, backend, engine_address, precision, threads, batch_size, temperature, max_pixels,
+         pixel_threshold, provider, backend, remeasure, engine_address, precision, threads, batch_size, temperature, max_pixels,
          force, no_cache, rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, keep_days,
          keep_gb, flush_timeout, rtsp_transport, serve, host, operator_token_file, **sink_values):
     """Score frames from --source with the WinCLIP bundle BUNDLE.
@@ -210,7 +208,7 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
     frames = None if live else _image_files(specs[0])
     detector = _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature,
                               threshold, pixel_threshold, no_cache, normal_dir, shots,
-                              engine=engine_address, wait_for_engine=live and wait_for_source)
+                              engine=engine_address, wait_for_engine=live and wait_for_source, remeasure=remeasure)
     with _output_lock(out):
         if live:
             plan["profile"], plan["keep_thresholds"] = profile, (threshold is not None, pixel_threshold is not None)
@@ -236,7 +234,7 @@ def _output_lock(out):
 
 
 def _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature, threshold,
-                   pixel_threshold, no_cache, normal_dir, shots, engine=None, wait_for_engine=False):
+                   pixel_threshold, no_cache, normal_dir, shots, engine=None, wait_for_engine=False, remeasure=False):
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import read_image_folder
 
@@ -246,7 +244,7 @@ def _load_detector(bundle, object_name, backend, provider, precision, profile, t
                                             precision=precision, profile=profile, threads=threads,
                                             temperature=temperature, threshold=threshold,
                                             pixel_threshold=pixel_threshold, cache=not no_cache,
-                                            engine=engine, wait_for_engine=wait_for_engine)
+                                            engine=engine, wait_for_engine=wait_for_engine, remeasure=remeasure)
             if normal_dir is not None:
                 normals = read_image_folder(normal_dir, shots)
                 detector.build_memory(normals)
