@@ -216,6 +216,9 @@ def test_auto_runs_the_fastest_remembers_it_under_its_key_and_measures_again_whe
     assert record(cache)["seconds"] == {"openvino int8": 0.03, "onnxruntime int8": 0.05}
     speed.update({"onnxruntime": 0.001})  # --remeasure: measured although the remembered one is as fast as ever
     assert open_auto(cache, remeasure=True).name == "onnxruntime" and calls.count("openvino") >= auto.MIN_ROUNDS
+    # the precision asked for only narrows the candidates: asking for the int8 engine by name (as a line profile
+    # made on it does) finds the choice that --precision auto measured between the same engines
+    assert open_auto(cache, precision="int8").name == "onnxruntime" and calls == ["onnxruntime"]
 
 
 def test_auto_says_why_it_passed_each_engine_over(tiny_bundle, frames, tmp_path, monkeypatch):

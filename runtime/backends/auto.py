@@ -101,13 +101,15 @@ def candidates(bundle, options: BackendOptions) -> tuple[list[Candidate], list[s
 
 
 def choice_key(found: list[Candidate], options: BackendOptions) -> str:
-    """What a remembered choice is valid for: the candidates, the libraries, the CPU, the settings."""
+    """What a remembered choice is valid for: the candidates, the libraries, the CPU, the settings that change speed.
+
+    The precision asked for is not part of it: it only narrows the candidates, which are (so a line profile's int8
+    engine reuses the choice that `winclip-calibrate --precision auto` measured between the same engines)."""
     machine = cpus.current()
     versions = {name: getattr(import_module(module), "__version__", "?") for name, module in MEASURED.items()
                 if any(c.backend == name for c in found)}
     what = {"candidates": sorted(f"{c.backend}:{c.engine.sha256}" for c in found), "versions": versions,
-            "cpu": machine.model, "flags": sorted(machine.flags), "device": options.device,
-            "precision": options.precision, "threads": options.threads,
+            "cpu": machine.model, "flags": sorted(machine.flags), "device": options.device, "threads": options.threads,
             "inference_precision": options.inference_precision}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
