@@ -87,6 +87,34 @@ def test_openvino_runs_the_fp32_graph_as_onnxruntime_does(tiny_bundle, tmp_path)
     det.backend.check_outputs(outputs, det.bundle.manifest, 2)
 
 
+def test_one_engine_called_from_several_threads_answers_each_its_own(tiny_bundle, tmp_path):
+    """The live loop, a teach preview (the page's thread) and the desk's worker all run the one engine: each call
+    gets its own batch's outputs, and none fails because another thread's call is in flight."""
+    import threading
+
+    det = Detector.from_bundle(tiny_bundle, object="bottle", backend="openvino", provider="cpu", precision="fp32",
+                               cache_dir=tmp_path)
+    batches = [det.preprocess([_frame(seed)], "bgr") for seed in range(4)]
+    alone = [det.backend.run(b) for b in batches]
+    failures, wrong = [], []
+
+    def caller(k: int) -> None:
+        try:
+            for _ in range(15):
+                got = det.backend.run(batches[k])
+                if any(not np.array_equal(got[name], alone[k][name]) for name in alone[k]):
+                    wrong.append(k)
+        except Exception as exc:  # noqa: BLE001 - the assertion below names it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures and not wrong, (failures[:2], wrong[:5])
+
+
 def test_the_nncf_recipe_follows_the_cpu_and_a_failure_without_vnni_says_what_to_use(monkeypatch):
     vnni = cpu.parse_cpuinfo("model name : Test EPYC\nflags : avx2 fma avx512f avx512_vnni\n", "x86_64")
     avx2 = cpu.parse_cpuinfo("model name : Test EPYC\nflags : avx2 fma\n", "x86_64")

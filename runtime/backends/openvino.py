@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
@@ -101,6 +102,10 @@ class OpenVinoBackend(Backend):
         self.device_name = device
         self.loaded_from_cache = loaded_from_cache  # the compiled blob came from the user's cache
         self.request = compiled.create_infer_request()
+        # One request serves every thread (a second would hold a second set of intermediate buffers): the live loop,
+        # a teach preview on the page's thread and the desk's worker all call run(). A request is not re-entrant and
+        # its output tensors are overwritten by the next infer, so infer and copy-out happen under one lock.
+        self._request_lock = threading.Lock()
         self.outputs = [(port.get_any_name(), port) for port in compiled.outputs]
 
     @classmethod
@@ -179,8 +184,9 @@ class OpenVinoBackend(Backend):
         return f"openvino {ov.__version__} {self.device_name}"
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        results = self.request.infer({0: batch})
-        return {name: np.array(results[port]) for name, port in self.outputs}
+        with self._request_lock:
+            results = self.request.infer({0: batch})
+            return {name: np.array(results[port]) for name, port in self.outputs}
 
     def close(self) -> None:
         self.request = None

@@ -379,6 +379,9 @@ class OperatorDesk:
             except (WinclipError, OSError, ValueError) as exc:
                 job.state, job.detail, job.parts, job.preview = "failed", first_line(exc), [], None
                 log.warning("%s by %s failed: %s", job.action, job.who, job.detail)
+            except Exception as exc:  # noqa: BLE001 - a bug fails this one job; the desk goes on taking writes
+                job.state, job.detail, job.parts, job.preview = "failed", f"internal error: {first_line(exc)}", [], None
+                log.exception("%s by %s failed", job.action, job.who)
 
     def _confirmed(self, job: Job, base: LineProfile, at: Version):
         """The previewed change, only on the version it was previewed on (another writer may have come first)."""
