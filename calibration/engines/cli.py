@@ -30,6 +30,16 @@ def _builder_options(command):
     return command
 
 
+def _offered() -> str:
+    """Which backend's builders make which precisions, and the extra that brings their tools (for --help)."""
+    by_backend: dict[str, list] = {}
+    for builder in BUILDERS.values():
+        by_backend.setdefault(builder.backend, []).append(builder)
+    return "; ".join(f"{backend} {', '.join(b.precision for b in builders)} (the "
+                     f"{' and '.join(dict.fromkeys(b.extra for b in builders))} extra)"
+                     for backend, builders in by_backend.items())
+
+
 def guard_table(report: dict) -> str:
     """The guard's numbers as a small markdown table."""
     rows = ["| mode | map Pearson median | map Pearson min | score Spearman | max score diff | max map diff |",
@@ -47,8 +57,7 @@ def guard_table(report: dict) -> str:
 @click.option("--precision", type=click.Choice(tuple(dict.fromkeys(p for _, p in BUILDERS))), required=True,
               help="int8: for the CPU; fp16: for CUDA (ONNX Runtime).")
 @click.option("--backend", type=click.Choice(tuple(dict.fromkeys(b for b, _ in BUILDERS))), default=DEFAULT_BACKEND,
-              help="Whose engine to make: onnxruntime (an ONNX graph) or openvino (an IR made with NNCF, "
-                   "the openvino extra).")
+              help=f"Whose engine to make: {_offered()}.")
 @click.option("--images", "--calibration", "images", type=click.Path(path_type=Path), required=True,
               help="Folder of the line's real frames: held-out frames for the accuracy guard, and "
                    "calibration frames for static int8.")
