@@ -28,7 +28,14 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 
 # --- ONNX Runtime
 PROVIDERS = ("auto", "cuda", "cpu")
-PRECISIONS = ("fp32", "fp16", "int8")
+# engine precisions a bundle may hold -> the device kinds `--precision auto` tries each on, with the words that say
+# why (auto walks this table in order; fp32 is its fallback everywhere). A builder of a new precision
+# (calibration/engines) names a row here: the runtime must know it without the calibration package.
+PRECISIONS: dict[str, dict[str, str]] = {
+    "fp32": {},
+    "fp16": {"cuda": "fp16 on CUDA"},
+    "int8": {"cpu": "guarded int8 on CPU"},
+}
 
 # --- the accuracy guard: what a reduced-precision engine must keep of fp32 to be admitted
 # (calibration/engines/guard.py applies them when an engine is made; `--precision auto` picks

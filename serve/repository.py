@@ -46,7 +46,7 @@ class Target:
     """Where NVIDIA's server runs the engine: the device the auto precision is chosen for, the instance
     kind, and the execution accelerator of Triton's onnxruntime backend (None: its plain provider)."""
 
-    device_kind: str  # "cuda" | "cpu", a row of policy.AUTO_PRECISIONS
+    device_kind: str  # "cuda" | "cpu", a device kind of runtime/defaults.py PRECISIONS
     instance_kind: str  # KIND_GPU | KIND_CPU
     accelerator: str | None = None  # "tensorrt" (a GPU accelerator) | "openvino" (a CPU accelerator)
     parameters: dict = field(default_factory=dict)

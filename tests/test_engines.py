@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from onnx import numpy_helper
 
 from conftest import TINY_CONFIG, line_frames, make_model, read, run_cli, textile_images
-from winclip.calibration.engines import BUILDERS
+from winclip.calibration.engines import BUILDERS, Builder
 from winclip.calibration.engines.guard import GuardLimits, pearson_rows, spearman
 from winclip.calibration.engines.build import QuantizeError, add_engine
 from winclip.calibration.engines.frames import frame_reader
@@ -61,7 +63,7 @@ def perturbed_block(graph: bytes, block: int, spread: float, seed: int = 0) -> b
     return model.SerializeToString()
 
 
-class DamagedBlockBuilder:
+class DamagedBlockBuilder(Builder):
     """A row for the builders' table whose engine is the fp32 graph with block 2's weights perturbed.
 
     At spread 0.4 the embeddings keep a cosine of 0.98-0.99 with fp32 and the few-shot maps a
@@ -77,12 +79,6 @@ class DamagedBlockBuilder:
 
     def __init__(self, spread: float):
         self.spread = spread
-
-    def check_tools(self) -> None:
-        pass
-
-    def calibration_frames(self, settings) -> int:
-        return 0
 
     def describe(self, settings) -> str:
         return f"block 2 perturbed by {self.spread:.0%}"
@@ -340,6 +336,73 @@ def test_quantize_cli(tiny_bundle_copy, line_images):
     proc = run_cli("winclip-quantize", str(tiny_bundle_copy), "--precision", "int8", "--images", str(line_images),
                    "--min-embedding-cosine", "1.5")
     assert proc.returncode == 2 and "not in the range 0.0<=x<=1.0" in proc.stderr
+
+
+def test_every_builder_is_a_row_of_facts_the_runtime_knows():
+    """Each builder's precision, format and backend are the runtime's; the options two builders share are the
+    same option object (shown once), and no two different options take one name."""
+    from winclip.calibration.engines.base import collect_options, option_names
+    from winclip.runtime.backends import BACKENDS
+    from winclip.runtime.contract import ENGINE_FORMATS
+    from winclip.runtime.defaults import PRECISIONS
+
+    for (backend, precision), builder in BUILDERS.items():
+        assert (builder.backend, builder.precision) == (backend, precision) and isinstance(builder, Builder)
+        assert precision in PRECISIONS and builder.format in ENGINE_FORMATS and backend in BACKENDS
+    names = option_names(collect_options(BUILDERS.values()))
+    assert len(names) == len(set(names)) and {"method", "preset", "reduce_range"} <= set(names), names
+    with pytest.raises(TypeError, match="one side file per engine"):
+        type("TwoSideFiles", (Builder,), {"side_files": (".bin", ".idx")})
+
+
+def test_a_new_builder_is_one_file_and_one_row(tiny_bundle_copy, line_images, monkeypatch):
+    """tests/fake_builder.py, its row added to BUILDERS (and its new precision's row to the runtime's
+    PRECISIONS): winclip-quantize offers it with its own option, makes, guards and records its engine, and
+    `--precision auto` picks it where its precision row says."""
+    from winclip.runtime.backends.policy import choose_engine
+    from winclip.runtime.defaults import PRECISIONS
+
+    import fake_builder
+
+    rows = ("import sys, fake_builder\n"
+            "from winclip.calibration.engines import BUILDERS\n"
+            "from winclip.runtime.defaults import PRECISIONS\n"
+            "PRECISIONS.update(fake_builder.PRECISION_ROW)\n"
+            "BUILDERS.update(fake_builder.BUILDER_ROW)\n"
+            "from winclip.calibration.engines.cli import main\n"
+            "sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+
+    def quantize(*args):
+        return subprocess.run([sys.executable, "-c", rows, *args], capture_output=True, text=True, env=env, timeout=600)
+
+    shown = quantize("--help")
+    assert shown.returncode == 0 and "--copy-note" in shown.stdout and "fp32-copy" in shown.stdout, shown.stderr
+    proc = quantize(str(tiny_bundle_copy), "--precision", fake_builder.PRECISION, "--images", str(line_images),
+                    "--copy-note", "made by a test")
+    assert proc.returncode == 0, proc.stderr
+    assert "| zero-shot |" in proc.stderr and "guarded at f32 compute" in proc.stderr
+    assert f"added visual-{fake_builder.PRECISION}-" in proc.stdout
+    entry = json.loads((tiny_bundle_copy / "manifest.json").read_text())["engines"][-1]
+    assert entry["precision"] == fake_builder.PRECISION and entry["file"].startswith(f"visual-{fake_builder.PRECISION}-")
+    assert entry["guard"]["passed"] and entry["guard"]["compute"] == "f32" and not entry["accepted_degraded"]
+    assert entry["guard"]["recipe"] == "a copy of fp32 (made by a test)"
+    assert entry["made_by"]["settings"] == {"note": "made by a test"} and entry["made_by"]["backend"] == "onnxruntime"
+    assert {"winclip-edge", "onnx", "onnxruntime"} <= set(entry["made_by"]["versions"])
+    graph = onnx.load(str(tiny_bundle_copy / entry["file"]))
+    assert graph.doc_string == "fp32 copy: made by a test"
+    # the runtime loads it once its precision is a row; auto tries it where the row says (here: the CPU)
+    for precision, row in fake_builder.PRECISION_ROW.items():
+        monkeypatch.setitem(PRECISIONS, precision, row)
+    manifest = Bundle.load(tiny_bundle_copy).manifest
+    engine, why = choose_engine(manifest, "auto", "cpu")
+    assert engine.precision == fake_builder.PRECISION and why == "auto: an fp32 copy (a test's row)"
+    assert choose_engine(manifest, "auto", "cuda")[0].precision == "fp32"
+    frames = [read(p) for p in textile_images("global", 2)]
+    copy = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", cache=False)
+    fp32 = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="fp32", cache=False)
+    assert copy.engine.precision == fake_builder.PRECISION
+    assert [r.image_score for r in copy(frames)] == pytest.approx([r.image_score for r in fp32(frames)], abs=1e-6)
 
 
 def test_engine_choice_errors(tiny_bundle):

@@ -17,14 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from winclip.calibration.engines import BUILDERS
+from winclip.calibration.engines.base import Builder
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import load_frame_sets
 from winclip.calibration.engines.guard import GuardLimits, guard
 from winclip.runtime import cpu
 from winclip.runtime.atomic import remove_leftovers, write_atomic
-from winclip.runtime.backends import BackendOptions, backend_class
+from winclip.runtime.backends import DEFAULT_BACKEND, BackendOptions, backend_class
 from winclip.runtime.bundle import Bundle, write_manifest
-from winclip.runtime.contract import ENGINE_SUFFIX, WEIGHTS_SUFFIX, Engine, FileRef, engine_file_name
+from winclip.runtime.contract import ENGINE_SUFFIX, Engine, FileRef, engine_file_name
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import display_path
 from winclip.runtime.locks import writer_lock
@@ -37,15 +38,16 @@ log = logging.getLogger(__name__)
 
 __all__ = ["QuantizeError", "add_engine", "install_engine"]
 LOCK_NAME = ".winclip-write.lock"  # inside the bundle: quantize changes files in it, never the folder itself
-# how derived engines are named (engine_file_name): every engine format's suffix, and an IR's weights
-ENGINE_GLOBS = tuple(f"visual-*{suffix}" for suffix in (*ENGINE_SUFFIX.values(), WEIGHTS_SUFFIX))
 
 
-def _versions() -> dict[str, str]:
-    return package_versions("winclip-edge", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "nncf")
+def engine_globs() -> tuple[str, ...]:
+    """How derived engines are named (engine_file_name): every engine format's suffix, and every builder's side
+    files (read when called: a row added to BUILDERS counts)."""
+    side = (suffix for builder in BUILDERS.values() for suffix in builder.side_files)
+    return tuple(f"visual-*{suffix}" for suffix in dict.fromkeys((*ENGINE_SUFFIX.values(), *side)))
 
 
-def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str, backend: str = "onnxruntime",
+def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str, backend: str,
                   weights: bytes | None = None, compute: str | None = None):
     """A backend of the table over an engine's bytes, for the guard (no cache: a candidate is not installed yet).
     compute: the compute precision to run it at, where the backend has that choice."""
@@ -55,7 +57,7 @@ def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str, bac
                                              **extra)
 
 
-def add_engine(bundle_root: str | Path, precision: str, images: Path, *, backend: str = "onnxruntime",
+def add_engine(bundle_root: str | Path, precision: str, images: Path, *, backend: str = DEFAULT_BACKEND,
                object_name: str | None = None, settings=None, holdout: int = 6, seed: int = 0,
                limits: GuardLimits = GuardLimits(), accept_degraded: bool = False, force: bool = False) -> Engine:
     """Make an engine of the builders' table from the bundle's fp32 engine, guard it on real frames, add it.
@@ -64,7 +66,7 @@ def add_engine(bundle_root: str | Path, precision: str, images: Path, *, backend
     split reproducibly (seed) into frames held out for the guard, one frame
     for the guard's few-shot memory and, where the builder calibrates,
     calibration frames. backend: whose engine to make (the table's key with precision).
-    settings: the builder's settings (default: its defaults).
+    settings: the builder's settings (default: its defaults; from option values: `builder.settings`).
     """
     if (backend, precision) not in BUILDERS:
         offered = ", ".join(f"--backend {b} --precision {p}" for b, p in BUILDERS)
@@ -78,15 +80,16 @@ def add_engine(bundle_root: str | Path, precision: str, images: Path, *, backend
         raise QuantizeError(f"the bundle {root} is read-only; nothing was changed")
     with writer_lock(root / LOCK_NAME, f"the bundle {root}"):
         try:
-            return _add_engine(root, builder, backend, precision, images, object_name, settings, holdout, seed,
-                               limits, accept_degraded, force)
+            return _add_engine(root, builder, images, object_name, settings, holdout, seed, limits,
+                               accept_degraded, force)
         except OSError as exc:  # a full disk in the work folder, an unreadable frame folder: ours, in one line
             raise QuantizeError(f"making the {precision} engine failed: {exc.strerror or exc}; nothing was changed "
                                 f"in {root}") from None
 
 
-def _add_engine(root: Path, builder, backend: str, precision: str, images: Path, object_name, settings, holdout: int,
-                seed: int, limits: GuardLimits, accept_degraded: bool, force: bool) -> Engine:
+def _add_engine(root: Path, builder: Builder, images: Path, object_name, settings, holdout: int, seed: int,
+                limits: GuardLimits, accept_degraded: bool, force: bool) -> Engine:
+    backend, precision = builder.backend, builder.precision
     settings = settings or builder.settings_type()
     bundle = Bundle.load(root)
     root = bundle.root
@@ -119,15 +122,14 @@ def _add_engine(root: Path, builder, backend: str, precision: str, images: Path,
             raise QuantizeError(f"making the {precision} engine failed: {first_line(exc)}") from None
         made_s = time.perf_counter() - t0
         engine_bytes = candidate.read_bytes()
-        weights_file = candidate.with_suffix(WEIGHTS_SUFFIX)
-        weights = weights_file.read_bytes() if weights_file.is_file() else None
+        weights = _side_file(builder, candidate)
     log.info("guarding it against fp32 on %d held-out frames (zero-shot and few-shot) on %s", holdout, backend)
     key = MemoryKey(fp32.sha256, precision, object_name, tuple(m.scales), m.stride, m.patch_layer, m.patch_ln_post)
     provisional = Engine(file=f"new {precision} engine", precision=precision, sha256="0" * 64, made_by={},
                          format=builder.format, weights=FileRef("new weights", "0" * 64) if weights else None)
     # an engine whose backend chooses its compute precision is guarded at the one it will run at (and says which)
-    compute = builder.guard_compute() if hasattr(builder, "guard_compute") else None
-    report = guard(guard_backend(data, fp32, bundle, builder.guard_device),
+    compute = builder.guard_compute()
+    report = guard(guard_backend(data, fp32, bundle, builder.guard_device, builder.reference_backend),
                    guard_backend(engine_bytes, provisional, bundle, builder.guard_device, backend, weights, compute),
                    scorer, sets.holdout, sets.memory, key, limits)
     del data
@@ -136,7 +138,7 @@ def _add_engine(root: Path, builder, backend: str, precision: str, images: Path,
         report["compute"] = compute
     report["recipe"] = how  # what was guarded, with the choices this CPU made (weight range, overflow fix)
     if not report["passed"] and not accept_degraded:
-        hint = builder.failure_hint() if hasattr(builder, "failure_hint") else None
+        hint = builder.failure_hint()
         raise QuantizeError(f"the {precision} engine failed its accuracy guard: {'; '.join(report['failures'])}; "
                             f"{hint + '; ' if hint else ''}the bundle is unchanged (--accept-degraded adds it anyway)")
     digest = hashlib.sha256(engine_bytes).hexdigest()
@@ -144,17 +146,29 @@ def _add_engine(root: Path, builder, backend: str, precision: str, images: Path,
     name = f"{stem}-{digest[:12]}.{suffix}"  # a new name: readers never see a half-swap
     weights_ref = None
     if weights is not None:
-        weights_ref = FileRef(f"{stem}-{digest[:12]}{WEIGHTS_SUFFIX}", hashlib.sha256(weights).hexdigest())
+        weights_ref = FileRef(f"{stem}-{digest[:12]}{builder.side_files[0]}", hashlib.sha256(weights).hexdigest())
     made_by = {"tool": "winclip-quantize", "backend": backend, "precision": precision, "source_sha256": fp32.sha256,
                "settings": {**builder.record(settings), **(notes or {})}, "cpu": cpu.current().record(),
                "frames": {"folder": display_path(images), "seed": seed, "holdout": len(sets.holdout),
                           "calibration": len(sets.calibration), "skipped": len(sets.skipped)},
-               "seconds": round(made_s, 1), "versions": _versions(),
+               "seconds": round(made_s, 1),
+               "versions": package_versions("winclip-edge", *builder.distributions()),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     engine = Engine(file=name, precision=precision, sha256=digest, made_by=made_by, guard=report,
                     accepted_degraded=not report["passed"], format=builder.format, weights=weights_ref)
     install_engine(bundle, engine, engine_bytes, weights)
     return engine
+
+
+def _side_file(builder: Builder, candidate: Path) -> bytes | None:
+    """The bytes of the file the builder's tool wrote beside the engine (the manifest keeps one), or None."""
+    for suffix in builder.side_files:
+        path = candidate.with_suffix(suffix)
+        if not path.is_file():
+            raise QuantizeError(f"making the {builder.precision} engine failed: the tool wrote no {suffix} file "
+                                f"beside it")
+        return path.read_bytes()
+    return None
 
 
 def remove_orphans(bundle: Bundle) -> list[str]:
@@ -163,7 +177,7 @@ def remove_orphans(bundle: Bundle) -> list[str]:
     Call under the bundle's writer lock."""
     root = bundle.root
     named = {ref.file for ref in bundle.manifest.files()}
-    orphans = [p.name for pattern in ENGINE_GLOBS for p in root.glob(pattern) if p.name not in named]
+    orphans = [p.name for pattern in engine_globs() for p in root.glob(pattern) if p.name not in named]
     return remove_leftovers(root, [*orphans, ".tmp-*.part"], f"the bundle {root}")
 
 

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from winclip.calibration.engines.base import Builder, NoSettings
 from winclip.calibration.engines.frames import FrameSets
-from winclip.calibration.engines.int8 import need_quantize_tools
+from winclip.calibration.engines.int8 import QUANTIZE_TOOLS
 from winclip.runtime.contract import FORMAT_ONNX
 
 FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt")
-
-
-@dataclass
-class Fp16Settings:
-    """fp16 has no knobs today: LayerNorm, Softmax and reductions always stay in fp32."""
-
-    def check(self, layers: int) -> None:
-        pass
 
 
 def make_fp16(fp32_path: Path, out_path: Path) -> None:
@@ -30,28 +22,21 @@ def make_fp16(fp32_path: Path, out_path: Path) -> None:
     onnx.save(model, str(out_path))
 
 
-class Fp16Builder:
+class Fp16Builder(Builder):
     """The table row for fp16: made for CUDA, guarded on CUDA where there is one."""
 
     backend = "onnxruntime"
     precision = "fp16"
     format = FORMAT_ONNX
+    title = "ONNX Runtime fp16"
     guard_device = "auto"
-    settings_type = Fp16Settings
+    settings_type = NoSettings  # no knobs today: LayerNorm, Softmax and reductions always stay in fp32
+    packages = QUANTIZE_TOOLS
 
-    def check_tools(self) -> None:
-        need_quantize_tools()
-
-    def calibration_frames(self, settings: Fp16Settings) -> int:
-        return 0
-
-    def describe(self, settings: Fp16Settings) -> str:
-        return ""
-
-    def make(self, fp32: Path, out: Path, settings: Fp16Settings, frames: FrameSets, input_name: str) -> None:
+    def make(self, fp32: Path, out: Path, settings: NoSettings, frames: FrameSets, input_name: str) -> None:
         make_fp16(fp32, out)
 
-    def record(self, settings: Fp16Settings) -> dict:
+    def record(self, settings: NoSettings) -> dict:
         return {"keep_fp32_ops": list(FP16_KEEP_FP32)}
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import click
+
+from winclip.calibration.engines.base import Builder
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import FrameSets, frame_reader
 from winclip.runtime import cpu
+from winclip.runtime.command import Whole
 from winclip.runtime.contract import FORMAT_ONNX
-from winclip.runtime.errors import MissingExtra, install_hint
 
 QUANT_METHODS = ("dynamic", "static")
 QUANT_FORMATS = ("qoperator", "qdq")
@@ -45,16 +48,6 @@ class Int8Settings:
             raise QuantizeError("static quantization needs at least one calibration frame")
         if any(b > layers for b in self.fp32_blocks):
             raise QuantizeError(f"--fp32-blocks {list(self.fp32_blocks)}: the model has blocks 1..{layers}")
-
-
-def need_quantize_tools() -> None:
-    """MissingExtra unless ONNX Runtime's quantization tools (onnx, onnxruntime.quantization) import."""
-    try:
-        import onnx  # noqa: F401
-        from onnxruntime import quantization  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtra(f"the quantization tools are missing ({exc.name}): "
-                           f"{install_hint('quantize')}") from None
 
 
 def for_this_cpu(settings: Int8Settings, machine: cpu.CpuInfo | None = None) -> Int8Settings:
@@ -116,17 +109,63 @@ def make_int8(fp32_path: Path, out_path: Path, settings: Int8Settings, reader=No
     prepared.unlink(missing_ok=True)
 
 
-class Int8Builder:
+# ONNX Runtime's quantization and float16 tools (the quantize extra), and the distributions that bring them
+QUANTIZE_TOOLS = {"onnx": ("onnx",), "onnxruntime.quantization": ("onnxruntime", "onnxruntime-gpu")}
+DEFAULT = Int8Settings()
+
+
+def _blocks(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        blocks = tuple(int(b) for b in value.split(",") if b.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected block numbers like 1,12, got {value!r}") from None
+    if any(b < 1 for b in blocks):
+        raise click.BadParameter("block numbers start at 1")
+    return blocks
+
+
+# options OpenVINO int8 (openvino_int8.py) understands too: it lists these very objects, so they appear once
+PER_CHANNEL = click.option("--per-channel/--per-tensor", default=DEFAULT.per_channel, help="int8 weight scales.")
+REDUCE_RANGE = click.option(
+    "--reduce-range/--full-range", default=None,
+    help="7-bit or 8-bit int8 weights (ONNX Runtime; for OpenVINO: NNCF's overflow fix on every layer, "
+         "or on the first only). CPUs without VNNI (AVX2 only) saturate on full-range weights. "
+         "[default: full-range where this CPU has VNNI or ARM dot product, else 7-bit]")
+CALIBRATION_FRAMES = click.option(
+    "--calibration-frames", type=Whole(1, 10_000), default=None,
+    help=f"Static int8 and OpenVINO int8: frames the activation ranges come from. "
+         f"[default: {DEFAULT.calibration_frames}]")
+
+
+class Int8Builder(Builder):
     """The table row for int8: made for, and guarded on, the CPU provider."""
 
     backend = "onnxruntime"
     precision = "int8"
     format = FORMAT_ONNX
+    title = "ONNX Runtime int8"
     guard_device = "cpu"
     settings_type = Int8Settings
+    packages = QUANTIZE_TOOLS
+    options = (
+        click.option("--method", type=click.Choice(QUANT_METHODS), default=DEFAULT.method,
+                     help="int8: dynamic (activation ranges per frame) or static (from calibration frames)."),
+        PER_CHANNEL,
+        REDUCE_RANGE,
+        click.option("--format", "quant_format", type=click.Choice(QUANT_FORMATS), default=DEFAULT.quant_format,
+                     help="Static int8 graph format."),
+        click.option("--quantize-attention", is_flag=True,
+                     help="Also quantise attention's activation x activation products."),
+        click.option("--fp32-blocks", default="", callback=_blocks,
+                     help="Transformer blocks (1-based) to keep in fp32, e.g. 1,12."),
+        CALIBRATION_FRAMES,
+    )
 
-    def check_tools(self) -> None:
-        need_quantize_tools()
+    def settings(self, values: dict) -> Int8Settings:
+        return Int8Settings(method=values["method"], per_channel=values["per_channel"],
+                            reduce_range=values["reduce_range"], quant_format=values["quant_format"],
+                            quantize_attention=values["quantize_attention"], fp32_blocks=values["fp32_blocks"],
+                            calibration_frames=values["calibration_frames"] or DEFAULT.calibration_frames)
 
     def calibration_frames(self, settings: Int8Settings) -> int:
         return settings.calibration_frames if settings.method == "static" else 0

@@ -26,13 +26,16 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import click
+
+from winclip.calibration.engines.base import Builder
 from winclip.calibration.engines.errors import QuantizeError
 from winclip.calibration.engines.frames import FrameSets
+from winclip.calibration.engines.int8 import CALIBRATION_FRAMES, PER_CHANNEL, REDUCE_RANGE
 from winclip.runtime import cpu
+from winclip.runtime.command import Finite
 from winclip.runtime.contract import FORMAT_OPENVINO_IR, PATCH_FEATURES, WEIGHTS_SUFFIX
-from winclip.runtime.errors import MissingExtra, install_hint
 
-OPENVINO_EXTRA = install_hint("openvino")
 PRESETS = ("performance", "mixed")  # symmetric activations, or asymmetric ones (NNCF's presets)
 # NNCF's OverflowFix values: half-range weights on every layer, on the first only (NNCF's default), nowhere
 OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
@@ -139,15 +142,6 @@ def for_this_cpu(settings: NncfSettings, machine: cpu.CpuInfo | None = None) -> 
     return replace(settings, overflow_fix="first_layer_only" if dot else "enable")
 
 
-def _tools():
-    try:
-        import nncf
-        import openvino as ov
-    except ImportError as exc:
-        raise MissingExtra(f"OpenVINO int8 engines need {exc.name}: {OPENVINO_EXTRA}") from None
-    return nncf, ov
-
-
 def ignored_nodes(model, settings: NncfSettings) -> list[str]:
     """The MatMul names the settings' scopes keep in floating point, each once."""
     return list(dict.fromkeys(name for scope in settings.ignore for name in IGNORE_SCOPES[scope](model)))
@@ -155,7 +149,9 @@ def ignored_nodes(model, settings: NncfSettings) -> list[str]:
 
 def make_openvino_int8(fp32_path: Path, out_xml: Path, settings: NncfSettings, frames: FrameSets) -> int:
     """Write the int8 IR (out_xml and its .bin) of the fp32 ONNX graph; returns how many MatMuls stayed float."""
-    nncf, ov = _tools()
+    BUILDER.check_tools()
+    import nncf
+    import openvino as ov
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
                                                        AdvancedSmoothQuantParameters, OverflowFix,
                                                        QuantizationParameters)
@@ -181,17 +177,38 @@ def make_openvino_int8(fp32_path: Path, out_xml: Path, settings: NncfSettings, f
     return len(ignored)
 
 
-class OpenVinoInt8Builder:
+NNCF = NncfSettings()
+
+
+class OpenVinoInt8Builder(Builder):
     """The table row for OpenVINO int8: an IR made with NNCF, guarded on the OpenVINO backend (CPU)."""
 
     backend = "openvino"
     precision = "int8"
     format = FORMAT_OPENVINO_IR
+    title = "OpenVINO int8"
     guard_device = "cpu"
     settings_type = NncfSettings
+    extra = "openvino"
+    packages = {"openvino": ("openvino",), "nncf": ("nncf",)}
+    side_files = (WEIGHTS_SUFFIX,)  # the IR's weights, beside its .xml graph
+    options = (
+        CALIBRATION_FRAMES,
+        click.option("--smooth-quant-alpha", type=Finite(-1.0, 1.0), default=None,
+                     help="OpenVINO int8: SmoothQuant alpha for the MatMuls (negative: off). [default: NNCF's]"),
+        click.option("--keep-float", type=click.Choice(tuple(IGNORE_SCOPES)), multiple=True,
+                     help="OpenVINO int8: keep this part in floating point; repeatable."),
+        click.option("--preset", type=click.Choice(PRESETS), default=NNCF.preset,
+                     help="OpenVINO int8: symmetric (performance) or asymmetric (mixed) activations."),
+        PER_CHANNEL,
+        REDUCE_RANGE,
+    )
 
-    def check_tools(self) -> None:
-        _tools()
+    def settings(self, values: dict) -> NncfSettings:
+        fix = None if values["reduce_range"] is None else ("enable" if values["reduce_range"] else "first_layer_only")
+        return NncfSettings(calibration_frames=values["calibration_frames"] or NNCF.calibration_frames,
+                            per_channel=values["per_channel"], smooth_quant_alpha=values["smooth_quant_alpha"],
+                            ignore=tuple(values["keep_float"]), preset=values["preset"], overflow_fix=fix)
 
     def calibration_frames(self, settings: NncfSettings) -> int:
         return settings.calibration_frames

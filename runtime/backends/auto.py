@@ -39,7 +39,7 @@ import numpy as np
 from winclip.runtime import cpu as cpus
 from winclip.runtime.atomic import write_atomic
 from winclip.runtime.backends.base import Backend, BackendOptions
-from winclip.runtime.backends.policy import AUTO_PRECISIONS, passed_over
+from winclip.runtime.backends.policy import auto_precisions, passed_over
 from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import Engine
 from winclip.runtime.errors import BundleError, MissingExtra, WinclipError, first_line
@@ -85,7 +85,7 @@ def candidates(bundle, options: BackendOptions) -> tuple[list[Candidate], list[s
         elif options.precision != "auto":
             chosen = [e for e in runnable if e.precision == options.precision]
         else:
-            wanted = [p for p, _ in AUTO_PRECISIONS.get(kind, ())]
+            wanted = [p for p, _ in auto_precisions(kind)]
             chosen = []
             for engine in (e for e in runnable if e.precision in wanted):
                 why = passed_over(engine, machine)

@@ -27,12 +27,13 @@ from winclip.runtime.errors import BundleError
 
 log = logging.getLogger(__name__)
 
-# device kind -> precisions `auto` tries, in order, and the words that say why
-AUTO_PRECISIONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "cuda": (("fp16", "fp16 on CUDA"),),
-    "cpu": (("int8", "guarded int8 on CPU"),),
-}
 TRUSTED_TOOLS = ("winclip-export", "winclip-quantize")  # made_by.tool of the engines this project makes
+
+
+def auto_precisions(device_kind: str) -> tuple[tuple[str, str], ...]:
+    """The precisions `auto` tries on a device kind ("cuda", "cpu"), in order, with the words that say why: read
+    from runtime/defaults.py PRECISIONS when called (a row added there counts)."""
+    return tuple((name, auto[device_kind]) for name, auto in PRECISIONS.items() if device_kind in auto)
 
 
 def distrust(engine: Engine) -> str | None:
@@ -146,7 +147,7 @@ def choose_engine(manifest: Manifest, precision: str, device_kind: str, formats:
         _warn_isa(engine, cpu)
         return engine, "asked for"
     skipped = []
-    for wanted, why in AUTO_PRECISIONS.get(device_kind, ()):
+    for wanted, why in auto_precisions(device_kind):
         for engine in (e for e in runnable if e.precision == wanted):
             if not admitted(engine):
                 skipped.append(f"{engine.label} {passed_over(engine, cpu)}")
