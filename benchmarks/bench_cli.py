@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from winclip.runtime.command import CONTEXT, Command, Whole, backend_options, require_onnxruntime
+from winclip.runtime.command import CONTEXT, Command, Whole, backend_options
 from winclip.benchmarks.measure import frame_times
 from winclip.runtime.defaults import OPSET
 from winclip.runtime.errors import install_hint
@@ -314,7 +314,10 @@ def main(bundle, precisions, providers, backend, remeasure, batches, shots, fram
     from winclip.runtime.errors import BundleError
     from winclip.runtime.flops import frame_flops
     from winclip.runtime.images import ImageReadError, list_images
-    require_onnxruntime()  # one line naming the extra, not a traceback
+    from winclip.runtime.backends import backend_class
+
+    for name in backend:
+        backend_class(name)  # each chosen backend's library: one line naming its extra, not a traceback
     from winclip.runtime.backends.onnxruntime import choose_providers
 
     click.echo(cpu.current().headline(), err=True)  # first: every number below belongs to this class of CPU

@@ -188,6 +188,7 @@ def install_probes(trace: MemoryTrace) -> list[str]:
 # --- what the children do
 def child_trace(cfg: dict) -> dict:
     """The steps of a K-shot run in this process, traced."""
+    from winclip.runtime.backends import BackendOptions
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import read_image
@@ -199,9 +200,9 @@ def child_trace(cfg: dict) -> dict:
     with trace.step("Bundle.load"):
         bundle = Bundle.load(cfg["bundle"])
     with trace.step("detector setup (session, self-check)"):
-        detector = Detector(bundle, object_name=cfg.get("object") or bundle.objects[0], provider="cpu",
-                            precision=cfg["precision"], threads=cfg.get("threads"),
-                            cache=cfg["cache"] != "off", cache_dir=cfg.get("cache_dir"))
+        detector = Detector(bundle, object_name=cfg.get("object") or bundle.objects[0],
+                            options=BackendOptions(device="cpu", precision=cfg["precision"], threads=cfg.get("threads"),
+                                                   cache=cfg["cache"] != "off", cache_dir=cfg.get("cache_dir")))
     with trace.step("first zero-shot frame"):
         detector(images[0])
     if normals:

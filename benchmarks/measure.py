@@ -90,8 +90,11 @@ def _detector_options(cfg: dict) -> dict:
     from winclip.runtime.bundle import Bundle
 
     object_name = cfg.get("object") or Bundle.load(cfg["bundle"], verify_checksums=False).objects[0]  # as the torch side
-    return dict(object=object_name, provider=cfg["provider"], precision=cfg["precision"], threads=cfg.get("threads"),
-                backend=cfg.get("backend", "onnxruntime"), remeasure=bool(cfg.get("remeasure")))
+    from winclip.runtime.backends import BackendOptions
+
+    return dict(object=object_name, backend=cfg.get("backend", "onnxruntime"),
+                options=BackendOptions(device=cfg["provider"], precision=cfg["precision"], threads=cfg.get("threads"),
+                                       remeasure=bool(cfg.get("remeasure"))))
 
 
 def _first_start(cfg: dict) -> float:

@@ -20,7 +20,7 @@ from typing import Callable
 
 import click
 
-from winclip.runtime.errors import WinclipError, first_line, install_hint
+from winclip.runtime.errors import WinclipError, first_line
 
 LOGGER = "winclip"
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}  # every command's click settings
@@ -57,6 +57,24 @@ class Finite(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+class BackendChoice(click.Choice):
+    """--backend's choices: the rows of the backend table when the command line is read (not when the module
+    was imported), so a row added later (a plug-in, a test's fake backend) is a choice like the others."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from winclip.runtime.backends import BACKENDS
+
+        return tuple(BACKENDS)
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ sets it; the table is the one source
+        pass
+
+
 def backend_options(parse: Callable | None = None, help_more: str = ""):
     """--backend and --remeasure, the same for every command that runs a bundle's engine.
 
@@ -65,13 +83,13 @@ def backend_options(parse: Callable | None = None, help_more: str = ""):
     once on stderr; later starts reuse the choice. `parse`: a click callback for a
     command that takes several backends (winclip-bench: a comma-separated list).
     """
-    from winclip.runtime.backends import BACKENDS, default_backend
+    from winclip.runtime.backends import default_backend
 
     def decorate(f):
         f = click.option("--remeasure", is_flag=True,
                          help="With backend auto: measure the local backends again instead of reusing the choice "
                               "remembered for this engine, library, CPU and settings.")(f)
-        kind = {"callback": parse} if parse else {"type": click.Choice(BACKENDS)}
+        kind = {"callback": parse} if parse else {"type": BackendChoice()}
         return click.option("--backend", "backend", default=default_backend, **kind,
                             show_default="auto where ONNX Runtime and OpenVINO are both installed, else onnxruntime",
                             help="Inference backend; auto times the installed local ones on this machine (interleaved "
@@ -79,6 +97,41 @@ def backend_options(parse: Callable | None = None, help_more: str = ""):
                                  f"it was measured under.{help_more}")(f)
 
     return decorate
+
+
+def engine_options(precision_help: str = "Engine to run: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.",
+                   parse: Callable | None = None, help_more: str = ""):
+    """Every option that says how a command opens a bundle's engine, the same in every command that runs one:
+    --backend and --remeasure (backend_options), --provider/--device, --precision, --threads and
+    --inference-precision. The command gets them as parameters of those names and builds its BackendOptions
+    with `engine_choice`."""
+    from winclip.runtime.defaults import PRECISIONS
+
+    def decorate(f):
+        f = click.option("--inference-precision", type=click.Choice(("f32", "bf16")), default=None,
+                         help="OpenVINO: the compute precision of an fp32 engine (bf16 where the CPU has it). "
+                              "[default: f32]")(f)
+        f = click.option("--threads", type=Whole(1, 1024), default=None,
+                         help="The backend's intra-op threads. [default: all cores]")(f)
+        f = click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
+                         help=precision_help)(f)
+        f = backend_options(parse, help_more)(f)
+        from winclip.runtime.defaults import PROVIDERS
+
+        return click.option("--provider", "--device", "provider", default="auto",
+                            help=f"What the backend runs on: onnxruntime {'|'.join(PROVIDERS)}; openvino CPU|GPU|NPU "
+                                 "(any device name OpenVINO has).")(f)
+
+    return decorate
+
+
+def engine_choice(provider: str = "auto", precision: str = "auto", threads: int | None = None,
+                  remeasure: bool = False, inference_precision: str | None = None, **more):
+    """The BackendOptions of engine_options' parameters (`more`: further BackendOptions fields, e.g. cache)."""
+    from winclip.runtime.backends import BackendOptions
+
+    return BackendOptions(device=provider, precision=precision, threads=threads, remeasure=remeasure,
+                          inference_precision=inference_precision, **more)
 
 
 def Whole(lo: int, hi: int) -> click.IntRange:  # noqa: N802  (reads as a type, like click.IntRange)
@@ -177,11 +230,3 @@ def one_line_errors(what: str | None = None):
     except (WinclipError, OSError) as exc:
         raise click.ClickException(f"{what}: {first_line(exc)}" if what else first_line(exc)) from None
 
-
-def require_onnxruntime() -> None:
-    """Exit with the install command when no ONNX Runtime is installed (after --help was handled)."""
-    try:
-        import onnxruntime  # noqa: F401  (from the [cpu] or [gpu] extra, never both)
-    except ImportError:
-        raise click.ClickException(f"onnxruntime is not installed: {install_hint('cpu')} "
-                                   "(or [gpu] on a CUDA box)") from None

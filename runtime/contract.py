@@ -44,12 +44,31 @@ RESIZE_SQUASH = "squash"
 INTERPOLATION_BICUBIC = "bicubic"
 CHANNELS_RGB = "RGB"
 
-# engine formats: an ONNX graph, or an OpenVINO IR (.xml graph + .bin weights)
+
+
+@dataclass(frozen=True)
+class EngineFormat:
+    """What the bundle must know of an engine format: how its files are named and which schema holds it.
+
+    A new format (a TensorRT plan, say) is one row of ENGINE_FORMATS; the backends that run it say so in
+    their `formats`. Nothing else here branches on a format's name."""
+
+    suffix: str  # the engine file's suffix
+    side_file: str | None = None  # the suffix of a second checksummed file it needs (an IR's .bin weights)
+    tag: str = ""  # in a derived engine's file name, after the precision: visual-int8-openvino.xml
+    schema_version: int = 2  # the lowest bundle schema that can list it (older runtimes refuse it by version)
+
+
 FORMAT_ONNX = "onnx"
 FORMAT_OPENVINO_IR = "openvino-ir"
-ENGINE_FORMATS = (FORMAT_ONNX, FORMAT_OPENVINO_IR)
-ENGINE_SUFFIX = {FORMAT_ONNX: ".onnx", FORMAT_OPENVINO_IR: ".xml"}
-WEIGHTS_SUFFIX = ".bin"
+ENGINE_FORMATS: dict[str, EngineFormat] = {
+    FORMAT_ONNX: EngineFormat(".onnx"),  # an ONNX graph, its weights inline
+    FORMAT_OPENVINO_IR: EngineFormat(".xml", side_file=".bin", tag="-openvino", schema_version=3),
+}
+# every format's engine suffix and the side files' suffixes, for code that names or finds engine files
+ENGINE_SUFFIX = {name: f.suffix for name, f in ENGINE_FORMATS.items()}
+SIDE_FILE_SUFFIXES = tuple(sorted({f.side_file for f in ENGINE_FORMATS.values() if f.side_file}))
+WEIGHTS_SUFFIX = ENGINE_FORMATS[FORMAT_OPENVINO_IR].side_file  # an IR's weights (kept for the IR's builder)
 
 MAX_OBJECTS = 4096
 MAX_ENGINES = 8
@@ -79,9 +98,9 @@ def text_file_name(object_name: str) -> str:
 
 def engine_file_name(precision: str, engine_format: str = FORMAT_ONNX) -> str:
     if precision == "fp32" and engine_format == FORMAT_ONNX:
-        return FP32_ENGINE_FILE
-    tag = "" if engine_format == FORMAT_ONNX else "-openvino"
-    return f"visual-{precision}{tag}{ENGINE_SUFFIX[engine_format]}"
+        return FP32_ENGINE_FILE  # the export's graph: the one name every schema version has used
+    kind = ENGINE_FORMATS[engine_format]
+    return f"visual-{precision}{kind.tag}{kind.suffix}"
 
 
 @dataclass(frozen=True)
@@ -116,8 +135,8 @@ class Engine:
     verification: dict | None = None  # ONNX vs torch, for graphs written by the export
     guard: dict | None = None  # accuracy vs the fp32 engine, for derived engines
     accepted_degraded: bool = False  # added although its guard failed (--accept-degraded)
-    format: str = FORMAT_ONNX  # onnx | openvino-ir
-    weights: FileRef | None = None  # an IR's .bin: a second file, checksummed like the first
+    format: str = FORMAT_ONNX  # a key of ENGINE_FORMATS
+    weights: FileRef | None = None  # the format's side file (an IR's .bin), checksummed like the first
 
     @property
     def key(self) -> tuple[str, str]:
@@ -215,7 +234,7 @@ class Manifest:
     @property
     def schema_version(self) -> int:
         """The lowest schema version that holds this manifest (see the module's history)."""
-        return SCHEMA_VERSION if any(e.format != FORMAT_ONNX for e in self.engines) else 2
+        return max(ENGINE_FORMATS[e.format].schema_version for e in self.engines) if self.engines else 2
 
     def engine(self, precision: str, engine_format: str = FORMAT_ONNX) -> Engine:
         for e in self.engines:
@@ -254,10 +273,11 @@ class Manifest:
         if len(set(keys)) != len(keys):
             raise SchemaError(f"field engines lists a precision twice: {self.labels}")
         for e in self.engines:
-            if (e.weights is None) != (e.format == FORMAT_ONNX):
+            side_file = ENGINE_FORMATS[e.format].side_file
+            if (e.weights is None) != (side_file is None):
                 raise SchemaError(f"engine {e.file}: an {e.format} engine "
-                                  + ("holds its weights inline, it names no weights file" if e.format == FORMAT_ONNX
-                                     else "needs its weights file (field weights)"))
+                                  + ("holds its weights inline, it names no weights file" if side_file is None
+                                     else f"needs its weights file ({side_file}, field weights)"))
         names = [f.file for f in self.files()]
         if len(set(names)) != len(names):
             raise SchemaError("two manifest entries name the same file")
@@ -303,9 +323,10 @@ class Manifest:
         if version == 1:
             root = Node(upgrade_v1(root), "")
         manifest = _read_v2(root)
-        if manifest.schema_version == SCHEMA_VERSION and version < SCHEMA_VERSION:
-            raise SchemaError(f"an engine of format {FORMAT_OPENVINO_IR} needs bundle schema version "
-                              f"{SCHEMA_VERSION}; the manifest says {version}")
+        if manifest.schema_version > max(version, 2):  # version 1 is read as 2
+            newest = max(manifest.engines, key=lambda e: ENGINE_FORMATS[e.format].schema_version)
+            raise SchemaError(f"an engine of format {newest.format} needs bundle schema version "
+                              f"{manifest.schema_version}; the manifest says {version}")
         return manifest
 
 
@@ -380,7 +401,7 @@ def _read_engine(node: Node) -> Engine:
         verification=node.mapping("verification") if node.raw("verification", None) is not None else None,
         guard=node.mapping("guard") if node.raw("guard", None) is not None else None,
         accepted_degraded=node.bool("accepted_degraded", default=False),
-        format=node.str("format", default=FORMAT_ONNX, choices=ENGINE_FORMATS),
+        format=node.str("format", default=FORMAT_ONNX, choices=tuple(ENGINE_FORMATS)),
         weights=weights,
     )
 

@@ -6,13 +6,14 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from winclip.runtime.backends import DEFAULT_BACKEND, Backend, BackendOptions, backend_for_address, open_backend
+from winclip.runtime.backends import (DEFAULT_BACKEND, Backend, BackendOptions, backend_for_address, open_backend,
+                                      with_engine_options)
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.cache import cache_path
 from winclip.runtime.contract import Engine, normalize_object_name
@@ -55,21 +56,17 @@ class Detector:
     manifest shapes, text and temperature), so later starts skip that frame.
     """
 
-    def __init__(self, bundle: Bundle, object_name: str | None = None, provider: str = "auto",
-                 precision: str = "auto", threads: int | None = None, temperature: float | None = None,
-                 threshold: float | None = None, cache: bool = True, cache_dir: Path | None = None,
-                 self_check: bool = True, pixel_threshold: float | None = None, backend: str = DEFAULT_BACKEND,
-                 engine: str | None = None, wait_for_engine: bool = False, engine_sha256: str | None = None,
-                 remeasure: bool = False):
+    def __init__(self, bundle: Bundle, object_name: str | None = None, options: BackendOptions = BackendOptions(),
+                 *, backend: str = DEFAULT_BACKEND, temperature: float | None = None, threshold: float | None = None,
+                 pixel_threshold: float | None = None, self_check: bool = True, **engine_options):
         """bundle: a loaded Bundle. object_name: whose text prototypes score (default: the bundle's only
-        object). backend: a name of winclip.runtime.backends.BACKENDS; provider: the device it runs on
-        (auto | cuda | cpu for onnxruntime); precision: auto | fp32 | fp16 | int8. threshold /
-        pixel_threshold: image and pixel thresholds in [0, 1] (None: scores only, no verdict).
-        temperature: overrides the manifest's. cache / cache_dir: the user's cache of optimised graphs
-        and passed self-checks. engine: a served engine's address (triton://HOST:PORT/MODEL): the batch is
-        run there by the backend its scheme names, scoring stays here; wait_for_engine: keep trying a
-        server that cannot be reached at start. engine_sha256: run this engine where the bundle has it
-        (a profile's). remeasure: backend auto measures again instead of reusing its remembered choice."""
+        object). options: how to open the engine (device, precision, threads, cache, a served engine's
+        endpoint, ...: see BackendOptions); backend: a name of winclip.runtime.backends.BACKENDS (a served
+        endpoint's scheme names its own). threshold / pixel_threshold: image and pixel thresholds in [0, 1]
+        (None: scores only, no verdict). temperature: overrides the manifest's. engine_options: fields of
+        `options` by name, or by their older keywords (provider, engine, wait_for_engine), for callers that
+        pass them one by one."""
+        options = with_engine_options(options, **engine_options)
         self.bundle = bundle
         m = bundle.manifest
         if object_name is None:
@@ -78,11 +75,9 @@ class Detector:
             object_name = bundle.objects[0]
         text = bundle.text_prototypes(object_name)
         self.object_name = normalize_object_name(object_name)
-        if engine is not None:
-            backend = backend_for_address(engine)
-        self.backend: Backend = open_backend(bundle, backend, BackendOptions(
-            device=provider, precision=precision, threads=threads, cache=cache, cache_dir=cache_dir,
-            endpoint=engine, wait=wait_for_engine, engine_sha256=engine_sha256, remeasure=remeasure))
+        if options.endpoint is not None:
+            backend = backend_for_address(options.endpoint)
+        self.backend: Backend = open_backend(bundle, backend, options)
         self.engine = self.backend.engine
         self.output_names = m.output_names
         self.preprocess = Preprocessor(m.preprocess)
@@ -96,7 +91,8 @@ class Detector:
         # hand each FrameResult its raw graph outputs (the live loop keeps recent ones to re-decide under a new memory)
         self.keep_outputs = False
         if self_check:
-            marker = cache_path(f"selfcheck-{self._self_check_key()}.ok", cache_dir) if cache else None
+            marker = (cache_path(f"selfcheck-{self._self_check_key()}.ok", options.cache_dir) if options.cache
+                      else None)
             if marker is None or not marker.is_file():
                 self._self_check()
                 if marker is not None:
@@ -106,18 +102,20 @@ class Detector:
                         pass  # the marker only saves the next start a frame
 
     @classmethod
-    def from_bundle(cls, path: str | Path, object: str | None = None, provider: str = "auto",
-                    precision: str = "auto", profile: str | Path | LineProfile | None = None,
-                    **kwargs) -> "Detector":
+    def from_bundle(cls, path: str | Path, object: str | None = None, profile: str | Path | LineProfile | None = None,
+                    options: BackendOptions = BackendOptions(), **kwargs) -> "Detector":
         """Load and check the bundle at `path`, then set up as __init__ says.
 
         profile: a line profile (its directory, or a loaded LineProfile): its memory,
-        object and engine precision are used, and its image and pixel thresholds
-        unless `threshold` / `pixel_threshold` are given. A profile made with
-        another engine graph or object is refused.
+        object and engine are used (on whichever backend runs that engine), and its
+        image and pixel thresholds unless `threshold` / `pixel_threshold` are given.
+        A profile made with another engine graph or object is refused.
         """
+        own = {k: kwargs.pop(k) for k in ("backend", "temperature", "threshold", "pixel_threshold", "self_check")
+               if k in kwargs}
+        options = with_engine_options(options, **kwargs)
         if profile is None:
-            return cls(Bundle.load(path), object_name=object, provider=provider, precision=precision, **kwargs)
+            return cls(Bundle.load(path), object_name=object, options=options, **own)
         name = profile if isinstance(profile, (str, Path)) else "the line profile"
         if not isinstance(profile, LineProfile):
             profile = LineProfile.load(profile)
@@ -125,16 +123,16 @@ class Detector:
             raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
         bundle = Bundle.load(path)
         engine = _profile_engine(bundle, profile, name)
-        if precision not in ("auto", engine.precision):
+        if options.precision not in ("auto", engine.precision):
             raise ProfileError(f"the line profile {name} was made with the {engine.precision} engine "
-                               f"{engine.file}, and runs only with it: drop --precision {precision}")
-        kwargs.setdefault("engine_sha256", engine.sha256)  # the very engine it was made with, whatever the backend
-        if kwargs.get("threshold") is None:
-            kwargs["threshold"] = profile.image_threshold
-        if kwargs.get("pixel_threshold") is None:
-            kwargs["pixel_threshold"] = profile.pixel_threshold
-        detector = cls(bundle, object_name=profile.object_name, provider=provider, precision=engine.precision,
-                       **kwargs)
+                               f"{engine.file}, and runs only with it: drop --precision {options.precision}")
+        # the very engine it was made with, whatever the backend
+        options = replace(options, precision=engine.precision, engine_sha256=options.engine_sha256 or engine.sha256)
+        if own.get("threshold") is None:
+            own["threshold"] = profile.image_threshold
+        if own.get("pixel_threshold") is None:
+            own["pixel_threshold"] = profile.pixel_threshold
+        detector = cls(bundle, object_name=profile.object_name, options=options, **own)
         try:
             detector.set_memory(profile.memory)
         except BundleError as exc:

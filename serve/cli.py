@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.command import CONTEXT, backend_options, one_line_errors, require_onnxruntime, setup_logging
+from winclip.runtime.command import CONTEXT, backend_options, one_line_errors, setup_logging
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS, SERVED_MODEL_NAME, TRITON_PORTS
 from winclip.serve import defaults
 from winclip.serve.repository import DEFAULT_TARGET, TARGETS
@@ -86,7 +86,10 @@ def main(ctx, bundle, precision, provider, backend, remeasure, threads, model_na
         raise click.UsageError("--http-port, --grpc-port and --metrics-port must differ")
     if backend == "triton":
         raise click.UsageError("--backend triton would serve a served engine; choose a local backend")
-    require_onnxruntime()
+    from winclip.runtime.backends import backend_class
+
+    with one_line_errors():
+        backend_class(backend)  # the chosen backend's library, named with its extra when missing
     from winclip.serve.server import EngineServer, ServeOptions
 
     options = ServeOptions(precision=precision, provider=provider, backend=backend, remeasure=remeasure,
@@ -121,7 +124,10 @@ def main(ctx, bundle, precision, provider, backend, remeasure, threads, model_na
 
 def _write_repo(bundle, repo, precision, model_name, max_batch, max_queue_delay_us, dynamic_batching, instances,
                 target):
-    require_onnxruntime()  # the graph's input and output types are read by onnxruntime
+    from winclip.runtime.backends import backend_class
+
+    with one_line_errors():
+        backend_class("onnxruntime")  # the graph's input and output types are read by onnxruntime
     from winclip.serve.repository import RepositoryOptions, write_repository
 
     with one_line_errors():

@@ -6,6 +6,7 @@ it. tests/test_emulated_x86.py runs this file again under QEMU's AVX2-only CPU.
 """
 
 import json
+from dataclasses import replace
 import logging
 import os
 import platform
@@ -224,7 +225,8 @@ def test_auto_runs_the_fastest_remembers_it_under_its_key_and_measures_again_whe
 def test_auto_says_why_it_passed_each_engine_over(tiny_bundle, frames, tmp_path, monkeypatch):
     copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     made = add_engine(copy, "int8", frames)
-    monkeypatch.setitem(backends.BACKENDS, "openvino", "winclip_not_installed:Backend")  # a box without it
+    monkeypatch.setitem(backends.BACKENDS, "openvino",  # a box without it
+                        replace(backends.BACKENDS["openvino"], path="winclip_not_installed:Backend"))
     manifest = json.loads((copy / "manifest.json").read_text())
     int8 = next(e for e in manifest["engines"] if e["precision"] == "int8")
     for edit, why in ((lambda e: e["made_by"].update(tool="somebody"), "not vouched for"),
@@ -244,7 +246,7 @@ def test_auto_says_why_it_passed_each_engine_over(tiny_bundle, frames, tmp_path,
 
 
 def test_auto_with_one_candidate_does_not_measure(tiny_bundle, monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "MEASURED", {"onnxruntime": "onnxruntime"})
+    monkeypatch.setitem(backends.BACKENDS, "openvino", replace(backends.BACKENDS["openvino"], measured=False))
     monkeypatch.setattr(auto, "measure", lambda *args: pytest.fail("measured a single candidate"))
     det = Detector.from_bundle(tiny_bundle, object="bottle", backend="auto", cache_dir=tmp_path)
     assert det.backend.name == "onnxruntime" and "the only candidate here" in det.backend.reason

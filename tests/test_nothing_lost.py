@@ -357,7 +357,7 @@ def test_bench_without_onnxruntime_is_one_line(tiny_bundle):
              "import runpy; runpy.run_module('winclip.benchmarks.bench_cli', run_name='__main__')\n")
     proc = subprocess.run([sys.executable, "-c", block, str(tiny_bundle)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(error_lines(proc.stderr)) == 1
-    assert 'onnxruntime is not installed: pip install ".[cpu]"' in proc.stderr
+    assert 'onnxruntime backend needs onnxruntime: pip install ".[cpu]"' in proc.stderr
 
 
 # ---- RTSP transport, composed with what the user set

@@ -321,3 +321,21 @@ def test_an_onnx_graph_with_external_data_is_refused_by_openvino_too(tiny_bundle
         monkeypatch.chdir(cwd)
         with pytest.raises(BundleError, match="visual.onnx points at external data"):
             Detector.from_bundle(tiny_bundle_copy, object="bottle", backend="openvino", cache=False)
+
+
+def test_a_profile_made_on_the_openvino_engine_runs_on_it(ir_copy, line_images, tmp_path):
+    """winclip-calibrate and winclip-inspect take the same engine options: a profile made on the int8 IR (with
+    OpenVINO's compute precision asked for) is bound to that IR, and the line runs it there."""
+    profile = tmp_path / "profile"
+    engine = ("--backend", "openvino", "--precision", "int8", "--inference-precision", "f32")
+    proc = run_cli("winclip-calibrate", str(ir_copy), "--object", "bottle", "--normal", str(line_images),
+                   "--shots", "2", "--out", str(profile), *engine)
+    assert proc.returncode == 0, proc.stderr
+    ir = next(e for e in _manifest(ir_copy)["engines"] if e.get("format") == "openvino-ir")
+    assert ir["file"] in (profile / "profile.json").read_text()
+    proc = run_cli("winclip-inspect", str(ir_copy), "--source", str(line_images), "--out", str(tmp_path / "out"),
+                   "--profile", str(profile), "--backend", "openvino", "--inference-precision", "f32")
+    assert proc.returncode == 0, proc.stderr
+    assert "int8 openvino-ir engine" in proc.stderr and "on openvino CPU" in proc.stderr, proc.stderr
+    events = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert len(events) == len(list(line_images.iterdir())) and all("anomalous" in e for e in events)

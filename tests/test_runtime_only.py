@@ -98,4 +98,4 @@ def test_help_works_where_onnxruntime_is_missing():
         assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), (module, proc.stderr)
     proc = subprocess.run([sys.executable, "-c", block + "import runpy; runpy.run_module('winclip.runtime.line.cli', "
                            "run_name='__main__')", "b", "--source", ".", "--out", "/tmp/x"], capture_output=True, text=True)
-    assert proc.returncode == 1 and 'onnxruntime is not installed: pip install ".[cpu]"' in proc.stderr
+    assert proc.returncode == 1 and 'onnxruntime backend needs onnxruntime: pip install ".[cpu]"' in proc.stderr

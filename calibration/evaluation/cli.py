@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 
 from winclip.calibration.evaluation.layouts import LAYOUTS
-from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole, backend_options
-from winclip.runtime.defaults import PRECISIONS, PROVIDERS
+from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole, engine_choice, engine_options
 from winclip.runtime.errors import first_line, install_hint
 
 EVALUATE = "run"
@@ -94,11 +93,7 @@ def main():
               help="Evaluate a line profile (winclip-calibrate): its memory, and what its thresholds do here.")
 @click.option("--pixel-size", callback=_pixel_size, default=None, metavar="S|HxW",
               help="Resolution of the pixel metrics. [default: the engine's input size]")
-@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
-              help="Engine to evaluate (auto: as winclip-inspect chooses).")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
-@backend_options()
-@click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
+@engine_options("Engine to evaluate (auto: as winclip-inspect chooses).")
 @click.option("--batch-size", type=Whole(1, 1024), default=4, help="Images per session call.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for results.md/.csv/.json and report.html. [default: the table on stdout only]")
@@ -109,16 +104,17 @@ def main():
               help="Exit non-zero (3) when the run is INCOMPLETE: images, settings or categories were skipped.")
 @click.pass_context
 def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, profile, pixel_size, precision,
-        provider, backend, remeasure, threads, batch_size, out, save_scores, force, strict):
+        provider, backend, remeasure, threads, inference_precision, batch_size, out, save_scores, force, strict):
     """Evaluate BUNDLE on a labelled data set: per category, each shot count, and the mean.
 
     Prints a markdown table; with --out also writes CSV, JSON and an HTML report
     (curves and heat-map overlays), all at once when the run completes.
     """
     from winclip.calibration.evaluation.metrics import require_sklearn
-    from winclip.runtime.command import progress_bar, require_onnxruntime, setup_logging
+    from winclip.runtime.backends import backend_class
+    from winclip.runtime.command import progress_bar, setup_logging
 
-    require_onnxruntime()
+    backend_class(backend)  # the chosen backend's library, named with its extra when missing
     require_sklearn()  # before minutes of scoring, not after
     setup_logging()
     from winclip.calibration.evaluation.evaluate import EvalOptions, evaluate, planned_images, select_categories
@@ -137,8 +133,8 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
         _require_matplotlib()
     names = [n.strip() for value in categories for n in value.split(",") if n.strip()]
     options = EvalOptions(shots=shots, seeds=seeds, seed=seed, pixel_size=pixel_size, objects=objects,
-                          provider=provider, precision=precision, threads=threads, profile=profile,
-                          backend=backend, remeasure=remeasure,
+                          engine=engine_choice(provider, precision, threads, remeasure, inference_precision),
+                          profile=profile, backend=backend,
                           batch_size=batch_size)
     try:
         layout = detect_layout(dataset) if layout == "auto" else layout

@@ -31,7 +31,7 @@ import numpy as np
 from winclip.calibration.evaluation.engine_pass import OutputCache, embed_test_set, score_cached
 from winclip.calibration.evaluation.layouts import Category, Sample, read_dataset
 from winclip.calibration.evaluation.metrics import METRICS, PixelSet, counts_at_threshold, roc_points
-from winclip.runtime.backends import DEFAULT_BACKEND
+from winclip.runtime.backends import DEFAULT_BACKEND, BackendOptions
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.contract import normalize_object_name
 from winclip.runtime.detector import Detector
@@ -56,11 +56,8 @@ class EvalOptions:
     seed: int = 0  # the first draw's seed; draw i uses seed + i
     pixel_size: tuple[int, int] | None = None  # (height, width); None: the engine's input size
     objects: dict[str, str] = field(default_factory=dict)  # category -> object name, overriding the folder name
-    provider: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
+    engine: BackendOptions = BackendOptions()  # how to open the engine (device, precision, threads, ...)
     backend: str = DEFAULT_BACKEND  # winclip-eval passes its --backend (default: auto where two are installed)
-    remeasure: bool = False
     profile: Path | None = None  # evaluate this line profile's memory and thresholds instead of --shots
     batch_size: int = 4
     examples: int = 2  # overlays per kind (best/worst good, best/worst defective) in the report
@@ -223,13 +220,10 @@ def evaluate(bundle_path: Path, dataset: Path, layout: str, categories: list[Cat
             progress(planned)
             continue
         if profile is not None:
-            detector = Detector.from_bundle(bundle_path, profile=profile, provider=options.provider,
-                                            precision=options.precision, threads=options.threads,
-                                            backend=options.backend, remeasure=options.remeasure)
+            detector = Detector.from_bundle(bundle_path, profile=profile, options=options.engine,
+                                            backend=options.backend)
         else:
-            detector = Detector(bundle, object_name=object_name, provider=options.provider,
-                                precision=options.precision, threads=options.threads, backend=options.backend,
-                                remeasure=options.remeasure)
+            detector = Detector(bundle, object_name=object_name, options=options.engine, backend=options.backend)
         result.engine = {"precision": detector.engine.precision, "file": detector.engine.file,
                          "provider": detector.backend.device,
                          "chosen": detector.backend.reason}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.command import CONTEXT, Command, Finite, Whole, backend_options
-from winclip.runtime.defaults import MEMORY_MAX_SHOTS, PRECISIONS, PROVIDERS
+from winclip.runtime.command import CONTEXT, Command, Finite, Whole, engine_choice, engine_options
+from winclip.runtime.defaults import MEMORY_MAX_SHOTS
 from winclip.runtime.errors import first_line
 
 
@@ -32,15 +32,11 @@ from winclip.runtime.errors import first_line
               help="Folder with good/ and one folder per defect kind: adds AUROC and the F1-max threshold.")
 @click.option("--threshold-from", type=click.Choice(("false-alarm-rate", "f1-max")), default="false-alarm-rate",
               help="Which image threshold the profile uses (f1-max needs --labelled).")
-@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
-              help="Engine the profile is made with (and bound to).")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", help="ONNX Runtime provider.")
-@backend_options()
-@click.option("--threads", type=Whole(1, 1024), default=None, help="ONNX Runtime intra-op threads.")
+@engine_options("Engine the profile is made with (and bound to), on whichever backend runs it.")
 @click.option("--force", is_flag=True, help="Replace an existing profile at --out.")
 @click.pass_context
 def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, seed, false_alarm_rate, labelled_dir,
-         threshold_from, precision, provider, backend, remeasure, threads, force):
+         threshold_from, precision, provider, backend, remeasure, threads, inference_precision, force):
     """Make a line profile for BUNDLE from normal parts only (no defects needed), without re-export.
 
     The profile holds the WinCLIP+ memory of K normal images (chosen reproducibly)
@@ -52,7 +48,8 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
     good parts in DIR join its memory and its thresholds are re-derived
     (docs/line-profiles.md).
     """
-    from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+    from winclip.runtime.backends import backend_class
+    from winclip.runtime.command import one_line_errors, setup_logging
 
     if add_dir is not None:
         given = [name for name in ("normal_dir", "labelled_dir", "threshold_from", "shots", "seed", "false_alarm_rate",
@@ -61,13 +58,14 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
         if given:
             raise click.UsageError(f"--{given[0].replace('_dir', '').replace('_name', '').replace('_', '-')} makes a "
                                    "new profile; --add-normal changes the one at --out")
-        return _add_normal(bundle, out, add_dir, who, why, precision, provider, threads, backend, remeasure)
+        return _add_normal(bundle, out, add_dir, who, why, backend,
+                           engine_choice(provider, precision, threads, remeasure, inference_precision))
     if normal_dir is None:
         raise click.UsageError("--normal DIR is needed to make a profile (or --add-normal DIR to change one)")
     if who is not None or why is not None:
         raise click.UsageError("--who and --why go with --add-normal")
 
-    require_onnxruntime()
+    backend_class(backend)  # the chosen backend's library, named with its extra when missing
     setup_logging()
     from winclip.calibration.profiles.histogram import histogram_picture
     from winclip.calibration.profiles.setup import calibrate, planned_images
@@ -80,8 +78,9 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
         raise click.ClickException(f"{out} exists; pass --force to replace it")
     with one_line_errors():
         try:
-            detector = Detector.from_bundle(bundle, object=object_name, provider=provider, precision=precision,
-                                            threads=threads, backend=backend, remeasure=remeasure)
+            detector = Detector.from_bundle(bundle, object=object_name, backend=backend,
+                                            options=engine_choice(provider, precision, threads, remeasure,
+                                                                  inference_precision))
             click.echo(f"{bundle}: {detector.describe()}", err=True)
             with progress_bar(planned_images(normal_dir, labelled_dir), "scoring") as bar:
                 result = calibrate(detector, normal_dir, shots, false_alarm_rate, seed, labelled_dir, threshold_from,
@@ -129,24 +128,24 @@ def _panels(detector, result) -> list:
                   result.normal_map_max, result.defect_map_max, {"pixel threshold": detector.pixel_threshold})]
 
 
-def _add_normal(bundle, out, add_dir, who, why, precision, provider, threads, backend, remeasure):
+def _add_normal(bundle, out, add_dir, who, why, backend, options):
     """winclip-calibrate --add-normal: the next version of the profile at OUT, with DIR's good parts taught."""
     import getpass
 
     from winclip.calibration.profiles.setup import read_folder
-    from winclip.runtime.command import one_line_errors, require_onnxruntime, setup_logging
+    from winclip.runtime.backends import backend_class
+    from winclip.runtime.command import one_line_errors, setup_logging
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import display_path
     from winclip.runtime.profile_versions import ProfileStore
     from winclip.runtime.teach import GoodPart, teach
 
-    require_onnxruntime()
+    backend_class(backend)  # the chosen backend's library, named with its extra when missing
     setup_logging()
     with one_line_errors():
         store = ProfileStore(out)
         before = store.load()[0]
-        detector = Detector.from_bundle(bundle, precision=precision, provider=provider, threads=threads, profile=before,
-                                        backend=backend, remeasure=remeasure)
+        detector = Detector.from_bundle(bundle, profile=before, backend=backend, options=options)
         click.echo(f"{bundle}: {detector.describe()}", err=True)
         images, _ = read_folder(add_dir, "normal images to add")
         if not images:

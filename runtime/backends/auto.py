@@ -19,7 +19,7 @@ thread count, so a new engine, library, CPU or setting measures again. A later
 start times one call of the remembered engine: SLOWER_THAN_RECORDED times its
 recorded median or more (measured while the machine was busy, or since slowed)
 measures again, and so does `--remeasure`. A remote server (a Triton client) is
-never chosen by measuring: only the backends of `MEASURED` are.
+never chosen by measuring: only the rows of `BACKENDS` marked `measured` are.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ from winclip.runtime.errors import BundleError, MissingExtra, WinclipError, firs
 
 log = logging.getLogger(__name__)
 
-# local inference libraries auto measures, and the module whose __version__ keys the remembered choice
-MEASURED = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 MIN_ROUNDS, ROUNDS = 2, 3  # interleaved timing rounds: at least, at most
 BUDGET_S = 10.0  # no new round starts after this long (the warm-up included)
 SLOWER_THAN_RECORDED = 2.0  # a remembered engine this many times slower than its record: measured again
@@ -67,12 +65,12 @@ class Candidate:
 
 def candidates(bundle, options: BackendOptions) -> tuple[list[Candidate], list[str]]:
     """What auto measures for `options`, from the backends installed here, and why each other engine is not."""
-    from winclip.runtime.backends import backend_class
+    from winclip.runtime.backends import backend_class, measured_backends
 
     manifest, machine = bundle.manifest, cpus.current()
     kind = "cuda" if options.device == "cuda" else "cpu"
     found, skipped = [], []
-    for name in MEASURED:
+    for name in measured_backends():
         try:
             cls = backend_class(name)
         except MissingExtra as exc:
@@ -105,9 +103,11 @@ def choice_key(found: list[Candidate], options: BackendOptions) -> str:
 
     The precision asked for is not part of it: it only narrows the candidates, which are (so a line profile's int8
     engine reuses the choice that `winclip-calibrate --precision auto` measured between the same engines)."""
+    from winclip.runtime.backends import BACKENDS
+
     machine = cpus.current()
-    versions = {name: getattr(import_module(module), "__version__", "?") for name, module in MEASURED.items()
-                if any(c.backend == name for c in found)}
+    versions = {name: getattr(import_module(BACKENDS[name].library), "__version__", "?")
+                for name in sorted({c.backend for c in found}) if BACKENDS[name].library}
     what = {"candidates": sorted(f"{c.backend}:{c.engine.sha256}" for c in found), "versions": versions,
             "cpu": machine.model, "flags": sorted(machine.flags), "device": options.device, "threads": options.threads,
             "inference_precision": options.inference_precision}
@@ -170,12 +170,14 @@ class MeasuredChoice:
 
     @classmethod
     def open(cls, bundle, options: BackendOptions) -> Backend:
+        from winclip.runtime.backends import measured_backends
+
         found, skipped = candidates(bundle, options)
         passed = f"; passed over: {'; '.join(skipped)}" if skipped else ""
         if not found:
             raise BundleError("auto found no engine of this bundle that an installed backend can run "
                               f"(the bundle has: {', '.join(bundle.manifest.labels)}; backends tried: "
-                              f"{', '.join(MEASURED)}{passed})")
+                              f"{', '.join(measured_backends())}{passed})")
         if len(found) == 1:
             backend = _open(bundle, found[0], options)
             backend.reason = f"auto: the only candidate here ({found[0].label}){passed}"

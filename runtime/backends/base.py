@@ -11,7 +11,7 @@ the engine (`policy.py`), preprocessing and scoring stay outside, shared by all.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,7 +19,6 @@ import numpy as np
 
 from winclip.runtime.contract import FORMAT_ONNX, Engine, Manifest
 from winclip.runtime.errors import BundleError
-
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,30 @@ class BackendOptions:
     remeasure: bool = False  # backend auto: measure again instead of reusing the remembered choice
 
 
+# keywords older callers (and Detector's former parameters) use for BackendOptions fields
+FORMER_NAMES = {"provider": "device", "engine": "endpoint", "wait_for_engine": "wait"}
+
+
+def with_engine_options(options: BackendOptions, **given) -> BackendOptions:
+    """`options` with the fields named in `given` replaced (their former names accepted); TypeError for a
+    keyword that is no field, as a function call would raise."""
+    named = {FORMER_NAMES.get(key, key): value for key, value in given.items()}
+    unknown = set(named) - {f.name for f in fields(BackendOptions)}
+    if unknown:
+        raise TypeError(f"unknown engine option(s): {', '.join(sorted(unknown))}")
+    return replace(options, **named) if named else options
+
+
 class Backend(ABC):
     """One engine of a bundle, ready to run batches.
 
     Subclasses set `name` (the table's key) and `formats` (the engine formats
-    they run) and implement `open`, `device` and `run`. `engine` is the manifest entry that runs and `reason` why it was chosen.
+    they run, keys of contract.ENGINE_FORMATS) and implement `open`, `device`
+    and `run`; a backend that runs an engine held in memory implements
+    `from_bytes` too (the guard of a new engine runs it before it is written).
+    What must be known before the class is imported (its library, its extra,
+    whether auto measures it) is its row in `winclip.runtime.backends.BACKENDS`.
+    `engine` is the manifest entry that runs and `reason` why it was chosen.
     """
 
     name: ClassVar[str]
@@ -56,6 +74,13 @@ class Backend(ABC):
     @abstractmethod
     def open(cls, bundle, options: BackendOptions) -> "Backend":
         """Choose the engine for `options`, read its checked bytes from `bundle`, and get ready to run it."""
+
+    @classmethod
+    def from_bytes(cls, graph: bytes, engine: Engine, manifest: Manifest, options: BackendOptions = BackendOptions(),
+                   *, weights: bytes | None = None) -> "Backend":
+        """Run `engine` from bytes in memory (`weights`: its format's side file); checked by the caller, never
+        written. A backend that only reaches a served engine cannot: BundleError."""
+        raise BundleError(f"the {cls.name} backend cannot run an engine held in memory; use a local backend")
 
     @property
     @abstractmethod

@@ -188,8 +188,10 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def from_bytes(cls, graph: bytes, engine: Engine, manifest: Manifest, options: BackendOptions = BackendOptions(),
                    providers: list[str] | None = None, reason: str = "", sha256: str | None = None,
-                   ) -> "OnnxRuntimeBackend":
+                   *, weights: bytes | None = None) -> "OnnxRuntimeBackend":
         """A backend over graph bytes (an engine of a bundle, or one being made and guarded)."""
+        if weights is not None:
+            raise BundleError(f"engine {engine.file}: an ONNX graph holds its weights inline, it takes no side file")
         providers = providers or choose_providers(options.device)[0]
         session_opts = session_options(options.threads, engine.precision, providers)
         cached = _cache_entry(sha256, options, providers) if sha256 is not None else None

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.command import (CONTEXT, Command, Finite, Whole, backend_options, one_line_errors,
-                                     require_onnxruntime, setup_logging)
-from winclip.runtime.defaults import PRECISIONS, PROVIDERS, check_threshold
+from winclip.runtime.command import (CONTEXT, Command, Finite, Whole, engine_choice, engine_options, one_line_errors,
+                                     setup_logging)
+from winclip.runtime.defaults import check_threshold
 from winclip.runtime.errors import first_line
 from winclip.runtime.line import defaults
 from winclip.runtime.line.sinks import SINKS
@@ -81,18 +81,11 @@ def _sink_options(command):
               help="Image score in [0, 1] at or above which a part is anomalous.")
 @click.option("--pixel-threshold", type=float, default=None, callback=_threshold,
               help="Map value in [0, 1] at or above which pixels form defect regions (listed for anomalous frames).")
-@click.option("--provider", "--device", "provider", default="auto",
-              help=f"What the backend runs on: onnxruntime {'|'.join(PROVIDERS)}; openvino CPU|GPU|NPU "
-                   "(any device name OpenVINO has).")
-@backend_options()
+@engine_options()
 @click.option("--engine", "engine_address", default=None, metavar="URL",
               help="Run the bundle's engine on a server: triton://HOST[:PORT]/MODEL (winclip-serve or Triton, its "
                    "gRPC port); preprocessing and scoring (text, profile, thresholds) stay here. "
                    "[default: run it here]")
-@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
-              help="Engine to run: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")
-@click.option("--threads", type=Whole(1, 1024), default=None,
-              help="ONNX Runtime intra-op threads. [default: all cores]")
 @click.option("--batch-size", type=Whole(1, 1024), default=1,
               help="Folder mode: frames per session call (live runs batch one frame per source).")
 @click.option("--temperature", type=Finite(0.0, 100.0, min_open=True), default=None,
@@ -141,7 +134,7 @@ def _sink_options(command):
                    "Without either the page is read-only.")
 @click.pass_context
 def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, save_maps, save_overlays, threshold,
-         pixel_threshold, provider, backend, remeasure, engine_address, precision, threads, batch_size, temperature, max_pixels,
+         pixel_threshold, provider, backend, remeasure, engine_address, precision, threads, inference_precision, batch_size, temperature, max_pixels,
          force, no_cache, rois, every, max_frames, duration, wait_for_source, stall_timeout, overlays, keep_days,
          keep_gb, flush_timeout, rtsp_transport, serve, host, operator_token_file, **sink_values):
     """Score frames from --source with the WinCLIP bundle BUNDLE.
@@ -183,7 +176,7 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
                 if live else "live sources (cameras, videos, streams); a folder is scored once, in full")
         raise click.UsageError(f"{_flag(misplaced[0])} applies to {what}")
     if engine_address is not None:
-        local = [n for n in ("backend", "provider", "threads", "no_cache") if _given(ctx, n)]
+        local = [n for n in ("backend", "provider", "threads", "inference_precision", "no_cache") if _given(ctx, n)]
         if local:
             raise click.UsageError(f"{_flag(local[0])} applies to an engine run here, not to --engine {engine_address}")
     if profile is not None and normal_dir is not None:
@@ -198,17 +191,20 @@ def main(ctx, bundle, sources, out, object_name, profile, normal_dir, shots, sav
     elif out is None:
         raise click.UsageError("--out is required for a folder of images")
 
-    if engine_address is None:  # a served engine runs elsewhere: this box needs no ONNX Runtime
-        require_onnxruntime()
+    if engine_address is None:  # a served engine runs elsewhere: this box needs no local library
+        from winclip.runtime.backends import backend_class
+
+        backend_class(backend)  # the chosen backend's library, named with its extra when missing, before other work
     import os
 
     if max_pixels is not None:
         os.environ["WINCLIP_MAX_PIXELS"] = str(max_pixels)
     setup_logging()
     frames = None if live else _image_files(specs[0])
-    detector = _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature,
-                              threshold, pixel_threshold, no_cache, normal_dir, shots,
-                              engine=engine_address, wait_for_engine=live and wait_for_source, remeasure=remeasure)
+    options = engine_choice(provider, precision, threads, remeasure, inference_precision, cache=not no_cache,
+                            endpoint=engine_address, wait=live and wait_for_source)
+    detector = _load_detector(bundle, object_name, backend, options, profile, temperature, threshold,
+                              pixel_threshold, normal_dir, shots)
     with _output_lock(out):
         if live:
             plan["profile"], plan["keep_thresholds"] = profile, (threshold is not None, pixel_threshold is not None)
@@ -233,18 +229,16 @@ def _output_lock(out):
         yield
 
 
-def _load_detector(bundle, object_name, backend, provider, precision, profile, threads, temperature, threshold,
-                   pixel_threshold, no_cache, normal_dir, shots, engine=None, wait_for_engine=False, remeasure=False):
+def _load_detector(bundle, object_name, backend, options, profile, temperature, threshold, pixel_threshold, normal_dir,
+                   shots):
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import read_image_folder
 
     with one_line_errors():
         try:
-            detector = Detector.from_bundle(bundle, object=object_name, backend=backend, provider=provider,
-                                            precision=precision, profile=profile, threads=threads,
-                                            temperature=temperature, threshold=threshold,
-                                            pixel_threshold=pixel_threshold, cache=not no_cache,
-                                            engine=engine, wait_for_engine=wait_for_engine, remeasure=remeasure)
+            detector = Detector.from_bundle(bundle, object=object_name, profile=profile, options=options,
+                                            backend=backend, temperature=temperature, threshold=threshold,
+                                            pixel_threshold=pixel_threshold)
             if normal_dir is not None:
                 normals = read_image_folder(normal_dir, shots)
                 detector.build_memory(normals)
