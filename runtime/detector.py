@@ -21,7 +21,7 @@ from winclip.runtime.errors import BundleError, WinclipError, first_line
 from winclip.runtime.memory import FewShotMemory, MemoryKey
 from winclip.runtime.postprocess import Region, find_regions, upsample_map
 from winclip.runtime.preprocess import Preprocessor
-from winclip.runtime.profile import LineProfile, ProfileError
+from winclip.runtime.profiles.profile import LineProfile, ProfileError
 from winclip.runtime.scoring import Scores, WinClipScorer
 
 

@@ -189,7 +189,7 @@ def evaluate(bundle_path: Path, dataset: Path, layout: str, categories: list[Cat
     size = tuple(options.pixel_size or bundle.manifest.preprocess.input_size)
     profile, profile_references = None, []
     if options.profile is not None:
-        from winclip.runtime.profile import LineProfile
+        from winclip.runtime.profiles.profile import LineProfile
 
         profile = LineProfile.load(options.profile)
         normal = profile.record.get("normal_images")  # as winclip-calibrate wrote it; people may edit it
