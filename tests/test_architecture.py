@@ -114,6 +114,10 @@ def test_every_error_of_ours_is_a_winclip_error():
             if isinstance(node, ast.ClassDef) and re.search(r"(Error|Failed|Missing)$", node.name):
                 classes.append((name, node.name))
     assert len(classes) >= 15
+    import builtins
+
+    shadowing = [f"{module}.{cls}" for module, cls in classes if hasattr(builtins, cls)]
+    assert not shadowing, f"error classes named like a builtin (an `except` would catch the wrong one): {shadowing}"
     import importlib
 
     for module, cls in classes:
