@@ -94,6 +94,23 @@ def test_the_walk_sees_every_room():
                                                            modules()["winclip.runtime.line.sinks.mqtt"])
 
 
+def test_every_folder_of_modules_is_a_listed_package():
+    """A folder without __init__.py, or missing from pyproject's packages, would be left out of the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    folders = {path.parent for path in modules().values()}
+    problems = []
+    for folder in sorted(folders):
+        top = folder.relative_to(ROOT).parts
+        name = ".".join((PACKAGES[top[0]], *top[1:]))
+        if not (folder / "__init__.py").is_file():
+            problems.append(f"{folder.relative_to(ROOT)} has no __init__.py")
+        if name not in listed:
+            problems.append(f"{name} is not in pyproject.toml's packages")
+    assert not problems, "\n".join(problems)
+
+
 def test_importing_the_core_loads_no_app_and_no_quantization_tools():
     code = ("import sys, winclip.runtime\n"
             "from winclip.runtime import Detector, FrameResult\n"
