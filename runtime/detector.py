@@ -106,24 +106,26 @@ class Detector:
                         pass  # the marker only saves the next start a frame
 
     @classmethod
-    def from_bundle(cls, path: str | Path, object: str | None = None, provider: str = "auto",
+    def from_bundle(cls, path: str | Path | Bundle, object: str | None = None, provider: str = "auto",
                     precision: str = "auto", profile: str | Path | LineProfile | None = None,
                     **kwargs) -> "Detector":
-        """Load and check the bundle at `path`, then set up as __init__ says.
+        """Load and check the bundle at `path` (or take one already loaded), then set up as __init__ says.
 
         profile: a line profile (its directory, or a loaded LineProfile): its memory,
         object and engine precision are used, and its image and pixel thresholds
         unless `threshold` / `pixel_threshold` are given. A profile made with
         another engine graph or object is refused.
         """
+        # a loaded Bundle is taken as it is: a caller that sets up many detectors (winclip-eval) loads it once
+        loaded = lambda: path if isinstance(path, Bundle) else Bundle.load(path)  # noqa: E731
         if profile is None:
-            return cls(Bundle.load(path), object_name=object, provider=provider, precision=precision, **kwargs)
+            return cls(loaded(), object_name=object, provider=provider, precision=precision, **kwargs)
         name = profile if isinstance(profile, (str, Path)) else "the line profile"
         if not isinstance(profile, LineProfile):
             profile = LineProfile.load(profile)
         if object is not None and normalize_object_name(object) != profile.object_name:
             raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
-        bundle = Bundle.load(path)
+        bundle = loaded()  # after the profile's own checks: their one-line reasons come first
         engine = _profile_engine(bundle, profile, name)
         if precision not in ("auto", engine.precision):
             raise ProfileError(f"the line profile {name} was made with the {engine.precision} engine "

@@ -223,7 +223,7 @@ def evaluate(bundle_path: Path, dataset: Path, layout: str, categories: list[Cat
             progress(planned)
             continue
         if profile is not None:
-            detector = Detector.from_bundle(bundle_path, profile=profile, provider=options.provider,
+            detector = Detector.from_bundle(bundle, profile=profile, provider=options.provider,
                                             precision=options.precision, threads=options.threads,
                                             backend=options.backend, remeasure=options.remeasure)
         else:
