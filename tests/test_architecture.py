@@ -81,6 +81,30 @@ def test_every_room_imports_only_what_it_may():
     assert not problems, "\n".join(sorted(problems))
 
 
+def test_no_module_imports_itself_round_a_circle():
+    """A circle (a <- b <- a, lazy imports too) means two modules that are one: split what both need out below
+    them. Packages' __init__ files are left out (they gather their modules; a module importing its package's
+    table is no circle of code)."""
+    graph = {name: {i for i in imports_of(name, path) if i != name}
+             for name, path in modules().items() if path.name != "__init__.py"}
+    graph = {name: targets & graph.keys() for name, targets in graph.items()}
+    circles, done = [], set()
+
+    def walk(name, trail):
+        if name in trail:
+            circles.append(" -> ".join(trail[trail.index(name):] + [name]))
+            return
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            walk(target, trail + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        walk(name, [])
+    assert not circles, "\n".join(circles)
+
+
 def test_the_walk_sees_every_room():
     """The check above must not pass by finding nothing."""
     names = set(modules())
