@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from winclip.export.backbones import load_backbone
-
 
 def main() -> None:
+    import torch
+
+    from winclip.export.backbones import load_backbone
+
     work = Path(tempfile.mkdtemp(prefix="winclip-bench-export-"))
     checkpoint = work / "vit.pt"  # random weights: the time and memory do not depend on their values
     torch.save(load_backbone("ViT-B-16+", "none").model.state_dict(), checkpoint)
