@@ -312,7 +312,7 @@ def main(bundle, precisions, providers, backend, remeasure, batches, shots, fram
     from winclip.runtime import cpu
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.errors import BundleError
-    from winclip.runtime.flops import frame_flops
+    from winclip.benchmarks.flops import frame_flops
     from winclip.runtime.images import ImageReadError, list_images
     from winclip.runtime.backends import backend_class
 

@@ -34,7 +34,7 @@ def measure(bundle: Path, object_name: str | None, cap: int, taught: int, evalua
     from winclip.runtime import Detector
     from winclip.runtime.images import read_image
     from winclip.runtime.memory import FewShotMemory
-    from winclip.runtime.teach import rows_per_image
+    from winclip.runtime.profiles.teach import rows_per_image
 
     detector = Detector.from_bundle(bundle, object=object_name, provider="cpu", threads=threads)
 

@@ -44,10 +44,10 @@ def _frames(images: Path | None, count: int = 8) -> list[np.ndarray]:
 def _bundle(bundle: Path | None, work: Path) -> Path:
     if bundle is not None:
         return bundle
-    from winclip.export.testing import VIT_B16_PLUS, export_from_checkpoint, make_model, save_checkpoint
+    from winclip.export.exporter import ExportOptions, export_bundle
 
-    checkpoint = save_checkpoint(make_model(VIT_B16_PLUS), work / "vit-b-16-plus-random.pt")
-    return export_from_checkpoint(work / "bundle", checkpoint, "ViT-B-16+", objects=("part",))
+    # random weights (speed does not depend on their values), as `winclip-export --pretrained none` makes them
+    return export_bundle(ExportOptions(out=work / "bundle", backbone="ViT-B-16+", pretrained="none", objects=["part"]))
 
 
 def _first_object(bundle: Path) -> str:

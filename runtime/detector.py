@@ -22,7 +22,7 @@ from winclip.runtime.errors import BundleError, WinclipError, first_line
 from winclip.runtime.memory import FewShotMemory, MemoryKey
 from winclip.runtime.postprocess import Region, find_regions, upsample_map
 from winclip.runtime.preprocess import Preprocessor
-from winclip.runtime.profile import LineProfile, ProfileError
+from winclip.runtime.profiles.profile import LineProfile, ProfileError
 from winclip.runtime.scoring import Scores, WinClipScorer
 
 
@@ -102,9 +102,10 @@ class Detector:
                         pass  # the marker only saves the next start a frame
 
     @classmethod
-    def from_bundle(cls, path: str | Path, object: str | None = None, profile: str | Path | LineProfile | None = None,
-                    options: BackendOptions = BackendOptions(), **kwargs) -> "Detector":
-        """Load and check the bundle at `path`, then set up as __init__ says.
+    def from_bundle(cls, path: str | Path | Bundle, object: str | None = None,
+                    profile: str | Path | LineProfile | None = None, options: BackendOptions = BackendOptions(),
+                    **kwargs) -> "Detector":
+        """Load and check the bundle at `path` (or take one already loaded), then set up as __init__ says.
 
         profile: a line profile (its directory, or a loaded LineProfile): its memory,
         object and engine are used (on whichever backend runs that engine), and its
@@ -114,14 +115,16 @@ class Detector:
         own = {k: kwargs.pop(k) for k in ("backend", "temperature", "threshold", "pixel_threshold", "self_check")
                if k in kwargs}
         options = with_engine_options(options, **kwargs)
+        # a loaded Bundle is taken as it is: a caller that sets up many detectors (winclip-eval) loads it once
+        loaded = lambda: path if isinstance(path, Bundle) else Bundle.load(path)  # noqa: E731
         if profile is None:
-            return cls(Bundle.load(path), object_name=object, options=options, **own)
+            return cls(loaded(), object_name=object, options=options, **own)
         name = profile if isinstance(profile, (str, Path)) else "the line profile"
         if not isinstance(profile, LineProfile):
             profile = LineProfile.load(profile)
         if object is not None and normalize_object_name(object) != profile.object_name:
             raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
-        bundle = Bundle.load(path)
+        bundle = loaded()  # after the profile's own checks: their one-line reasons come first
         engine = _profile_engine(bundle, profile, name)
         if options.precision not in ("auto", engine.precision):
             raise ProfileError(f"the line profile {name} was made with the {engine.precision} engine "

@@ -1,9 +1,9 @@
 """Shared fixtures: seeded random-weight open_clip models saved as checkpoint files.
 
 Pretrained weights cannot be downloaded here, so every bundle is exported from a
-checkpoint file the tests write themselves, through the real loading path. The
-helpers live in the package (winclip.export.testing, winclip.calibration.evaluation.datasets)
-so that the benchmarks use the very same ones.
+checkpoint file the tests write themselves, through the real loading path
+(random_models.py). The image sets live in the package
+(winclip.calibration.evaluation.datasets) so that the benchmarks use the very same ones.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from winclip.calibration.evaluation.datasets import elpv_images, textile_images  # noqa: F401  (re-exported for tests)
-from winclip.export.testing import VIT_B16_PLUS as VIT
-from winclip.export.testing import export_from_checkpoint, make_model as _make_model, save_checkpoint  # noqa: F401
+from random_models import VIT_B16_PLUS as VIT
+from random_models import export_from_checkpoint, make_model as _make_model, save_checkpoint  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="winclip-test-cache-")  # the runtime's graph cache

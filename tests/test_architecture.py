@@ -81,6 +81,30 @@ def test_every_room_imports_only_what_it_may():
     assert not problems, "\n".join(sorted(problems))
 
 
+def test_no_module_imports_itself_round_a_circle():
+    """A circle (a <- b <- a, lazy imports too) means two modules that are one: split what both need out below
+    them. Packages' __init__ files are left out (they gather their modules; a module importing its package's
+    table is no circle of code)."""
+    graph = {name: {i for i in imports_of(name, path) if i != name}
+             for name, path in modules().items() if path.name != "__init__.py"}
+    graph = {name: targets & graph.keys() for name, targets in graph.items()}
+    circles, done = [], set()
+
+    def walk(name, trail):
+        if name in trail:
+            circles.append(" -> ".join(trail[trail.index(name):] + [name]))
+            return
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            walk(target, trail + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        walk(name, [])
+    assert not circles, "\n".join(circles)
+
+
 def test_the_walk_sees_every_room():
     """The check above must not pass by finding nothing."""
     names = set(modules())
@@ -92,6 +116,23 @@ def test_the_walk_sees_every_room():
         assert expected in names
     assert "winclip.runtime.line.sinks.base" in imports_of("winclip.runtime.line.sinks.mqtt",
                                                            modules()["winclip.runtime.line.sinks.mqtt"])
+
+
+def test_every_folder_of_modules_is_a_listed_package():
+    """A folder without __init__.py, or missing from pyproject's packages, would be left out of the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    folders = {path.parent for path in modules().values()}
+    problems = []
+    for folder in sorted(folders):
+        top = folder.relative_to(ROOT).parts
+        name = ".".join((PACKAGES[top[0]], *top[1:]))
+        if not (folder / "__init__.py").is_file():
+            problems.append(f"{folder.relative_to(ROOT)} has no __init__.py")
+        if name not in listed:
+            problems.append(f"{name} is not in pyproject.toml's packages")
+    assert not problems, "\n".join(problems)
 
 
 def test_importing_the_core_loads_no_app_and_no_quantization_tools():
@@ -114,6 +155,10 @@ def test_every_error_of_ours_is_a_winclip_error():
             if isinstance(node, ast.ClassDef) and re.search(r"(Error|Failed|Missing)$", node.name):
                 classes.append((name, node.name))
     assert len(classes) >= 15
+    import builtins
+
+    shadowing = [f"{module}.{cls}" for module, cls in classes if hasattr(builtins, cls)]
+    assert not shadowing, f"error classes named like a builtin (an `except` would catch the wrong one): {shadowing}"
     import importlib
 
     for module, cls in classes:

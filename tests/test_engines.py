@@ -29,7 +29,7 @@ from winclip.runtime import Detector
 from winclip.runtime.bundle import Bundle
 from winclip.runtime.contract import FORMAT_ONNX
 from winclip.runtime.errors import BundleError
-from winclip.runtime.flops import frame_flops
+from winclip.benchmarks.flops import frame_flops
 
 RELAXED = GuardLimits(map_pearson_median=0.9, map_pearson_min=0.8, score_spearman=0.5)  # a 2-layer random model
 IMPOSSIBLE = GuardLimits(map_pearson_median=1.0, map_pearson_min=1.0, score_spearman=1.0, close_enough=0.0)

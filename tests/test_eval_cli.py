@@ -251,6 +251,37 @@ def test_profile_is_evaluated_with_its_thresholds(tiny_bundle, tmp_path):
     assert refused.exit_code != 0 and "drop --shots" in refused.output
 
 
+def test_each_evaluation_loads_the_bundle_once(tiny_bundle, tmp_path, monkeypatch):
+    """Two categories, and a line profile: the bundle (its checksums read through) is loaded once per run."""
+    from winclip.calibration.profiles.setup import calibrate
+    from winclip.runtime.bundle import Bundle
+
+    synthetic = tmp_path / "synthetic"  # 8 normals to calibrate a profile from (2 for the memory, 6 held out)
+    assert invoke("synthesize", synthetic, "--train", "8", "--test-good", "2", "--per-defect", "1").exit_code == 0
+    detector = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu")
+    calibration = calibrate(detector, synthetic / "textile" / "train" / "good", shots=2, false_alarm_rate=0.5)
+    detector.to_profile(calibration.record).save(tmp_path / "profile")
+    real_load, loads = Bundle.load, []
+
+    def counted(cls, root, *args, **kwargs):
+        loads.append(Path(root))
+        return real_load(root, *args, **kwargs)
+
+    monkeypatch.setattr(Bundle, "load", classmethod(counted))
+    both = invoke(tiny_bundle, "--dataset", synthetic, *OBJECTS, "--shots", "0", "--out", tmp_path / "both",
+                  "--provider", "cpu")
+    assert both.exit_code == 0, both.output
+    assert len(json.loads((tmp_path / "both" / "results.json").read_text())["categories"]) == 2
+    assert loads == [Path(tiny_bundle)]
+    loads.clear()
+    profiled = invoke(tiny_bundle, "--dataset", synthetic, "--categories", "textile", "--profile", tmp_path / "profile",
+                      "--out", tmp_path / "profiled", "--provider", "cpu")
+    assert profiled.exit_code == 0, profiled.output
+    assert json.loads((tmp_path / "profiled" / "results.json").read_text())["categories"][0]["runs"][0]["setting"] == \
+        "profile"
+    assert loads == [Path(tiny_bundle)]
+
+
 def test_cli_refusals_are_one_line(tiny_bundle, synthetic, tmp_path):
     not_ours = tmp_path / "notes"
     not_ours.mkdir()

@@ -173,7 +173,7 @@ def test_an_image_file_over_the_size_cap_is_not_read(tmp_path, monkeypatch):
 
 def test_a_huge_consistent_memory_array_is_refused_before_it_is_read(tiny_bundle, tmp_path, monkeypatch):
     from winclip.runtime import memory
-    from winclip.runtime.profile import LineProfile, ProfileError
+    from winclip.runtime.profiles.profile import LineProfile, ProfileError
 
     det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", threshold=0.5, pixel_threshold=0.5)
     det.build_memory([cv2.imread(str(p)) for p in textile_images("nominal", 2)])
@@ -337,7 +337,7 @@ def test_a_profile_written_twice_at_once_stays_whole(tiny_bundle, tmp_path):
     for t in threads:
         t.join()
     assert "saved" in outcomes and all(o == "saved" or "being written by another run" in o for o in outcomes)
-    from winclip.runtime.profile import LineProfile
+    from winclip.runtime.profiles.profile import LineProfile
 
     assert LineProfile.load(target).image_threshold == 0.5
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]
@@ -394,7 +394,7 @@ def test_every_numeric_option_of_every_command_is_bounded():
 
 # ---- profiles and long lists
 def test_a_profile_json_that_leads_out_of_its_folder_is_refused(tiny_bundle, tmp_path):
-    from winclip.runtime.profile import LineProfile, ProfileError
+    from winclip.runtime.profiles.profile import LineProfile, ProfileError
 
     det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", threshold=0.5, pixel_threshold=0.5)
     det.build_memory([cv2.imread(str(p)) for p in textile_images("nominal", 2)])

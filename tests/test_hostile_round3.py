@@ -110,7 +110,7 @@ def test_a_memory_larger_than_calibrate_can_make_is_refused_before_a_byte_is_rea
                                                                                   monkeypatch):
     from winclip.runtime import memory
     from winclip.runtime.defaults import MAX_MEMORY_BYTES, MEMORY_MAX_SHOTS
-    from winclip.runtime.profile import LineProfile, ProfileError
+    from winclip.runtime.profiles.profile import LineProfile, ProfileError
 
     root = _profile(tiny_bundle, tmp_path / "profile")
     record = json.loads((root / "profile.json").read_text())
@@ -134,7 +134,7 @@ def test_a_memory_larger_than_calibrate_can_make_is_refused_before_a_byte_is_rea
 
 def test_a_memory_file_larger_than_its_record_is_refused_from_its_header(tiny_bundle, tmp_path, monkeypatch):
     from winclip.runtime import memory
-    from winclip.runtime.profile import LineProfile, ProfileError
+    from winclip.runtime.profiles.profile import LineProfile, ProfileError
 
     root = _profile(tiny_bundle, tmp_path / "profile")
     record = json.loads((root / "profile.json").read_text())
@@ -167,8 +167,8 @@ def test_an_empty_object_name_is_our_error(tiny_bundle, name):
 
 
 def test_a_profile_folder_we_may_not_look_into_is_our_error(tiny_bundle, tmp_path, monkeypatch):
-    from winclip.runtime.profile import LineProfile
-    from winclip.runtime.profile_versions import ProfileStore
+    from winclip.runtime.profiles.profile import LineProfile
+    from winclip.runtime.profiles.versions import ProfileStore
 
     root = _profile(tiny_bundle, tmp_path / "profile")
     real_stat, real_lstat = os.stat, os.lstat

@@ -279,7 +279,7 @@ def test_a_profile_for_another_engine_names_it_and_the_fix(tiny_bundle_copy, tmp
     from winclip.calibration.engines.build import add_engine
     from winclip.calibration.engines.guard import GuardLimits
     from winclip.runtime import Detector
-    from winclip.runtime.profile import ProfileError
+    from winclip.runtime.profiles.profile import ProfileError
 
     add_engine(tiny_bundle_copy, "int8", _normals(tmp_path / "frames", 8), limits=GuardLimits(0.0, 0.0, 0.0))
     det = Detector.from_bundle(tiny_bundle_copy, object="bottle", provider="cpu", precision="fp32", threshold=0.5)
@@ -295,7 +295,7 @@ def test_a_profile_for_another_engine_names_it_and_the_fix(tiny_bundle_copy, tmp
 
 def test_a_null_threshold_is_warned_at_every_load(tiny_bundle, tmp_path, caplog):
     from winclip.runtime import Detector
-    from winclip.runtime.profile import LineProfile
+    from winclip.runtime.profiles.profile import LineProfile
 
     det = Detector.from_bundle(tiny_bundle, object="bottle", provider="cpu", threshold=0.5, pixel_threshold=0.5)
     det.build_memory([read(p) for p in textile_images("nominal", 2)])
@@ -311,7 +311,7 @@ def test_a_null_threshold_is_warned_at_every_load(tiny_bundle, tmp_path, caplog)
             in warned[0]
     record["thresholds"]["image"]["value"] = float("nan")
     (root / "profile.json").write_text(json.dumps(record))
-    from winclip.runtime.profile import ProfileError
+    from winclip.runtime.profiles.profile import ProfileError
 
     with pytest.raises(ProfileError) as exc:
         LineProfile.load(root)

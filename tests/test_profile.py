@@ -14,7 +14,7 @@ from winclip.calibration.evaluation.metrics import threshold_for_false_alarm_rat
 from winclip.runtime import Detector
 from winclip.runtime.errors import BundleError
 from winclip.runtime.postprocess import find_regions
-from winclip.runtime.profile import LineProfile, ProfileError
+from winclip.runtime.profiles.profile import LineProfile, ProfileError
 
 
 def paint_defect(image: np.ndarray, seed: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:

@@ -15,9 +15,9 @@ import pytest
 from conftest import read, run_cli, textile_images
 from winclip.runtime import Detector
 from winclip.runtime.memory import FewShotMemory
-from winclip.runtime.profile import LineProfile, ProfileError
-from winclip.runtime.profile_versions import ProfileStore
-from winclip.runtime.teach import GoodPart, rows_per_image, teach
+from winclip.runtime.profiles.profile import LineProfile, ProfileError
+from winclip.runtime.profiles.versions import ProfileStore
+from winclip.runtime.profiles.teach import GoodPart, rows_per_image, teach
 from winclip.runtime.thresholds import threshold_for_false_alarm_rate
 
 RATE = 0.05

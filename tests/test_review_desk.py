@@ -22,9 +22,9 @@ from winclip.runtime.line.access import OperatorTokens, TokenError, WriteGuard, 
 from winclip.runtime.line.frames import Frame
 from winclip.runtime.line.review import REVIEW_NAME, ReviewBook, ReviewError
 from winclip.runtime.line.status import LiveStatus
-from winclip.runtime.profile import ProfileError
-from winclip.runtime.profile_versions import ProfileStore
-from winclip.runtime.teach import GoodPart, teach
+from winclip.runtime.profiles.profile import ProfileError
+from winclip.runtime.profiles.versions import ProfileStore
+from winclip.runtime.profiles.teach import GoodPart, teach
 
 T0 = 1_760_000_000.0
 TOKENS = {"anna": "anna-token-0123456789abcdef", "ben": "ben-token-0123456789abcdef"}

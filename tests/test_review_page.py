@@ -26,8 +26,8 @@ from winclip.runtime.line.operator import OperatorDesk
 from winclip.runtime.line.server import LiveServer
 from winclip.runtime.line.sources import parse_sources
 from winclip.runtime.line.status import LiveStatus
-from winclip.runtime.profile_versions import ProfileStore
-from winclip.runtime.teach import GoodPart, teach
+from winclip.runtime.profiles.versions import ProfileStore
+from winclip.runtime.profiles.teach import GoodPart, teach
 
 ANNA, BEN = "anna-token-0123456789abcdef", "ben-token-0123456789abcdefgh"
 PATTERN = "DDNNNDNDDNNN"  # D: a part with a painted defect, N: a good part

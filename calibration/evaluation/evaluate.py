@@ -186,7 +186,7 @@ def evaluate(bundle_path: Path, dataset: Path, layout: str, categories: list[Cat
     size = tuple(options.pixel_size or bundle.manifest.preprocess.input_size)
     profile, profile_references = None, []
     if options.profile is not None:
-        from winclip.runtime.profile import LineProfile
+        from winclip.runtime.profiles.profile import LineProfile
 
         profile = LineProfile.load(options.profile)
         normal = profile.record.get("normal_images")  # as winclip-calibrate wrote it; people may edit it
@@ -220,7 +220,7 @@ def evaluate(bundle_path: Path, dataset: Path, layout: str, categories: list[Cat
             progress(planned)
             continue
         if profile is not None:
-            detector = Detector.from_bundle(bundle_path, profile=profile, options=options.engine,
+            detector = Detector.from_bundle(bundle, profile=profile, options=options.engine,
                                             backend=options.backend)
         else:
             detector = Detector(bundle, object_name=object_name, options=options.engine, backend=options.backend)

@@ -137,8 +137,8 @@ def _add_normal(bundle, out, add_dir, who, why, backend, options):
     from winclip.runtime.command import one_line_errors, setup_logging
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import display_path
-    from winclip.runtime.profile_versions import ProfileStore
-    from winclip.runtime.teach import GoodPart, teach
+    from winclip.runtime.profiles.versions import ProfileStore
+    from winclip.runtime.profiles.teach import GoodPart, teach
 
     backend_class(backend)  # the chosen backend's library, named with its extra when missing
     setup_logging()

@@ -31,7 +31,7 @@ from winclip.runtime.command import SHOWN_SKIPPED
 from winclip.runtime.defaults import MEMORY_MAX_SHOTS, REFERENCE_MAX_HELD_OUT
 from winclip.runtime.errors import WinclipError
 from winclip.runtime.images import ImageReadError, decode_image, display_path, list_images, read_image_bytes
-from winclip.runtime.reference import ReferenceSet, reference_writer
+from winclip.runtime.profiles.reference import ReferenceSet, reference_writer
 from winclip.runtime.thresholds import threshold_for_false_alarm_rate
 
 log = logging.getLogger(__name__)

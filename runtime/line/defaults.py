@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from winclip.runtime.defaults import BACKOFF_S, OPEN_ATTEMPTS  # noqa: F401  (a served engine follows the same rules)
+from winclip.runtime.errors import install_hint
+
+LIVE_EXTRA = install_hint("live")  # what to install for the live page and the plant sinks, named when missing
 
 # --- saved overlays
 OVERLAY_CHOICES = ("anomalous", "all", "none")  # which scored frames get a saved overlay

@@ -12,7 +12,7 @@
   preview (preview.py: computed on the caller's thread, never the loop's) and
   its confirmation, which writes exactly the previewed version; "undo" is
   one. A worker thread writes each as a new version of the line profile
-  (runtime/teach.py, runtime/profile_versions.py), one at a time;
+  (runtime/profiles/teach.py, runtime/profiles/versions.py), one at a time;
 - it switches the detector to a version the worker finished, on the loop
   thread, before the next batch (`between_batches`): memory and thresholds
   change between two frames, never inside a batch, and each switch is a
@@ -41,9 +41,9 @@ from winclip.runtime.line.drift import DriftWatch
 from winclip.runtime.line.history import Gallery, ScoreTrend
 from winclip.runtime.line.preview import Preview, preview_teach
 from winclip.runtime.line.recent import RecentFrames
-from winclip.runtime.profile import LineProfile
-from winclip.runtime.profile_versions import ProfileStore, Version, versioned_parent
-from winclip.runtime.teach import GoodPart, TeachError, reference_scores, taught_change
+from winclip.runtime.profiles.profile import LineProfile
+from winclip.runtime.profiles.versions import ProfileStore, Version, versioned_parent
+from winclip.runtime.profiles.teach import GoodPart, TeachError, reference_scores, taught_change
 
 log = logging.getLogger(__name__)
 

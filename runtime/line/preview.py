@@ -1,6 +1,6 @@
 """What a teach would do, before it happens: thresholds old -> new, and the line's recent frames re-decided.
 
-The new version is built exactly as it would be written (runtime/teach.py's
+The new version is built exactly as it would be written (runtime/profiles/teach.py's
 `taught_change`, with the line's recent frames as the threshold's floor) but not
 written; the recent frames the loop keeps (recent.py) are scored against the
 current memory and the new one, each with its threshold, and the verdicts that
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from winclip.runtime.line.recent import RecentFrames, as_reference
-from winclip.runtime.teach import GoodPart, taught_change
+from winclip.runtime.profiles.teach import GoodPart, taught_change
 
 
 @dataclass

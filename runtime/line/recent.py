@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from winclip.runtime.line import defaults
-from winclip.runtime.reference import ReferenceSet
+from winclip.runtime.profiles.reference import ReferenceSet
 
 
 @dataclass

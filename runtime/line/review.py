@@ -45,7 +45,7 @@ from winclip.runtime.labelled import GOOD, LABELLED_FOLDER, LabelError, defect_k
 from winclip.runtime.line import defaults
 from winclip.runtime.line.history import KeptImages, saved_overlay
 from winclip.runtime.line.status import DOWN
-from winclip.runtime.profile_versions import clean_text
+from winclip.runtime.profiles.versions import clean_text
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from winclip.runtime.errors import MissingExtra, WinclipError
 from winclip.runtime.line import defaults
 from winclip.runtime.line import review_routes
 from winclip.runtime.line.page import PAGE
-from winclip.runtime.line.sinks.base import LIVE_EXTRA
 from winclip.runtime.line.status import LiveStatus
 
 OVERLAY_PREFIX, OVERLAY_SUFFIX = "/overlay/", ".jpg"
@@ -48,7 +47,7 @@ class LiveServer:
         try:
             from prometheus_client import CollectorRegistry
         except ImportError:
-            raise MissingExtra(f"--serve needs prometheus-client for /metrics: {LIVE_EXTRA}") from None
+            raise MissingExtra(f"--serve needs prometheus-client for /metrics: {defaults.LIVE_EXTRA}") from None
         self.status, self.host, self.port = status, host, port
         self.desk = None  # the run's OperatorDesk, attached when there is one: history, teaching, drift
         self.registry = CollectorRegistry()  # private: never mixes with a process-wide default registry

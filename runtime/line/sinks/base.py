@@ -18,13 +18,11 @@ import time
 from collections import deque
 from typing import Protocol
 
-from winclip.runtime.errors import first_line, install_hint
+from winclip.runtime.errors import first_line
 from winclip.runtime.line import defaults
 from winclip.runtime.line.status import LiveStatus
 
 log = logging.getLogger(__name__)
-
-LIVE_EXTRA = install_hint("live")
 
 
 class Sink(Protocol):

@@ -10,7 +10,7 @@ import click
 
 from winclip.runtime.errors import MissingExtra
 from winclip.runtime.line import defaults
-from winclip.runtime.line.sinks.base import LIVE_EXTRA, QueuedSink, SinkKind, parse_host_port
+from winclip.runtime.line.sinks.base import QueuedSink, SinkKind, parse_host_port
 from winclip.runtime.line.status import LiveStatus
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class MqttSink(QueuedSink):
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
-            raise MissingExtra(f"--mqtt needs paho-mqtt: {LIVE_EXTRA}") from None
+            raise MissingExtra(f"--mqtt needs paho-mqtt: {defaults.LIVE_EXTRA}") from None
         super().__init__(status, queue_size)
         self.host, self.port, self.topic = host, port, topic
         self._mqtt = mqtt

@@ -1,8 +1,9 @@
-"""Random-weight open_clip models, checkpoints and bundles for tests and benchmarks.
+"""Random-weight open_clip models, checkpoints and bundles for the tests (through conftest.py).
 
-Pretrained weights cannot be downloaded everywhere the project is built, and
-speed does not depend on the values, so tests and benchmarks export bundles
-from seeded random-init checkpoints, through the real checkpoint-loading path.
+Pretrained weights cannot be downloaded everywhere the project is built, so the
+tests export bundles from seeded random-init checkpoints, through the real
+checkpoint-loading path. Not part of the installed package: the benchmarks make
+their random weights with winclip-export's own `--pretrained none`.
 """
 
 from __future__ import annotations

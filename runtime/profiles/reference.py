@@ -30,7 +30,7 @@ from winclip.runtime.validation import Node, SchemaError
 MAX_REFERENCE_BYTES = (REFERENCE_MAX_HELD_OUT + REFERENCE_MAX_TAUGHT) * MAX_IMAGE_ROWS_BYTES
 
 
-class ReferenceError(BundleError):
+class ReferenceSetError(BundleError):
     """A reference set whose files fail their check or do not fit the detector."""
 
 
@@ -77,7 +77,7 @@ class ReferenceSet:
         shapes = detector.bundle.manifest.output_shapes()
         for name, array in self.outputs.items():
             if list(array.shape[1:]) != list(shapes[name][1:]):
-                raise ReferenceError(f"reference output {name} has shape {list(array.shape[1:])} per image; this "
+                raise ReferenceSetError(f"reference output {name} has shape {list(array.shape[1:])} per image; this "
                                      f"engine gives {list(shapes[name][1:])}")
         scores, peaks = [], []
         for i in range(0, len(self), batch):
@@ -128,7 +128,7 @@ class ReferenceSet:
                 if not np.isfinite(arrays[name]).all():
                     raise SchemaError(f"{where} array {name} holds values that are not finite")
         except (SchemaError, BundleError, TypeError, ValueError) as exc:
-            raise ReferenceError(str(exc)) from None
+            raise ReferenceSetError(str(exc)) from None
         return cls(arrays, sizes, list(names))
 
 

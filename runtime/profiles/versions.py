@@ -25,7 +25,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,15 +34,12 @@ from typing import Callable
 
 from winclip.runtime.atomic import staged_folder, write_atomic
 from winclip.runtime.defaults import PROFILE_KEEP_VERSIONS
-from winclip.runtime.profile import PROFILE_NAME, VERSIONS_NAME, LineProfile, ProfileError, keeps_versions
-from winclip.runtime.validation import Node, SchemaError, read_json
+from winclip.runtime.profiles.layout import (LOCK_NAME, PROFILE_NAME, VERSION_FOLDER, VERSIONS_NAME, ProfileError,
+                                            Version, find_version, keeps_versions, read_versions)
+from winclip.runtime.profiles.profile import LineProfile
 
 log = logging.getLogger(__name__)
 
-VERSIONS_FORMAT = "winclip-edge-line-profile-versions"
-VERSIONS_SCHEMA = 1
-LOCK_NAME = ".lock"
-VERSION_FOLDER = re.compile(r"v([1-9][0-9]{0,8})")
 MAX_TEXT = 500  # characters of who / why kept
 LOG_MAX = 2000  # changes the log keeps (the newest)
 
@@ -57,15 +53,6 @@ def clean_text(value, default: str) -> str:
     text = "" if value is None else str(value)
     text = "".join(c if c.isprintable() else " " for c in text).strip()[:MAX_TEXT]
     return text or default
-
-
-@dataclass(frozen=True)
-class Version:
-    """One version of a profile: its number, folder and record (who, when, why, action, parent, thresholds)."""
-
-    number: int
-    folder: Path
-    entry: dict
 
 
 @dataclass
@@ -109,52 +96,11 @@ class ProfileStore:
 
     def read(self) -> dict:
         """versions.json, checked; a single-version profile reads as its one version."""
-        if not self.versioned:
-            if not (self.root / PROFILE_NAME).is_file():
-                raise ProfileError(f"{self.root} is not a line profile: {PROFILE_NAME} is missing")
-            return {"format": VERSIONS_FORMAT, "schema_version": VERSIONS_SCHEMA, "current": 1,
-                    "versions": [{"version": 1, "folder": ".", "parent": None, "action": "calibrate",
-                                  "who": "winclip-calibrate", "why": "the profile as calibrated", "created": None}],
-                    "log": []}
-        path = self.root / VERSIONS_NAME
-        try:
-            if path.is_symlink() or not path.is_file():
-                raise SchemaError("not a regular file")
-            data = read_json(path, "profile versions")
-            node = Node(data, "")
-            if node.raw("format", None) != VERSIONS_FORMAT:
-                raise SchemaError(f"not a {VERSIONS_FORMAT} (field format)")
-            if node.raw("schema_version", None) != VERSIONS_SCHEMA:
-                raise SchemaError(f"versions schema {str(node.raw('schema_version', None))[:20]} is not supported")
-            numbers = set()
-            for i, raw in enumerate(node.list("versions", 1, 1 << 16)):
-                entry = Node(raw, f"versions[{i}]")
-                number = entry.int("version", 1, 10 ** 9)
-                folder = entry.str("folder", max_len=16)
-                if folder != f"v{number}":
-                    raise SchemaError(f"versions[{i}].folder must be v{number}")
-                numbers.add(number)
-            current = node.int("current", 1, 10 ** 9)
-            if current not in numbers:
-                raise SchemaError(f"current version {current} is not listed")
-            node.list("log", 0, 1 << 20)
-        except SchemaError as exc:
-            raise ProfileError(f"{path}: {exc}") from None
-        except OSError as exc:  # a folder we may not look into: still one line, still ours
-            raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from None
-        return data
+        return read_versions(self.root)
 
     def version(self, number: int | None = None, data: dict | None = None) -> Version:
         """A version (the current one when `number` is None)."""
-        data = data or self.read()
-        number = data["current"] if number is None else number
-        for entry in data["versions"]:
-            if entry["version"] == number:
-                folder = self.root if entry["folder"] == "." else self.root / entry["folder"]
-                if entry.get("pruned") or not (folder / PROFILE_NAME).is_file():
-                    raise ProfileError(f"version {number} of {self.root} is no longer on disk")
-                return Version(number, folder, entry)
-        raise ProfileError(f"{self.root} has no version {number}")
+        return find_version(self.root, number, data)
 
     def load(self, number: int | None = None) -> tuple[LineProfile, Version]:
         version = self.version(number)

@@ -13,27 +13,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from winclip.runtime.atomic import staged_folder
 from winclip.runtime.bundle import resolve_inside
-from winclip.runtime.errors import BundleError
 from winclip.runtime.memory import FewShotMemory, FewShotMemoryError
+from winclip.runtime.profiles.layout import PROFILE_NAME, VERSIONS_NAME, ProfileError, find_version, keeps_versions
 from winclip.runtime.validation import Node, SchemaError, check_float, read_json
 
 log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "winclip-edge-line-profile"
 PROFILE_VERSION = 1
-PROFILE_NAME = "profile.json"
-VERSIONS_NAME = "versions.json"  # a profile that keeps versions (profile_versions.py)
-
-
-class ProfileError(BundleError):
-    """A line profile that cannot be used here, with a one-line reason."""
 
 
 @dataclass
@@ -55,13 +48,11 @@ class LineProfile:
 
     @classmethod
     def load(cls, root: str | Path) -> "LineProfile":
-        """Read and check a profile folder; one that keeps versions (profile_versions.py) gives its current
+        """Read and check a profile folder; one that keeps versions (versions.py) gives its current
         version. ProfileError with a one-line reason otherwise."""
         root = Path(root)
         if keeps_versions(root):
-            from winclip.runtime.profile_versions import ProfileStore
-
-            return ProfileStore(root).load()[0]  # which loads the version's own folder, as below
+            root = find_version(root).folder  # the current version's own folder, a profile folder as below
         try:
             profile = cls._load(root)
         except OSError as exc:  # an unreadable folder: still one line, still ours
@@ -119,18 +110,6 @@ class LineProfile:
         record["thresholds"] = thresholds
         (folder / PROFILE_NAME).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         self.record = record
-
-
-def keeps_versions(root: Path) -> bool:
-    """Whether the profile folder keeps versions (has versions.json). A folder the OS will not let us look
-    into is a ProfileError (Path.exists raises PermissionError there), so the API never leaks an OSError."""
-    try:
-        os.lstat(Path(root) / VERSIONS_NAME)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as exc:
-        raise ProfileError(f"cannot read the line profile {root}: {exc.strerror or exc}") from None
-    return True
 
 
 def _threshold(thresholds: Node, kind: str) -> float | None:

@@ -25,9 +25,9 @@ from winclip.runtime.defaults import MEMORY_MAX_SHOTS, REFERENCE_MAX_TAUGHT
 from winclip.runtime.errors import WinclipError
 from winclip.runtime.images import png_bytes
 from winclip.runtime.memory import FewShotMemory
-from winclip.runtime.profile import LineProfile, ProfileError
-from winclip.runtime.profile_versions import Change, ProfileStore, Version, now_iso
-from winclip.runtime.reference import ReferenceSet, reference_writer
+from winclip.runtime.profiles.profile import LineProfile, ProfileError
+from winclip.runtime.profiles.versions import Change, ProfileStore, Version, now_iso
+from winclip.runtime.profiles.reference import ReferenceSet, reference_writer
 from winclip.runtime.thresholds import threshold_for_false_alarm_rate
 
 log = logging.getLogger(__name__)
