@@ -88,11 +88,13 @@ def calibrate(bundle: Path, folder: Path) -> Path:
 class Run:
     """A live run as winclip-inspect wires one (desk, page, loop), in this process, with the test's own sink."""
 
-    def __init__(self, detector, sources, *, profile=None, token=None, drift=None, before_batch=None):
+    def __init__(self, detector, sources, *, profile=None, token=None, drift=None, before_batch=None, out=None):
         specs = parse_sources([str(s) for s in sources], [])
         self.status = LiveStatus([s.name for s in specs])
         self.sink = ListSink()
         self.desk = OperatorDesk(detector, self.status, [self.sink], profile_path=profile, token=token, drift=drift)
+        if out is not None:  # the review desk keeps its episodes in the run's output folder, as --out does
+            self.desk.open_review(out)
         outputs = LiveOutputs(self.status, None, "none", preview=True)
 
         def between():

@@ -15,17 +15,11 @@ import cv2
 import numpy as np
 
 from conftest import read, textile_images
-from test_live_loop import FAST, ListSink, decoded_frames, paint_defect, wait_for, write_video
-from test_operator_page import browser, calibrate, shot  # noqa: F401  (browser is a fixture)
+from test_live_loop import decoded_frames, paint_defect, wait_for, write_video
+from test_operator_page import Run, browser, calibrate, shot, text_of as text  # noqa: F401  (browser is a fixture)
 from winclip.runtime import Detector
 from winclip.runtime.line import defaults
 from winclip.runtime.line.access import load_token
-from winclip.runtime.line.inspection import Inspection
-from winclip.runtime.line.loop import LiveLoop, LiveOutputs
-from winclip.runtime.line.operator import OperatorDesk
-from winclip.runtime.line.server import LiveServer
-from winclip.runtime.line.sources import parse_sources
-from winclip.runtime.line.status import LiveStatus
 from winclip.runtime.profiles.versions import ProfileStore
 from winclip.runtime.profiles.teach import GoodPart, teach
 
@@ -47,58 +41,6 @@ def expected_episodes(frames: list[dict]) -> list[list[int]]:
             episodes.append([e["frame"]])
             normal = 0
     return episodes
-
-
-class ReviewRun:
-    """A live run wired as winclip-inspect wires one with --serve and --out: desk, review desk, page, loop."""
-
-    def __init__(self, detector, video, profile, tokens, out, gate):
-        specs = parse_sources([str(video)], [])
-        self.status = LiveStatus([s.name for s in specs])
-        self.sink = ListSink()
-        self.desk = OperatorDesk(detector, self.status, [self.sink], profile_path=profile, token=tokens)
-        self.desk.open_review(out)
-        outputs = LiveOutputs(self.status, None, "none", preview=True)
-
-        def between():
-            gate(self)
-            self.desk.between_batches()
-
-        inspection = Inspection(detector, [self.sink], on_event=self.desk.observe(outputs), before_batch=between)
-        self.loop = LiveLoop(inspection, specs, self.status, reader_options=FAST)
-        self.server = LiveServer(self.status, port=0)
-        self.server.desk = self.desk
-        self.server.start()
-        self.url = self.server.url
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        try:
-            self.loop.run()
-        finally:
-            self.loop.close()
-
-    def frames(self):
-        return [e for e in self.sink.events if "frame" in e and "error" not in e]
-
-    def close(self):
-        self.loop.stop.set()
-        self.thread.join(30)
-        self.server.close()
-        self.desk.close()
-
-
-def text(driver, css: str) -> str:
-    """The text of the first element matching `css` ("" when none, or when the page redrew it meanwhile)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-
-    try:
-        found = driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text if found else ""
-    except StaleElementReferenceException:
-        return ""
 
 
 def confirm(driver, yes: bool) -> str:
@@ -164,7 +106,7 @@ def test_the_review_desk_in_a_browser(tiny_bundle, browser, tmp_path):  # noqa: 
             while not release.wait(0.1):
                 run.desk.between_batches()
 
-    run = ReviewRun(detector, video, profile, load_token(tokens_file), out, gate)
+    run = Run(detector, [video], profile=profile, token=load_token(tokens_file), before_batch=gate, out=out)
     try:
         assert wait_for(lambda: len(run.frames()) == len(PATTERN), 90)
         frames = run.frames()
