@@ -122,24 +122,24 @@ def npy_header(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
         raise BundleError(f"{name} is missing") from None
     except OSError as exc:
         raise BundleError(f"cannot read {name}: {exc.strerror or exc}") from None
+    shape, _, dtype = _read_npy_header(buf, name)
+    return tuple(shape), dtype
+
+
+def _read_npy_header(buf: io.BytesIO, name: str):
+    """(shape, fortran order, dtype) from an .npy header at the start of `buf`, which is left at the data."""
     try:
         version = np.lib.format.read_magic(buf)
         header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = header(buf)
+        return header(buf)
     except Exception as exc:  # numpy raises ValueError, SyntaxError or others on a bad header
         raise BundleError(f"{name} is not a readable .npy array ({str(exc)[:120]})") from None
-    return tuple(shape), dtype
 
 
 def parse_npy(data: bytes, name: str, shape_check, dtypes=("float32", "float64", "float16")) -> np.ndarray:
     """An .npy array from bytes, header checked before any data is allocated; never unpickled."""
     buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = header(buf)
-    except Exception as exc:  # numpy raises ValueError, SyntaxError or others on a bad header
-        raise BundleError(f"{name} is not a readable .npy array ({str(exc)[:120]})") from None
+    shape, fortran, dtype = _read_npy_header(buf, name)
     if dtype.hasobject or dtype.name not in dtypes:
         raise BundleError(f"{name} holds {dtype} data; expected one of {', '.join(dtypes)}")
     problem = shape_check(shape)

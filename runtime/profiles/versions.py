@@ -170,11 +170,7 @@ class ProfileStore:
                 if parent is None:
                     raise ProfileError(f"version {left.number} of {self.root} is its first: nothing to undo")
                 back = self.version(parent, data)
-            data["current"] = back.number
-            data.setdefault("log", []).append({"time": now_iso(), "action": "undo", "from": left.number,
-                                               "to": back.number, "who": clean_text(who, "unknown"),
-                                               "why": clean_text(why, "")})
-            self._write(data)
+            self._switch(data, "undo", left, back, who, why)
             return left, back
 
     def use(self, number: int, who: str, why: str = "") -> tuple[Version, Version]:
@@ -188,12 +184,15 @@ class ProfileStore:
             if number == left.number:
                 raise ProfileError(f"version {number} of {self.root} is already in use")
             chosen = self.version(number, data)  # ProfileError when unknown or pruned
-            data["current"] = chosen.number
-            data.setdefault("log", []).append({"time": now_iso(), "action": "use", "from": left.number,
-                                               "to": chosen.number, "who": clean_text(who, "unknown"),
-                                               "why": clean_text(why, "")})
-            self._write(data)
+            self._switch(data, "use", left, chosen, who, why)
             return left, chosen
+
+    def _switch(self, data: dict, action: str, left: Version, to: Version, who: str, why: str) -> None:
+        """Make `to` current, logged as `action` (undo or use) by `who`; written under the caller's lock."""
+        data["current"] = to.number
+        data.setdefault("log", []).append({"time": now_iso(), "action": action, "from": left.number, "to": to.number,
+                                           "who": clean_text(who, "unknown"), "why": clean_text(why, "")})
+        self._write(data)
 
     # --- the parts
     def _folders(self) -> list[int]:
