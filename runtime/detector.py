@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -100,6 +101,40 @@ class Detector:
                         marker.touch()
                     except OSError:
                         pass  # the marker only saves the next start a frame
+
+    def sharing_engine(self, object: str | None = None, profile: str | Path | LineProfile | None = None, *,
+                       threshold: float | None = None, pixel_threshold: float | None = None) -> "Detector":
+        """Another detector on this one's engine (one session in memory): its own object, line profile and
+        thresholds. A profile made with another engine is refused (ProfileError), as from_bundle refuses it."""
+        twin = copy.copy(self)
+        name = profile if isinstance(profile, (str, Path)) else "the line profile"
+        if profile is not None and not isinstance(profile, LineProfile):
+            profile = LineProfile.load(profile)
+        if profile is not None:
+            if object is not None and normalize_object_name(object) != profile.object_name:
+                raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
+            object = profile.object_name
+            if profile.memory.key.graph_sha256 != self.engine.sha256:
+                engine = _profile_engine(self.bundle, profile, name)
+                raise ProfileError(f"the line profile {name} was made with the {engine.precision} engine "
+                                   f"{engine.file}, not the {self.engine.precision} engine {self.engine.file} "
+                                   "this run shares: give every camera a profile made with one engine")
+            threshold = profile.image_threshold if threshold is None else threshold
+            pixel_threshold = profile.pixel_threshold if pixel_threshold is None else pixel_threshold
+        if object is None:
+            object = self.object_name
+        twin.object_name = normalize_object_name(object)
+        twin.scorer = self.scorer.with_text(self.bundle.text_prototypes(object))
+        twin.memory_key = replace(self.memory_key, object_name=twin.object_name)
+        twin.threshold = check_threshold(threshold)
+        twin.pixel_threshold = check_threshold(pixel_threshold, "pixel threshold")
+        twin.memory = None
+        if profile is not None:
+            try:
+                twin.set_memory(profile.memory)
+            except BundleError as exc:
+                raise ProfileError(str(exc).replace("few-shot memory", f"line profile {name}")) from None
+        return twin
 
     @classmethod
     def from_bundle(cls, path: str | Path | Bundle, object: str | None = None,
@@ -237,9 +272,22 @@ class Detector:
         if not frames:
             return []
         try:
-            scores, times, outputs = self._score(frames, color_order)
+            outputs, times = self.embed(frames, color_order)
         except ValueError as exc:
             raise FrameError(str(exc)) from None
+        return self.judge(frames, outputs, times)
+
+    def judge(self, frames: list, outputs: dict[str, np.ndarray], times: dict[str, float]) -> list[FrameResult]:
+        """Score and decide frames whose graph outputs are known (from this detector's engine, or one it shares:
+        see `sharing_engine`): this detector's text, memory and thresholds. `times` (s) are the batch's stages
+        so far; each result gets its share of them and of the scoring."""
+        times = dict(times)
+        t0 = time.perf_counter()
+        try:
+            scores = self.scorer(outputs, self.memory)
+        except ValueError as exc:
+            raise FrameError(str(exc)) from None
+        times["scoring"] = time.perf_counter() - t0
         for i in range(len(frames)):
             if not (math.isfinite(scores.image_score[i]) and np.isfinite(scores.grid_map[i]).all()):
                 raise FrameError("the engine gave a score that is not a finite number")

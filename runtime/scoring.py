@@ -10,6 +10,7 @@ float32 (their rounding, ~1e-7, is far inside the 1e-4 agreement with torch).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,12 @@ class WinClipScorer:
         self.temperature = check_temperature(temperature)
         self.incidence = {k: incidence_matrix(grid, k, stride) for k in self.scales}
         self.coverage = {k: inc.sum(axis=0) for k, inc in self.incidence.items()}
+
+    def with_text(self, text_prototypes: np.ndarray) -> "WinClipScorer":
+        """The same geometry and temperature with another object's text prototypes."""
+        twin = copy.copy(self)
+        twin.text = l2_normalize(text_prototypes)
+        return twin
 
     def probability(self, embeddings: np.ndarray) -> np.ndarray:
         """softmax([cos(e, t_n), cos(e, t_a)] / tau)[1], written as a stable sigmoid."""

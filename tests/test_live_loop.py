@@ -484,7 +484,7 @@ def test_a_dead_sink_is_warned_once_and_the_loop_goes_on(detector, tmp_path, sai
     pipe = os.fdopen(write_end, "w")
     loop = live_run(detector, [video], start=False)
     dead = GuardedSink(StreamEvents(pipe), "stdout", loop.status)
-    loop.inspection.sinks.append(dead)
+    loop.events.add(dead)
     loop.thread.start()
     assert finish(loop) == {"reason": "every source ended"}
     assert len(loop.sink.frames()) == 6 and dead.failures >= 6  # every frame scored, every write failed

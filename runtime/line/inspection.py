@@ -1,8 +1,10 @@
 """The inspection driver shared by every source: batches of frames in, events out.
 
 Per batch: one session call (a frame that breaks the batch is retried alone, so
-the others still get scored), then for each frame an event (a decision or an
-error, never a NaN passed as a pass), its saved artefacts, and every sink.
+the others still get scored; frames of several cameras share the call and are
+then judged each by its own camera's detector), then for each frame an event (a
+decision or an error, never a NaN passed as a pass), its saved artefacts, and
+the run's event fan-out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from winclip.runtime.detector import FrameError, FrameResult
+from winclip.runtime.line.fanout import EventFanout
+from winclip.runtime.line.interfaces import BatchHook, FrameObserver, FrameScorer
 
 LATENCY_WINDOW = 100_000  # scored frames behind the summary's median
 
@@ -32,19 +36,53 @@ class Counts:
         return f"{self.scored} scored, {self.errors} errors, {self.anomalous} anomalous; median {median} ms/frame"
 
 
-def score_each(detector, images: list) -> list[FrameResult | FrameError]:
-    """Results for a batch; a frame that cannot be scored gets its FrameError, the others their results."""
-    if not images:
+def score_each(score, frames: list) -> list:
+    """score(frames) for a batch; when it raises FrameError the batch is split, so a frame that cannot be scored
+    gets its FrameError and the others their results."""
+    if not frames:
         return []
     try:
-        return detector(images)
+        return score(frames)
     except FrameError as exc:
-        if len(images) == 1:
+        if len(frames) == 1:
             return [exc]
-        return [r for image in images for r in score_each(detector, [image])]
+        return [r for frame in frames for r in score_each(score, [frame])]
 
 
-def frame_event(frame, outcome, threshold: float | None) -> dict:
+class EngineScoring:
+    """One engine call per batch, each frame then judged by its own detector (its object, memory, thresholds).
+
+    `route(frame)` names the frame's detector; every detector shares `engine`'s
+    session (Detector.sharing_engine), so frames of several cameras, each with
+    its own part and profile, are embedded together in one call.
+    """
+
+    def __init__(self, engine: FrameScorer, route=None):
+        self.engine = engine
+        self.route = route or (lambda frame: engine)
+
+    def __call__(self, frames: list) -> list[FrameResult]:
+        try:
+            outputs, times = self.engine.embed([f.image for f in frames])
+        except ValueError as exc:
+            raise FrameError(str(exc)) from None
+        groups: dict[int, list[int]] = {}
+        detectors = {}
+        for i, frame in enumerate(frames):
+            detector = self.route(frame)
+            detectors[id(detector)] = detector
+            groups.setdefault(id(detector), []).append(i)
+        results: list = [None] * len(frames)
+        for key, rows in groups.items():
+            share = {k: v * len(rows) / len(frames) for k, v in times.items()}  # per frame, as in one batch
+            picked = outputs if len(rows) == len(frames) else {k: v[rows] for k, v in outputs.items()}
+            judged = detectors[key].judge([frames[i].image for i in rows], picked, share)
+            for i, result in zip(rows, judged):
+                results[i] = result
+        return results
+
+
+def frame_event(frame, outcome) -> dict:
     """The JSON event for one frame: its decision, or its error."""
     event = {"source": frame.source, "frame": frame.index, "time": round(frame.captured, 3)}
     if frame.roi is not None:
@@ -62,7 +100,7 @@ def frame_event(frame, outcome, threshold: float | None) -> dict:
         "width": int(frame.image.shape[1]),
         "image_score": outcome.image_score,
         "anomalous": outcome.anomalous,
-        "threshold": threshold,
+        "threshold": outcome.threshold,
         "map_max": float(outcome.anomaly_map.max()),
         **({"regions": [r.to_json() for r in outcome.regions]} if outcome.regions is not None else {}),
         "latency_ms": {**{k: round(v, 3) for k, v in outcome.timings_ms.items()},
@@ -72,12 +110,13 @@ def frame_event(frame, outcome, threshold: float | None) -> dict:
 
 
 class Inspection:
-    """Scores batches of frames and hands each event to the artefact writer and the sinks."""
+    """Scores batches of frames and hands each event to the artefact writer and the run's events."""
 
-    def __init__(self, detector, sinks: list, artifacts=None, on_artifact_error=None, on_event=None,
-                 before_batch=None):
-        self.detector = detector
-        self.sinks = sinks  # objects with .write(event)
+    def __init__(self, detector: FrameScorer | EngineScoring, events, artifacts=None, on_artifact_error=None,
+                 on_event: FrameObserver | None = None, before_batch: BatchHook | None = None):
+        # a Detector scores every frame; an EngineScoring routes each frame to its camera's detector
+        self.scoring = detector if isinstance(detector, EngineScoring) else EngineScoring(detector)
+        self.events = EventFanout.of(events)  # an EventFanout, or the sinks for one (objects with .write(event))
         self.artifacts = artifacts  # ArtifactWriter or None
         self.on_artifact_error = on_artifact_error  # called with the OSError; default: raise
         # on_event(frame, outcome, event) runs before the sinks see the event, so it may add to it
@@ -90,11 +129,11 @@ class Inspection:
         if self.before_batch is not None:
             self.before_batch()
         usable = [f for f in frames if f.error is None]
-        outcomes = dict(zip((id(f) for f in usable), score_each(self.detector, [f.image for f in usable])))
+        outcomes = dict(zip((id(f) for f in usable), score_each(self.scoring, usable)))
         events = []
         for frame in frames:
             outcome = outcomes.get(id(frame))
-            event = frame_event(frame, outcome, self.detector.threshold)
+            event = frame_event(frame, outcome)
             if "error" in event:
                 self.counts.errors += 1
             else:
@@ -110,7 +149,6 @@ class Inspection:
                         self.on_artifact_error(exc)
             if self.on_event is not None:
                 self.on_event(frame, outcome, event)
-            for sink in self.sinks:
-                sink.write(event)
+            self.events.write(event)
             events.append(event)
         return events

@@ -68,6 +68,7 @@ class LiveOutputs:
         self.status = status
         self.overlays = overlays  # LiveOverlayWriter or None
         self.overlay_mode = overlay_mode
+        self.overlay_modes: dict[str, str] = {}  # a camera's own mode (a station), else overlay_mode
         self.preview = preview  # --serve: keep a JPEG of each source's newest overlay in the status
         self.overlay_failures = 0
         self._preview_at: dict[str, float] = {}
@@ -78,8 +79,8 @@ class LiveOutputs:
         self.status.record_event(event)
         if "error" in event:
             return None
-        if self.overlays is not None and (self.overlay_mode == "all" or
-                                          (self.overlay_mode == "anomalous" and outcome.anomalous)):
+        mode = self.overlay_modes.get(frame.source, self.overlay_mode)
+        if self.overlays is not None and (mode == "all" or (mode == "anomalous" and outcome.anomalous)):
             try:
                 self.overlays.save(frame, outcome, event)
             except OSError as exc:  # a full disk: warn once, keep scoring and publishing
@@ -103,8 +104,9 @@ class LiveOutputs:
 class LiveLoop:
     """Runs an Inspection over live sources. Build it, then `run()` (returns why it stopped), then `close()`.
 
-    inspection: an Inspection whose sinks are this run's sinks (use `sinks` for
-    the same list, so source notices reach them too). specs: SourceSpecs.
+    inspection: an Inspection; source notices go to its event fan-out, after
+    the frame events of the round. specs: SourceSpecs (a spec's own `every`
+    overrides the loop's).
     reader_options: passed to every LiveReader (backoff_s, stall_s, open_attempts...).
     """
 
@@ -127,8 +129,36 @@ class LiveLoop:
         self.batches = 0
         self.failed_batches = 0  # in a row
         self.started_at: float | None = None
-        self.readers = [make_reader(spec, status, every, self.notices.append, self.wake,
-                                    wait_for_source=wait_for_source, **(reader_options or {})) for spec in specs]
+        self.between_rounds = None  # called at the start of each round, on the loop thread
+        self.events = inspection.events  # the run's EventFanout: source notices go out with the frame events
+        self.every = every
+        self.reader_options = reader_options or {}
+        self.readers = [self._reader(spec) for spec in specs]
+
+    def _reader(self, spec):
+        return make_reader(spec, self.status, spec.every or self.every, self.notices.append, self.wake,
+                           wait_for_source=self.wait_for_source, **self.reader_options)
+
+    # --- a station's reload: between two rounds, from the loop thread
+    def add_source(self, spec) -> None:
+        """Start reading another source (a camera added to the station)."""
+        reader = self._reader(spec)
+        self.readers.append(reader)
+        reader.start()
+
+    def remove_source(self, name: str) -> None:
+        """Stop reading a source (a camera taken out of the station); the others never wait for it."""
+        for reader in [r for r in self.readers if r.name == name]:
+            self.readers.remove(reader)
+            reader.request_stop()
+            reader.close(timeout=2.0)
+
+    def retune_source(self, spec) -> None:
+        """A source's ROI and frame rate, changed in place: the next frame it reads uses them."""
+        for reader in self.readers:
+            if reader.name == spec.name:
+                reader.spec = spec
+                reader.every = max(1, int(spec.every or self.every))
 
     # --- the run
     def run(self) -> str:
@@ -145,6 +175,8 @@ class LiveLoop:
             if reason is not None:
                 break
             self.wake.clear()  # before taking: a frame that arrives after this wakes the wait below
+            if self.between_rounds is not None:
+                self.between_rounds()  # a station's reload: sources, ROIs and rates change here, between two rounds
             self._write_notices()
             frames = self._gather()
             if frames:
@@ -197,7 +229,7 @@ class LiveLoop:
             return f"--max-frames {self.max_frames} reached"
         if self.duration_s is not None and time.monotonic() - self.started_at >= self.duration_s:
             return f"--duration {self.duration_s:g} s reached"
-        if all(r.finished for r in self.readers):
+        if self.readers and all(r.finished for r in self.readers):
             return "every source ended"
         return None
 
@@ -223,8 +255,7 @@ class LiveLoop:
     def _write_notices(self) -> None:
         while self.notices:
             notice = self.notices.popleft()
-            for sink in self.inspection.sinks:
-                sink.write(notice)
+            self.events.write(notice)
             detail = notice.get("detail") or (f"after {notice['down_s']:.1f} s" if "down_s" in notice else "")
             if notice["event"] not in ("source_opened", "source_failed"):  # a failure is the run's error line
                 what = f"{notice['source']}: {notice['event'].replace('_', ' ')}"

@@ -38,6 +38,7 @@ from winclip.runtime.images import ImageReadError, decode_image
 from winclip.runtime.line import defaults
 from winclip.runtime.line.access import OperatorTokens, WriteGuard
 from winclip.runtime.line.drift import DriftWatch
+from winclip.runtime.line.fanout import EventFanout
 from winclip.runtime.line.history import Gallery, ScoreTrend
 from winclip.runtime.line.preview import Preview, preview_teach
 from winclip.runtime.line.recent import RecentFrames
@@ -96,11 +97,12 @@ class Switch:
 class OperatorDesk:
     """History, drift and profile changes for one live run (see the module docstring)."""
 
-    def __init__(self, detector, status, sinks: list, *, profile_path: Path | None = None,
+    def __init__(self, detector, status, events, *, profile_path: Path | None = None,
                  token: OperatorTokens | str | None = None,
                  history: bool = True, overlay_root: Path | None = None, keep_threshold: bool = False,
                  keep_pixel_threshold: bool = False, drift: DriftWatch | None = None):
-        self.detector, self.status, self.sinks = detector, status, sinks
+        self.detector, self.status = detector, status
+        self.events = EventFanout.of(events)  # the run's fan-out (or the sinks for one): drift and profile changes
         self.guard = WriteGuard(token)
         self.trend = ScoreTrend() if history else None
         self.gallery = Gallery(overlay_root=overlay_root) if history else None
@@ -192,8 +194,7 @@ class OperatorDesk:
     def _emit(self, event: dict) -> None:
         if self.review is not None:
             self.review.note(event)
-        for sink in self.sinks:
-            sink.write(event)
+        self.events.write(event)
 
     def _apply(self, switch: Switch) -> None:
         profile, old = switch.profile, self.version

@@ -13,7 +13,8 @@ Reads: `/`, `/status.json`, `/metrics`, `/overlay/<source>.jpg`, `/api/trend`,
 `/api/undo`. A write's body is bounded (MAX_POST_BYTES) and an image is decoded
 under the pixel cap of every frame. The review desk's page, reads and writes
 (`/review`, `/api/review`, `/api/review/ack`, `/api/review/label`, `/api/version`)
-are review_routes.py's; its writes pass the same WriteGuard first.
+are review_routes.py's; its writes pass the same WriteGuard first. A station
+(station.py) adds `/api/station/reload`: its file is re-read, behind the token.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'u
                    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
+RELOAD = "/api/station/reload"  # POST, with the operator token: a station re-reads its file
+
+
 class LiveServer:
     """Serve `/`, `/status.json`, `/metrics` and `/overlay/<source>.jpg` for one run."""
 
@@ -50,6 +54,8 @@ class LiveServer:
             raise MissingExtra(f"--serve needs prometheus-client for /metrics: {defaults.LIVE_EXTRA}") from None
         self.status, self.host, self.port = status, host, port
         self.desk = None  # the run's OperatorDesk, attached when there is one: history, teaching, drift
+        self.reload = None  # a station's reload (who -> what it does), attached when the run is a station
+        self.guard = None  # the WriteGuard of writes that are not the desk's (a station's reload)
         self.registry = CollectorRegistry()  # private: never mixes with a process-wide default registry
         self.registry.register(_StatusCollector(status))
         self._httpd: _Server | None = None
@@ -167,20 +173,15 @@ class _Handler(BaseHTTPRequestHandler):
         """A POST: the token first (before any body is read), then a bounded body, then the desk."""
         desk = self.server.live.desk
         path = urllib.parse.urlsplit(self.path).path
+        if path == RELOAD:
+            self._reload_request()
+            return
         if desk is None or path not in ("/api/teach", "/api/teach/preview", "/api/undo", *review_routes.WRITES):
             self.close_connection = True
             self._json(404, {"error": "not found"}, True)
             return
-        access = desk.guard.authorize(self.headers.get("Authorization"))
-        refused = access.refused
-        if refused is not None:
-            self.close_connection = True  # the body, if any, is never read
-            message = {"read-only": "this page is read-only: start winclip-inspect --serve with an operator token "
-                                    "(--operator-token-file or " + defaults.OPERATOR_TOKEN_ENV + ")",
-                       "missing": "this needs the operator token (Authorization: Bearer TOKEN)",
-                       "wrong": "wrong operator token"}[refused]
-            self._json(403 if refused == "read-only" else 401, {"error": message, "refused": refused}, True,
-                       headers={"WWW-Authenticate": "Bearer"} if refused != "read-only" else None)
+        access = self._authorize(desk.guard)
+        if access is None:
             return
         if path in review_routes.WRITES:
             review_routes.post(self, path, access)
@@ -201,6 +202,34 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(getattr(exc, "status", 500), {"error": str(exc)}, True)
             return
         self._json(202, {"job": job.to_json()}, True)
+
+    def _authorize(self, guard):
+        """The request's access, or None after answering a refusal (the body, if any, is never read)."""
+        access = guard.authorize(self.headers.get("Authorization"))
+        refused = access.refused
+        if refused is None:
+            return access
+        self.close_connection = True
+        message = {"read-only": "this page is read-only: start winclip-inspect --serve with an operator token "
+                                "(--operator-token-file or " + defaults.OPERATOR_TOKEN_ENV + ")",
+                   "missing": "this needs the operator token (Authorization: Bearer TOKEN)",
+                   "wrong": "wrong operator token"}[refused]
+        self._json(403 if refused == "read-only" else 401, {"error": message, "refused": refused}, True,
+                   headers={"WWW-Authenticate": "Bearer"} if refused != "read-only" else None)
+        return None
+
+    def _reload_request(self) -> None:
+        """A station's reload, asked for by an operator: the file is re-read off this thread."""
+        live = self.server.live
+        if live.reload is None or live.guard is None:
+            self.close_connection = True
+            self._json(404, {"error": "not found: only a station (winclip-inspect --station) reloads"}, True)
+            return
+        access = self._authorize(live.guard)
+        if access is None:
+            return
+        self.close_connection = True  # no body is read
+        self._json(202, {"reload": live.reload(self._who(access, {}))}, True)
 
     def _request(self) -> tuple[bytes, str, dict]:
         """A write's body, its kind, and its fields (a JSON body's object; none for an image)."""

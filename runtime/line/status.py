@@ -21,6 +21,7 @@ from winclip.runtime.line.defaults import OVERLAYS_KEPT
 ROLLING = 256  # scored frames behind p50/p95 latency
 FPS_WINDOW_S = 10.0  # FPS counts the frames scored in the last this-many seconds, so it falls when a source stops
 HEALTH_STATES = ("starting", "ok", "reconnecting", "lost", "ended")
+TOTALS = ("scored", "anomalous", "errors", "dropped")  # the run's counts, summed over its sources
 DOWN = ("reconnecting", "lost")  # a source that should be sending and is not (an outage)
 
 
@@ -63,6 +64,7 @@ class LiveStatus:
         self._latency_ms: deque[float] = deque(maxlen=rolling)
         self._scored_at: deque[float] = deque(maxlen=rolling)  # monotonic times, for FPS
         self.sink_errors: dict[str, int] = {}
+        self._retired = dict.fromkeys(TOTALS, 0)  # the counts of sources that left the run
         self._sections: dict = {}  # name -> function: more of the run for the snapshot (the operator desk)
         for name in sources or []:
             self.sources[name] = SourceState()
@@ -74,6 +76,19 @@ class LiveStatus:
         return state
 
     # --- writers (the scoring loop, the readers, the sinks)
+    def add(self, name: str) -> None:
+        """A source that joined the run (a camera added by a station's reload)."""
+        with self._lock:
+            self._source(name)
+
+    def forget(self, name: str) -> None:
+        """A source that left the run: its card and metrics go (a camera removed by a station's reload)."""
+        with self._lock:
+            gone = self.sources.pop(name, None)
+            if gone is not None:  # the run's totals keep what it did
+                for key in TOTALS:
+                    self._retired[key] += getattr(gone, key)
+
     def record_event(self, event: dict) -> None:
         """Count one event as `frame_event` builds it: a decision or an error."""
         with self._lock:
@@ -145,6 +160,7 @@ class LiveStatus:
                 for name, s in self.sources.items()
             }
             sink_errors = dict(self.sink_errors)
+            retired = dict(self._retired)
         now = time.monotonic()
         recent = sum(1 for t in stamps if now - t <= FPS_WINDOW_S)
         span = min(FPS_WINDOW_S, now - self._started_monotonic)
@@ -152,10 +168,10 @@ class LiveStatus:
         return {
             "now": round(time.time(), 3),  # the run's clock: the page judges staleness by it, not by its own
             "uptime_s": round(time.time() - self.started, 3),
-            "scored": sum(s["scored"] for s in sources.values()),
-            "anomalous": sum(s["anomalous"] for s in sources.values()),
-            "errors": sum(s["errors"] for s in sources.values()),
-            "dropped": sum(s["dropped"] for s in sources.values()),
+            "scored": sum(s["scored"] for s in sources.values()) + retired["scored"],
+            "anomalous": sum(s["anomalous"] for s in sources.values()) + retired["anomalous"],
+            "errors": sum(s["errors"] for s in sources.values()) + retired["errors"],
+            "dropped": sum(s["dropped"] for s in sources.values()) + retired["dropped"],
             "latency_ms": {
                 "p50": round(float(np.percentile(latencies, 50)), 3) if latencies.size else None,
                 "p95": round(float(np.percentile(latencies, 95)), 3) if latencies.size else None,

@@ -70,6 +70,7 @@ class SourceSpec:
     name: str  # what events call it (a URL without its credentials)
     roi: Roi | None = None
     live: bool = False  # read as fast as it delivers, newest frame only (cameras, streams, pipelines)
+    every: int | None = None  # score every Nth frame (a station camera's own rate); None: the run's --every
 
 
 class SourceKind:
