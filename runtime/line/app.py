@@ -218,10 +218,9 @@ class LiveApp:
             raise RunError(first_line(exc)) from None
         except OSError as exc:  # the port is taken, or the address is not this machine's
             raise RunError(f"--serve: {exc.strerror or first_line(exc)}") from None
-        if self.plan.station is not None:
-            from winclip.runtime.line.access import WriteGuard
+        from winclip.runtime.line.access import WriteGuard
 
-            server.guard = WriteGuard(out.token)  # a station's reload asks for the operator token too
+        server.guard = WriteGuard(out.token)  # writes that are not a desk's (a station's reload) ask for it too
         self.opened.append(server)
         self.server = server
         log.info("live page: %s", server.url)
@@ -259,6 +258,38 @@ class LiveApp:
             self.server.desk = self.parts[parts[0]].desk if operator_page else None
         self.cameras = {camera.name: camera for camera in plan.cameras}
         self.outputs.overlay_modes = {camera.name: plan.overlay_mode(camera) for camera in plan.cameras}
+        for camera in plan.cameras:  # each card says how its camera is judged
+            self.status.describe(camera.name, self._judged_by(camera))
+        if not operator_page:
+            self.status.attach("operator", self._station_section)
+
+    def _judged_by(self, camera: CameraPlan) -> str:
+        part = self.parts[camera.part]
+        words = [part.detector.object_name]
+        if camera.part.profile is not None:
+            words.append(f"profile {camera.part.profile.name} v{part.desk.version}")
+        if part.detector.threshold is not None:
+            words.append(f"threshold {part.detector.threshold:.4g}")
+        return " · ".join(words)
+
+    def _station_section(self) -> dict:
+        """The page's and /metrics' operator section when several parts share the run: each camera's drift from
+        its own part's desk, and why the page does not teach (each part's profile is taught on its own)."""
+        drift, changes = {}, 0
+        for part in list(self.parts.values()):
+            state = part.desk.drift.state()
+            drift.update({name: state[name] for name, camera in self.cameras.items()
+                          if camera.part == part.plan and name in state})
+            changes += part.desk.changes
+        refusal = (f"this run judges its cameras {len(self.parts)} ways: teach a camera's profile with "
+                   "winclip-calibrate --add-normal (the station picks the new version up between two frames)")
+        guard = self.server.guard if self.server is not None and self.server.guard is not None else None
+        return {"profile": None, "version": None, "threshold": None, "pixel_threshold": None,
+                "engine": self.engine.backend.describe(), "teach": False, "teach_refusal": refusal,
+                "access": guard.counts() if guard is not None else {"writable": False, "allowed": 0, "refused": {},
+                                                                    "operators": []},
+                "changes": changes, "drift": drift, "jobs": [], "recent_frames": {},
+                "cameras": {name: self._judged_by(camera) for name, camera in list(self.cameras.items())}}
 
     # --- the loop's hooks (the loop thread)
     def _part_of(self, source: str) -> Part:
@@ -274,8 +305,12 @@ class LiveApp:
         self._part_of(frame.source).observe(frame, outcome, event)
 
     def _between_batches(self) -> None:
+        changes = sum(part.desk.changes for part in self.parts.values())
         for part in self.parts.values():
             part.desk.between_batches()
+        if sum(part.desk.changes for part in self.parts.values()) != changes:  # a new profile version: the cards
+            for camera in self.cameras.values():
+                self.status.describe(camera.name, self._judged_by(camera))
 
     # --- a station's reload
     def reload(self, plan: LivePlan) -> None:

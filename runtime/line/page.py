@@ -291,7 +291,7 @@ async function refresh() {
     markStale(c, down ? `source ${src.health} since ${clock(src.since)}` :
                  old ? `no new frame since ${clock(newest)}` : "");
     caption(c);
-    c.querySelector(".stats").textContent = [`scored ${src.scored}`, `anomalous ${src.anomalous}`, `errors ${src.errors}`,
+    c.querySelector(".stats").textContent = [src.judged_by, `scored ${src.scored}`, `anomalous ${src.anomalous}`, `errors ${src.errors}`,
       `dropped ${src.dropped}`, `lost ${src.losses}×`, src.detail].filter(Boolean).join(" · ");
     if (src.has_overlay && !c.loading && c.shownSeq !== src.overlay_seq) {  // load off-screen, swap when complete
       const next = new Image(), snap = {...src}; c.loading = true; next.className = "overlay";

@@ -15,7 +15,7 @@ from pathlib import Path
 from winclip.runtime.line import defaults
 from winclip.runtime.line.sources.base import SourceSpec
 
-CAMERA_SINK_KEYS = ("mqtt_topic", "webhook")  # sink options a camera may set for its own events
+CAMERA_SINK_KEYS = {"mqtt_topic": "mqtt", "webhook": "webhook"}  # sink options a camera may set -> its sink
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class SourceState:
     errors: int = 0
     dropped: int = 0
     losses: int = 0  # times it stopped delivering
+    judged_by: str = ""  # how its frames are judged (object, profile version, threshold), for its card
     last_score: float | None = None
     last_anomalous: bool | None = None
     last_time: float | None = None  # capture time of the newest scored frame
@@ -80,6 +81,10 @@ class LiveStatus:
         """A source that joined the run (a camera added by a station's reload)."""
         with self._lock:
             self._source(name)
+
+    def describe(self, name: str, judged_by: str) -> None:
+        with self._lock:
+            self._source(name).judged_by = judged_by
 
     def forget(self, name: str) -> None:
         """A source that left the run: its card and metrics go (a camera removed by a station's reload)."""
