@@ -123,7 +123,8 @@ def test_the_example_station_runs_end_to_end(tiny_bundle, profiles, videos, tmp_
         '"rtsp://10.0.3.21/stream1"': json.dumps(camera.url), "[320, 80, 640, 640]": "[0, 0, 200, 200]",
         '"bottle cap"': '"bottle"', '"profiles/cap"': json.dumps(str(profiles["bottle"])),
         '"rtsp://10.0.3.22/stream1"': json.dumps(str(videos["short"])), 'object = "label"': 'object = "metal nut"',
-        '"profiles/label"': json.dumps(str(profiles["metal_nut"])), "threshold = 0.31": f"threshold = {label_threshold!r}",
+        '"profiles/label"': json.dumps(str(profiles["metal_nut"])),
+        "threshold = 0.31": f"threshold = {label_threshold!r}",
         '"https://mes.plant.local/hooks/label-anomaly"': json.dumps(receiver.url),
         '"/dev/video0"': json.dumps(str(videos["long"])), '"weld seam"': '"bottle"',
     })
@@ -252,7 +253,8 @@ def test_each_problem_of_a_station_file_is_one_line_and_nothing_starts(tiny_bund
         "topic_without_broker": camera("a", video, object="bottle", mqtt_topic="t"),
         "bad_webhook": camera("a", video, object="bottle", webhook="ftp://example.com/x"),
     }[case]
-    path = write_station(tmp_path, tiny_bundle, cameras, extra="[output]\nout = 'x'\n" if case == "unknown_table" else "")
+    extra = "[output]\nout = 'x'\n" if case == "unknown_table" else ""
+    path = write_station(tmp_path, tiny_bundle, cameras, extra=extra)
     for args in (("--check",), ()):
         proc = run_cli("winclip-inspect", "--station", str(path), *args)
         errors = error_lines(proc.stderr)

@@ -236,7 +236,12 @@ class LiveApp:
                             keep_threshold=part.threshold is not None,
                             keep_pixel_threshold=part.pixel_threshold is not None)
         self.opened.append(desk)
-        if operator_page:
+        page = self.server.desk if self.server is not None else None
+        if operator_page and page is not None and page.review is not None:
+            # a reload that changed how the one part is judged: the page's history and review desk carry over
+            desk.trend, desk.gallery, desk.review, page.review = page.trend, page.gallery, page.review, None
+            desk.review.versions, desk.review.label_root = desk.versions, desk.label_root
+        elif operator_page:
             desk.open_review(out.out)  # the review desk: episodes, reviews and labels, kept in OUT/review.json
         if out.token is not None and desk.teach_refusal is not None and operator_page:
             log.warning("the operator token unlocks undo and teaching, but %s", desk.teach_refusal)

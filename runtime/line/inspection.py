@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from winclip.runtime.detector import FrameError, FrameResult
 from winclip.runtime.line.fanout import EventFanout
-from winclip.runtime.line.interfaces import BatchHook, FrameObserver, FrameScorer
+from winclip.runtime.line.interfaces import BatchHook, EventWriter, FrameObserver, FrameScorer, ScorerOf
 
 LATENCY_WINDOW = 100_000  # scored frames behind the summary's median
 
@@ -57,7 +57,7 @@ class EngineScoring:
     its own part and profile, are embedded together in one call.
     """
 
-    def __init__(self, engine: FrameScorer, route=None):
+    def __init__(self, engine: FrameScorer, route: ScorerOf | None = None):
         self.engine = engine
         self.route = route or (lambda frame: engine)
 
@@ -112,8 +112,9 @@ def frame_event(frame, outcome) -> dict:
 class Inspection:
     """Scores batches of frames and hands each event to the artefact writer and the run's events."""
 
-    def __init__(self, detector: FrameScorer | EngineScoring, events, artifacts=None, on_artifact_error=None,
-                 on_event: FrameObserver | None = None, before_batch: BatchHook | None = None):
+    def __init__(self, detector: FrameScorer | EngineScoring, events: EventWriter | list, artifacts=None,
+                 on_artifact_error=None, on_event: FrameObserver | None = None,
+                 before_batch: BatchHook | None = None):
         # a Detector scores every frame; an EngineScoring routes each frame to its camera's detector
         self.scoring = detector if isinstance(detector, EngineScoring) else EngineScoring(detector)
         self.events = EventFanout.of(events)  # an EventFanout, or the sinks for one (objects with .write(event))

@@ -6,7 +6,7 @@ same members; nothing here imports the objects that implement them.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -38,6 +38,10 @@ class BatchHook(Protocol):
     """Runs before each batch: the one moment where the scoring set-up may change (a new profile version)."""
 
     def __call__(self) -> None: ...
+
+
+NoticeHandler = Callable[[dict], None]  # a reader's source notices (opened, lost, recovered, ended), to the loop
+ScorerOf = Callable[[Any], "FrameScorer"]  # which detector judges a frame (by its camera)
 
 
 class Closable(Protocol):

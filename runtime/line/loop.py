@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import cv2
 
@@ -25,6 +26,11 @@ from winclip.runtime.images import jpeg_bytes
 from winclip.runtime.line import defaults
 from winclip.runtime.line.sources import SourceError, make_reader
 from winclip.runtime.postprocess import render_overlay
+
+if TYPE_CHECKING:
+    from winclip.runtime.line.inspection import Inspection
+    from winclip.runtime.line.sources import SourceSpec
+    from winclip.runtime.line.status import LiveStatus
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ class StatusLine:
 class LiveOutputs:
     """The loop's per-event work before the sinks: counts in LiveStatus, saved overlays, the live page's preview."""
 
-    def __init__(self, status, overlays=None, overlay_mode: str = "anomalous", preview: bool = False):
+    def __init__(self, status: LiveStatus, overlays=None, overlay_mode: str = "anomalous", preview: bool = False):
         self.status = status
         self.overlays = overlays  # LiveOverlayWriter or None
         self.overlay_mode = overlay_mode
@@ -110,7 +116,7 @@ class LiveLoop:
     reader_options: passed to every LiveReader (backoff_s, stall_s, open_attempts...).
     """
 
-    def __init__(self, inspection, specs, status, *, every: int = 1, max_frames: int | None = None,
+    def __init__(self, inspection: Inspection, specs: list[SourceSpec], status: LiveStatus, *, every: int = 1, max_frames: int | None = None,
                  duration_s: float | None = None, wait_for_source: bool = False, stop: threading.Event | None = None,
                  reader_options: dict | None = None, status_line: StatusLine | None = None,
                  gather_s: float = defaults.GATHER_S):

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from winclip.runtime.errors import WinclipError, first_line
 from winclip.runtime.images import ImageReadError, decode_image
@@ -40,11 +41,16 @@ from winclip.runtime.line.access import OperatorTokens, WriteGuard
 from winclip.runtime.line.drift import DriftWatch
 from winclip.runtime.line.fanout import EventFanout
 from winclip.runtime.line.history import Gallery, ScoreTrend
+from winclip.runtime.line.interfaces import EventWriter
 from winclip.runtime.line.preview import Preview, preview_teach
 from winclip.runtime.line.recent import RecentFrames
 from winclip.runtime.profiles.profile import LineProfile
 from winclip.runtime.profiles.versions import ProfileStore, Version, versioned_parent
 from winclip.runtime.profiles.teach import GoodPart, TeachError, reference_scores, taught_change
+
+if TYPE_CHECKING:
+    from winclip.runtime.detector import Detector
+    from winclip.runtime.line.status import LiveStatus
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +103,7 @@ class Switch:
 class OperatorDesk:
     """History, drift and profile changes for one live run (see the module docstring)."""
 
-    def __init__(self, detector, status, events, *, profile_path: Path | None = None,
+    def __init__(self, detector: Detector, status: LiveStatus, events: EventWriter | list, *, profile_path: Path | None = None,
                  token: OperatorTokens | str | None = None,
                  history: bool = True, overlay_root: Path | None = None, keep_threshold: bool = False,
                  keep_pixel_threshold: bool = False, drift: DriftWatch | None = None):

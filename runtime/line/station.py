@@ -31,6 +31,7 @@ from pathlib import Path
 import click
 
 from winclip.runtime.errors import WinclipError, first_line
+from winclip.runtime.line.options import SINK_OPTION_NAMES
 from winclip.runtime.line.plan import CAMERA_SINK_KEYS, CameraPlan, LivePlan, PartPlan
 
 log = logging.getLogger("winclip.inspect")
@@ -41,8 +42,8 @@ TABLES: dict[str, dict[str, str]] = {
     "engine": {"backend": "backend", "provider": "provider", "precision": "precision", "threads": "threads",
                "inference_precision": "inference_precision", "remeasure": "remeasure", "server": "engine_address",
                "temperature": "temperature", "max_pixels": "max_pixels", "no_cache": "no_cache"},
-    "outputs": {"out": "out", "events": "events", "rotate_mb": "rotate_mb", "rotate_keep": "rotate_keep",
-                "mqtt": "mqtt", "mqtt_topic": "mqtt_topic", "webhook": "webhook", "overlays": "overlays",
+    # every sink's options, as the sink table has them, and the run's own outputs
+    "outputs": {"out": "out", **{name: name for name in SINK_OPTION_NAMES}, "overlays": "overlays",
                 "keep_days": "keep_days", "keep_gb": "keep_gb", "flush_timeout": "flush_timeout"},
     "page": {"serve": "serve", "host": "host", "operator_token_file": "operator_token_file"},
     "run": {"every": "every", "max_frames": "max_frames", "duration": "duration",
@@ -322,11 +323,10 @@ def check_fit(station: Station, plan: LivePlan, problems: list) -> list[str]:
                     problems.append(f"{where}profile {part.profile} runs only on the {engines[sha].precision} engine: "
                                     f"drop [engine] precision = {precision!r}")
             version = f" (profile object {profile.object_name!r}, {profile.memory.shots} shots)"
-        lines.append(f"camera {camera.name}: {camera.spec.text}" + (f", roi {','.join(map(str, camera.spec.roi.as_tuple()))}"
-                                             if camera.spec.roi else "") +
-                     f", every {camera.spec.every or plan.limits.every}, {part.describe()}{version}, overlays "
-                     f"{plan.overlay_mode(camera)}" +
-                     "".join(f", {k} {v}" for k, v in camera.sinks.items()))
+        roi = f", roi {','.join(map(str, camera.spec.roi.as_tuple()))}" if camera.spec.roi else ""
+        sinks = "".join(f", {k} {v}" for k, v in camera.sinks.items())
+        lines.append(f"camera {camera.name}: {camera.spec.text}{roi}, every {camera.spec.every or plan.limits.every}, "
+                     f"{part.describe()}{version}, overlays {plan.overlay_mode(camera)}{sinks}")
     engine = station.values["engine_address"] or (f"{station.values['backend']} backend, precision "
                                                   f"{station.values['precision']}")
     lines.insert(0, f"bundle {station.values['bundle']} ({', '.join(bundle.objects)}); one engine: {engine}"

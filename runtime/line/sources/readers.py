@@ -13,13 +13,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from winclip.runtime.defaults import next_wait
 from winclip.runtime.line import defaults
 from winclip.runtime.line.frames import Frame
+from winclip.runtime.line.interfaces import NoticeHandler
 from winclip.runtime.line.sources.base import SourceError, SourceSpec, cv2
+
+if TYPE_CHECKING:
+    from winclip.runtime.line.status import LiveStatus
 
 
 def open_capture(spec: SourceSpec, timeout_s: float):
@@ -32,8 +37,8 @@ def open_capture(spec: SourceSpec, timeout_s: float):
 class SourceReader:
     """What the loop sees of a source: take() frames, ready(), started / failed / finished, close()."""
 
-    def __init__(self, spec: SourceSpec, status, every: int = 1, on_notice=None, wake: threading.Event | None = None,
-                 timeout_s: float = 5.0):
+    def __init__(self, spec: SourceSpec, status: LiveStatus, every: int = 1, on_notice: NoticeHandler | None = None,
+                 wake: threading.Event | None = None, timeout_s: float = 5.0):
         self.spec = spec
         self.name = spec.name
         self.status = status  # LiveStatus
