@@ -122,6 +122,7 @@ class LiveApp:
         self._pending: LivePlan | None = None  # a reload waiting for the loop thread
         self._pending_lock = threading.Lock()
         self.reloads = 0
+        self.last_reload: dict | None = None  # the newest reloaded / reload_refused event, for the page
 
     # --- opening
     def open(self) -> None:
@@ -143,6 +144,8 @@ class LiveApp:
                     raise RunError(f"cannot write overlays to {out.out / 'overlays'}: {first_line(exc)}") from None
             self.outputs = LiveOutputs(self.status, self.overlays, out.overlays, preview=out.serve is not None)
             self._use_cameras(self.plan)
+            if self.plan.station is not None:
+                self.status.attach("station", self._station_status)
         except BaseException:
             close_all(self.opened, 0.0)
             raise
@@ -332,16 +335,28 @@ class LiveApp:
         try:
             changes = self._swap(old, plan)
         except (WinclipError, OSError, ValueError) as exc:
-            self.events.write({"event": "reload_refused", "time": round(time.time(), 3), "reason": first_line(exc),
-                               **({"station": str(plan.station)} if plan.station else {})})
-            log.warning("reload refused: %s; the station keeps its configuration", first_line(exc))
+            self.refuse_reload(first_line(exc), plan.station)
             return
         self.reloads += 1
-        self.events.write({"event": "reloaded", "time": round(time.time(), 3), **changes,
+        self._note_reload({"event": "reloaded", "time": round(time.time(), 3), **changes,
                            **({"station": str(plan.station)} if plan.station else {})})
         log.info("reloaded %s: %s", plan.station or "the plan", ", ".join(f"{k} {', '.join(v)}"
                                                                              for k, v in changes.items() if v) or
                  "nothing changed")
+
+    def refuse_reload(self, reason: str, station=None) -> None:
+        """A reload that cannot be applied: one event, one warning; the run keeps its configuration."""
+        log.warning("reload refused: %s; the station keeps its configuration", reason)
+        self._note_reload({"event": "reload_refused", "time": round(time.time(), 3), "reason": reason,
+                           **({"station": str(station)} if station else {})})
+
+    def _note_reload(self, event: dict) -> None:
+        self.last_reload = event
+        self.events.write(event)
+
+    def _station_status(self) -> dict:
+        """The page's station line: its file, reloads so far and the last one's outcome."""
+        return {"file": str(self.plan.station), "reloads": self.reloads, "last": self.last_reload}
 
     def _swap(self, old: LivePlan, new: LivePlan) -> dict:
         """Apply `new` over `old`: sinks, parts, then cameras; what changed, by camera."""

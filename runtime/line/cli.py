@@ -182,8 +182,8 @@ def main(ctx, bundle, **values):
             set_rtsp_transport(values["rtsp_transport"])
     elif values["out"] is None:
         raise click.UsageError("--out is required for a folder of images")
+    options = engine_plan(values, wait=live and values["wait_for_source"])  # the backend's library, first
     frames = None if live else _image_files(specs[0])
-    options = engine_plan(values, wait=live and values["wait_for_source"])
     engine = load_engine(bundle, part, options, values["temperature"], build_memory=not live)
     with output_lock(values["out"]):
         if live:

@@ -102,6 +102,8 @@ h3{margin:0 0 8px;font-size:15px;color:#fff}
     <input id="who" type="text" placeholder="your name" aria-label="your name">
     <button id="undo" class="secondary" title="go back to the profile version this one was made from">Undo last change</button>
     <span id="undoresult" class="result" role="status"></span>
+    <button id="reload" class="secondary" hidden title="re-read the station file: cameras, thresholds, profiles, sinks">Reload station file</button>
+    <span id="reloadresult" class="result" role="status"></span>
   </div>
 </header>
 <div id="drift" role="alert"></div>
@@ -189,6 +191,24 @@ document.getElementById("undo").addEventListener("click", async () => {
   show(out, `undo: ${u.data.job.state}`, "ok");
   watchJob(u.data.job.id, (text, kind) => show(out, text, kind));
 });
+document.getElementById("reload").addEventListener("click", async () => {
+  const out = document.getElementById("reloadresult"), st = state.station || {};
+  const yes = await ask(`Re-read the station file ${st.file}?`, [["changed cameras, thresholds, profiles, ROIs and " +
+    "sinks apply between two frames; a file with a problem is refused and the station runs on as it is", false]], "Reload");
+  if (!yes) { show(out, "not reloaded (cancelled)"); return; }
+  const r = await post("api/station/reload", {});
+  if (!r.ok) { show(out, r.error, "err"); return; }
+  show(out, r.data.reload, "ok"); state.reloadsAsked = st.reloads;
+});
+function reloadOutcome(st) {  // the result of a reload asked for here, once the run has done it
+  const out = document.getElementById("reloadresult");
+  if (state.reloadsAsked === undefined || !st.last || st.last.time * 1000 < Date.now() - 60000) return;
+  if (st.last.event === "reloaded") {
+    const what = ["added", "removed", "changed"].filter(k => (st.last[k] || []).length).map(k => `${k} ${st.last[k].join(", ")}`);
+    show(out, "reloaded: " + (what.join("; ") || "nothing changed"), "ok");
+  } else show(out, "refused: " + st.last.reason, "err");
+  state.reloadsAsked = undefined;
+}
 function watchJob(id, tell) {
   const check = () => {
     const job = (state.operator && state.operator.jobs || []).find(j => j.id === id);
@@ -260,6 +280,9 @@ async function refresh() {
   pair(totals, "dropped", s.dropped); pair(totals, "p50/p95", fmt(s.latency_ms.p50, 0) + "/" + fmt(s.latency_ms.p95, 0) + " ms");
   pair(totals, "fps", fmt(s.fps, 2)); pair(totals, "sink errors", sinkErrors); pair(totals, "uptime", fmt(s.uptime_s, 0) + " s");
   const op = s.operator, run = document.getElementById("run"); run.textContent = "";
+  const reload = document.getElementById("reload");
+  reload.hidden = !s.station; reload.disabled = !(op && op.access.writable);
+  if (s.station) { pair(run, "station", s.station.file, "wide"); reloadOutcome(s.station); }
   if (op) {
     pair(run, "engine", op.engine, "wide");
     const version = op.version ? " · version " + op.version : "";

@@ -438,8 +438,6 @@ class Reloader:
                 self.reload()
 
     def reload(self) -> None:
-        import time
-
         try:
             station, plan, _ = load_station(self.station.path, self.command)
             changed = [t for t in RESTART_ONLY if (self.station.tables.get(t) if t != "bundle" else
@@ -451,10 +449,7 @@ class Reloader:
                 raise StationError(f"{self.station.path}: {', '.join(changed)} changed: these need a restart "
                                    "(cameras, thresholds, profiles, sinks and ROIs reload)")
         except StationError as exc:
-            reason = str(exc).replace("\n", "; ")
-            log.warning("reload refused: %s; the station keeps its configuration", reason)
-            self.app.events.write({"event": "reload_refused", "time": round(time.time(), 3), "reason": reason,
-                                   "station": str(self.station.path)})
+            self.app.refuse_reload(str(exc).replace("\n", "; "), self.station.path)
             return
         # the page's token and server stay the running ones (a restart changes them)
         plan = replace(plan, outputs=replace(plan.outputs, token=self.app.plan.outputs.token))
