@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import product
 from pathlib import Path
@@ -300,47 +301,119 @@ def stage_peak_lines(rows: list[dict]) -> list[str]:
 @click.option("--anomalib-python", type=click.Path(path_type=Path), default=None,
               help="With --compare-anomalib: the Python of a venv that has anomalib. [default: this one]")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write bench.json and bench.md here.")
-def main(bundle, precisions, providers, backend, remeasure, batches, shots, frames, warmup, threads, images, normal_dir,
-         object_name, compare_torch, checkpoint, model_configs, compare_anomalib, anomalib_python, out):
+def main(bundle, **values):
     """Time BUNDLE's engines per frame and per stage, with cold start, memory and FLOP rate.
 
     Prints a markdown table; every ratio in it comes from this one run on this
     one machine.
     """
-    from tqdm import tqdm
-
     from winclip.runtime import cpu
-    from winclip.runtime.bundle import Bundle
-    from winclip.runtime.errors import BundleError
     from winclip.benchmarks.flops import frame_flops
-    from winclip.runtime.images import ImageReadError, list_images
     from winclip.runtime.backends import backend_class
 
-    for name in backend:
+    plan = bench_plan(values)
+    for name in plan.backends:
         backend_class(name)  # each chosen backend's library: one line naming its extra, not a traceback
-    from winclip.runtime.backends.onnxruntime import choose_providers
 
     click.echo(cpu.current().headline(), err=True)  # first: every number below belongs to this class of CPU
-    backends = backend
+    b = _checked_bundle(bundle, plan)
+    work = Path(tempfile.mkdtemp(prefix="winclip-bench-"))
+    frame_paths, normal_paths = _frames_to_time(plan, work)
+
+    flops = frame_flops(b.manifest)["total"]
+    click.echo("measuring the machine's GEMM throughput", err=True)
+    peaks = gemm_peaks()
+    base = {"bundle": str(Path(bundle).resolve()), "frames": plan.frames, "warmup": plan.warmup,
+            "threads": plan.threads, "images": [str(p) for p in frame_paths], "normals": [str(p) for p in normal_paths],
+            "object": plan.object_name, "checkpoint": str(plan.checkpoint) if plan.checkpoint else None,
+            "model_configs": [str(Path(c).resolve()) for c in plan.model_configs], "remeasure": plan.remeasure}
+    rows, torch_rows, anomalib_rows, anomalib_note = _measure_rows(plan, base, work)
+    for r in [*rows, *torch_rows, *anomalib_rows]:
+        if "error" not in r:
+            r["p50_ms"], r["p95_ms"] = 1000 * r.pop("p50_s"), 1000 * r.pop("p95_s")
+            if "stages_s" in r:
+                r["stages_ms"] = {k: 1000 * v for k, v in r.pop("stages_s").items()}
+    _add_rates_and_ratios(rows, torch_rows, anomalib_rows, bundle, flops, peaks)
+    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "bundle": portable_path(bundle), "frame_gflop": flops / 1e9,
+              "work_elimination": b.manifest.work_elimination, "gemm_peak_gflops": peaks, "frames": plan.frames,
+              "warmup": plan.warmup, "images": [portable_path(p) for p in frame_paths], "rows": rows,
+              "torch": torch_rows, "anomalib": anomalib_rows, "anomalib_note": anomalib_note}
+    table = markdown(result)
+    click.echo(table)
+    out = plan.out
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "bench.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+            (out / "bench.md").write_text(table + "\n")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}") from None
+    if all("error" in r for r in rows):
+        raise click.ClickException("no configuration could be measured")
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one winclip-bench run times and where it writes: each field is the option of that name (lists are
+    the comma-separated ones, parsed)."""
+
+    precisions: list[str]  # engines to time
+    providers: list[str]  # cpu, cuda
+    backends: list[str]  # --backend: their rows side by side
+    remeasure: bool  # backend auto measures the local backends again
+    batches: list[int]  # frames per session call
+    shots: list[int]  # 0 = zero-shot, K = WinCLIP+ with K normals
+    frames: int  # timed batches per configuration
+    warmup: int  # untimed batches first
+    threads: int | None  # intra-op threads; None: all cores
+    images: Path | None  # real frames to time; None: the dev extra's data sets
+    normal_dir: Path | None  # normals for the memory; None: the data set's, or images
+    object_name: str | None  # None: the bundle's first object
+    compare_torch: bool  # also time the plain torch WinCLIP
+    checkpoint: Path | None  # the torch side's weights; None: random
+    model_configs: tuple[Path, ...]  # open_clip configs of custom architectures, for the torch side
+    compare_anomalib: bool  # also time anomalib's WinCLIP where installed
+    anomalib_python: Path | None  # a venv's Python that has anomalib; None: this one
+    out: Path | None  # folder for bench.json and bench.md
+
+
+def bench_plan(values: dict) -> BenchPlan:
+    return BenchPlan(**{("backends" if name == "backend" else name): value for name, value in values.items()})
+
+
+def _checked_bundle(bundle: Path, plan: BenchPlan):
+    """The bundle, once it is known to have every engine asked for, and the torch side its extra (one line
+    each, not a traceback)."""
+    from winclip.runtime.backends.onnxruntime import choose_providers
+    from winclip.runtime.bundle import Bundle
+    from winclip.runtime.errors import BundleError
 
     try:
         b = Bundle.load(bundle)
-        missing = [p for p in precisions if p not in b.manifest.precisions]
+        missing = [p for p in plan.precisions if p not in b.manifest.precisions]
         if missing:
             raise BundleError(f"the bundle has no {', '.join(missing)} engine (it has {', '.join(b.manifest.precisions)}); "
                               f"add one with winclip-quantize {bundle} --precision {missing[0]} --images DIR")
-        if "onnxruntime" in backends:
-            for provider in providers:
+        if "onnxruntime" in plan.backends:
+            for provider in plan.providers:
                 choose_providers(provider)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from None
-    if compare_torch:
+    if plan.compare_torch:
         try:
             import open_clip  # noqa: F401
             import torch  # noqa: F401
         except ImportError:
             raise click.ClickException(f"--compare-torch needs the export extra: {install_hint('export')}") from None
-    work = Path(tempfile.mkdtemp(prefix="winclip-bench-"))
+    return b
+
+
+def _frames_to_time(plan: BenchPlan, work: Path) -> tuple[list[Path], list[Path]]:
+    """The frames to time and the normals for the memory: the folders given, else the data sets' images."""
+    from winclip.runtime.images import ImageReadError, list_images
+
+    images, normal_dir = plan.images, plan.normal_dir
     try:
         if images is not None:
             paths, _ = list_images(images)
@@ -356,20 +429,21 @@ def main(bundle, precisions, providers, backend, remeasure, batches, shots, fram
         raise click.ClickException(f"no frames to time: {exc}; pass --images DIR") from None
     if not frame_paths:
         raise click.ClickException(f"no images in {images}")
-    if max(shots) > len(normal_paths):
-        raise click.ClickException(f"--shots {max(shots)} needs that many normal images; {len(normal_paths)} found")
+    if max(plan.shots) > len(normal_paths):
+        raise click.ClickException(f"--shots {max(plan.shots)} needs that many normal images; {len(normal_paths)} found")
+    return frame_paths, normal_paths
 
-    flops = frame_flops(b.manifest)["total"]
-    click.echo("measuring the machine's GEMM throughput", err=True)
-    peaks = gemm_peaks()
-    base = {"bundle": str(Path(bundle).resolve()), "frames": frames, "warmup": warmup, "threads": threads,
-            "images": [str(p) for p in frame_paths], "normals": [str(p) for p in normal_paths],
-            "object": object_name, "checkpoint": str(checkpoint) if checkpoint else None,
-            "model_configs": [str(Path(c).resolve()) for c in model_configs], "remeasure": remeasure}
-    configs = list(product(backends, precisions, providers, batches, shots))
-    torch_configs = list(product(batches, shots)) if compare_torch else []
-    anomalib_python, anomalib_note = anomalib_interpreter(anomalib_python) if compare_anomalib else (None, None)
-    anomalib_configs = list(product(batches, shots)) if anomalib_python else []
+
+def _measure_rows(plan: BenchPlan, base: dict, work: Path) -> tuple[list, list, list, str | None]:
+    """Every configuration in a child process of its own: the runtime's rows, torch's and anomalib's (with why
+    anomalib's are missing, where they are)."""
+    from tqdm import tqdm
+
+    configs = list(product(plan.backends, plan.precisions, plan.providers, plan.batches, plan.shots))
+    torch_configs = list(product(plan.batches, plan.shots)) if plan.compare_torch else []
+    anomalib_python, anomalib_note = (anomalib_interpreter(plan.anomalib_python) if plan.compare_anomalib
+                                      else (None, None))
+    anomalib_configs = list(product(plan.batches, plan.shots)) if anomalib_python else []
     rows, torch_rows, anomalib_rows = [], [], []
     total = len(configs) + len(torch_configs) + len(anomalib_configs)
     with tqdm(total=total, unit="config", file=sys.stderr, disable=None) as bar:
@@ -391,11 +465,13 @@ def main(bundle, precisions, providers, backend, remeasure, batches, shots, fram
             r = run_anomalib_child(anomalib_python, {**base, "batch": batch, "shots": k}, work)
             anomalib_rows.append({"batch": batch, "shots": k, **r})
             bar.update()
-    for r in [*rows, *torch_rows, *anomalib_rows]:
-        if "error" not in r:
-            r["p50_ms"], r["p95_ms"] = 1000 * r.pop("p50_s"), 1000 * r.pop("p95_s")
-            if "stages_s" in r:
-                r["stages_ms"] = {k: 1000 * v for k, v in r.pop("stages_s").items()}
+    return rows, torch_rows, anomalib_rows, anomalib_note
+
+
+def _add_rates_and_ratios(rows: list, torch_rows: list, anomalib_rows: list, bundle: Path, flops: float,
+                          peaks: dict) -> None:
+    """Each measured runtime row's engine size, FLOP rate, share of the GEMM peak and speed-ups against fp32,
+    torch and anomalib in the same batch and shots."""
     for r in rows:
         if "error" in r:
             continue
@@ -415,23 +491,6 @@ def main(bundle, precisions, providers, backend, remeasure, batches, shots, fram
         a = next((x for x in anomalib_rows if "error" not in x and (x["batch"], x["shots"]) == (r["batch"], r["shots"])),
                  None)
         r["speedup_vs_anomalib"] = a["p50_ms"] / r["p50_ms"] if a else None
-    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "bundle": portable_path(bundle), "frame_gflop": flops / 1e9,
-              "work_elimination": b.manifest.work_elimination, "gemm_peak_gflops": peaks, "frames": frames,
-              "warmup": warmup, "images": [portable_path(p) for p in frame_paths], "rows": rows, "torch": torch_rows,
-              "anomalib": anomalib_rows, "anomalib_note": anomalib_note}
-    table = markdown(result)
-    click.echo(table)
-    if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "bench.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-            (out / "bench.md").write_text(table + "\n")
-        except OSError as exc:
-            raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}") from None
-    if all("error" in r for r in rows):
-        raise click.ClickException("no configuration could be measured")
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import tracemalloc
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 
@@ -496,90 +497,126 @@ def markdown(result: dict) -> str:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the results here.")
 @click.option("--md", "md_out", type=click.Path(path_type=Path), default=None, help="Write the tables here.")
 @click.option("--note", default="", help="Recorded with the results (say 'under load' on a shared box).")
-def main(bundle, precision, shots, frames, threads, images, normal, object_name, parts, rounds, baseline_tree,
-         json_out, md_out, note):
+def main(bundle, **values):
     """Trace BUNDLE's resident memory per step and measure whole winclip-inspect runs' peaks."""
     from winclip.benchmarks.bench_cli import machine
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.errors import BundleError
 
+    plan = MemoryPlan(**values)
     try:
         b = Bundle.load(bundle)
-        engine = b.engine(precision)
+        engine = b.engine(plan.precision)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from None
     work = Path(tempfile.mkdtemp(prefix="winclip-bench-memory-"))
     try:
-        frame_paths, normal_paths = _frames(images, normal, frames, work)
-        if shots > len(normal_paths):
-            raise click.ClickException(f"--shots {shots} needs that many normal frames; {len(normal_paths)} found")
-        cfg = {"bundle": str(bundle.resolve()), "precision": precision, "shots": shots, "frames": frames,
-               "threads": threads, "object": object_name, "images": [str(p) for p in frame_paths],
-               "normals": [str(p) for p in normal_paths[:shots]]}
-        result = {"machine": machine(), "engine": engine.file, "engine_mib": sum((bundle / ref.file).stat().st_size for ref in engine.files()) / MIB,
-                  "precision": precision, "shots": shots, "frames": frames, "rounds": rounds,
-                  "load_average": os.getloadavg()[0], "note": note}
-        if "bare" in parts:
+        frame_paths, normal_paths = _frames(plan.images, plan.normal, plan.frames, work)
+        if plan.shots > len(normal_paths):
+            raise click.ClickException(f"--shots {plan.shots} needs that many normal frames; {len(normal_paths)} found")
+        cfg = {"bundle": str(bundle.resolve()), "precision": plan.precision, "shots": plan.shots,
+               "frames": plan.frames, "threads": plan.threads, "object": plan.object_name,
+               "images": [str(p) for p in frame_paths], "normals": [str(p) for p in normal_paths[:plan.shots]]}
+        result = {"machine": machine(), "engine": engine.file,
+                  "engine_mib": sum((bundle / ref.file).stat().st_size for ref in engine.files()) / MIB,
+                  "precision": plan.precision, "shots": plan.shots, "frames": plan.frames, "rounds": plan.rounds,
+                  "load_average": os.getloadavg()[0], "note": plan.note}
+        if "bare" in plan.parts:
             click.echo("bare session", err=True)
             result["bare"] = _child("bare", cfg, _env(work / "cache-bare"), work)
-        if "settings" in parts:
-            result["settings"] = {"runtime": runtime_setting(precision), "rows": {}}
-            for name in SETTINGS:
-                click.echo(f"settings, memory: {name}", err=True)
-                result["settings"]["rows"][name] = _child("setting_memory", {**cfg, "setting": name},
-                                                          _env(work / "cache-settings"), work)
-            click.echo(f"settings, latency: {len(SETTINGS)} sessions in one process, {rounds * frames // 2} rounds",
-                       err=True)
-            lat = _child("setting_latency", {**cfg, "setting_rounds": max(3, rounds * frames // 2)},
-                         _env(work / "cache-settings"), work)["frame_ms"]
-            first = next(iter(SETTINGS))
-            for name, ms in lat.items():
-                result["settings"]["rows"][name].update(
-                    frame_p50_ms=statistics.median(ms), frame_ms=ms,
-                    vs_defaults=statistics.median(a / b for a, b in zip(ms, lat[first])))
-        if "trace" in parts:
-            result["traces"] = {}
-            trees = {"": None, **({f"baseline ({baseline_tree.name}), ": baseline_tree} if baseline_tree else {})}
-            for i, (label, tree) in enumerate(trees.items()):
-                env = _env(work / f"cache-trace-{i}", tree)
-                for name in ("empty", "warm"):  # the first start on a box, then every later one
-                    click.echo(f"trace, {label}{name} cache", err=True)
-                    result["traces"][label + name] = _child("trace", {**cfg, "cache": "on", "cache_dir": None}, env,
-                                                            work)
-        if "inspect" in parts:
+        if "settings" in plan.parts:
+            result["settings"] = _measure_settings(cfg, plan, work)
+        if "trace" in plan.parts:
+            result["traces"] = _measure_traces(cfg, plan.baseline_tree, work)
+        if "inspect" in plan.parts:
             frames_dir = _link_folder(frame_paths, work / "frames")
-            normals_dir = _link_folder(normal_paths[:max(shots, 1)], work / "normals")
-            trees = {"this tree": None, **({f"baseline ({baseline_tree.name})": baseline_tree} if baseline_tree else {})}
-            envs = {name: _env(work / f"cache-{i}", tree) for i, (name, tree) in enumerate(trees.items())}
-            runs: dict[str, list[dict]] = {name: [] for name in trees}
-            for name, env in envs.items():  # a first run per tree fills its cache; not counted
-                click.echo(f"inspect warm-up, {name}", err=True)
-                inspect_run(cfg, env, work, frames_dir, normals_dir)
-            for r in range(rounds):
-                for name, env in envs.items():
-                    click.echo(f"inspect round {r + 1}/{rounds}, {name}", err=True)
-                    runs[name].append(inspect_run(cfg, env, work, frames_dir, normals_dir))
-            result["inspect"] = {}
-            for name, rs in runs.items():
-                bad = next((x for x in rs if "error" in x), None)
-                if bad:
-                    result["inspect"][name] = bad
-                    continue
-                result["inspect"][name] = {
-                    "peaks": [x["peak_rss_mib"] for x in rs], "peak_rss_mib": max(x["peak_rss_mib"] for x in rs),
-                    "frame_p50_ms": statistics.median(v for x in rs for v in x["frame_ms"]),
-                    "engine_p50_ms": statistics.median(v for x in rs for v in x["engine_ms"]),
-                    "round_p50_ms": [statistics.median(x["frame_ms"]) for x in rs]}
+            normals_dir = _link_folder(normal_paths[:max(plan.shots, 1)], work / "normals")
+            result["inspect"] = _measure_inspect(cfg, plan, work, frames_dir, normals_dir)
         result["load_average_end"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = markdown(result)
     click.echo(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-    if md_out is not None:
-        md_out.write_text(table + "\n")
+    if plan.json_out is not None:
+        plan.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    if plan.md_out is not None:
+        plan.md_out.write_text(table + "\n")
 
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What one bench_memory run measures and where it writes: each field is the command's option of that name."""
+
+    precision: str  # the engine to run
+    shots: int  # normal frames in the few-shot memory (0: zero-shot)
+    frames: int  # frames scored after the memory is built
+    threads: int | None  # intra-op threads; None: all cores
+    images: Path | None  # real frames; None: the dev extra's data sets
+    normal: Path | None  # normal frames for the memory; None: the data sets' normals, or images
+    object_name: str | None  # None: the bundle's first object
+    parts: tuple[str, ...]  # of trace, bare, settings, inspect
+    rounds: int  # interleaved rounds of whole inspect runs
+    baseline_tree: Path | None  # another checkout whose winclip-inspect runs in the same rounds
+    json_out: Path | None  # the results, as JSON
+    md_out: Path | None  # the tables, as markdown
+    note: str  # recorded with the results
+
+
+def _measure_settings(cfg: dict, plan: MemoryPlan, work: Path) -> dict:
+    """Each ONNX Runtime session setting's memory in a process of its own, then all their latencies in one."""
+    settings = {"runtime": runtime_setting(plan.precision), "rows": {}}
+    for name in SETTINGS:
+        click.echo(f"settings, memory: {name}", err=True)
+        settings["rows"][name] = _child("setting_memory", {**cfg, "setting": name}, _env(work / "cache-settings"),
+                                        work)
+    click.echo(f"settings, latency: {len(SETTINGS)} sessions in one process, {plan.rounds * plan.frames // 2} rounds",
+               err=True)
+    lat = _child("setting_latency", {**cfg, "setting_rounds": max(3, plan.rounds * plan.frames // 2)},
+                 _env(work / "cache-settings"), work)["frame_ms"]
+    first = next(iter(SETTINGS))
+    for name, ms in lat.items():
+        settings["rows"][name].update(frame_p50_ms=statistics.median(ms), frame_ms=ms,
+                                      vs_defaults=statistics.median(a / b for a, b in zip(ms, lat[first])))
+    return settings
+
+
+def _measure_traces(cfg: dict, baseline_tree: Path | None, work: Path) -> dict:
+    """The step-by-step trace of this tree (and the baseline's), with an empty cache and then a warm one."""
+    traces = {}
+    trees = {"": None, **({f"baseline ({baseline_tree.name}), ": baseline_tree} if baseline_tree else {})}
+    for i, (label, tree) in enumerate(trees.items()):
+        env = _env(work / f"cache-trace-{i}", tree)
+        for name in ("empty", "warm"):  # the first start on a box, then every later one
+            click.echo(f"trace, {label}{name} cache", err=True)
+            traces[label + name] = _child("trace", {**cfg, "cache": "on", "cache_dir": None}, env, work)
+    return traces
+
+
+def _measure_inspect(cfg: dict, plan: MemoryPlan, work: Path, frames_dir: Path, normals_dir: Path) -> dict:
+    """Whole winclip-inspect runs of this tree (and the baseline's) in interleaved rounds: peaks and latency."""
+    baseline_tree = plan.baseline_tree
+    trees = {"this tree": None, **({f"baseline ({baseline_tree.name})": baseline_tree} if baseline_tree else {})}
+    envs = {name: _env(work / f"cache-{i}", tree) for i, (name, tree) in enumerate(trees.items())}
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for name, env in envs.items():  # a first run per tree fills its cache; not counted
+        click.echo(f"inspect warm-up, {name}", err=True)
+        inspect_run(cfg, env, work, frames_dir, normals_dir)
+    for r in range(plan.rounds):
+        for name, env in envs.items():
+            click.echo(f"inspect round {r + 1}/{plan.rounds}, {name}", err=True)
+            runs[name].append(inspect_run(cfg, env, work, frames_dir, normals_dir))
+    out = {}
+    for name, rs in runs.items():
+        bad = next((x for x in rs if "error" in x), None)
+        if bad:
+            out[name] = bad
+            continue
+        out[name] = {
+            "peaks": [x["peak_rss_mib"] for x in rs], "peak_rss_mib": max(x["peak_rss_mib"] for x in rs),
+            "frame_p50_ms": statistics.median(v for x in rs for v in x["frame_ms"]),
+            "engine_p50_ms": statistics.median(v for x in rs for v in x["engine_ms"]),
+            "round_p50_ms": [statistics.median(x["frame_ms"]) for x in rs]}
+    return out
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":

@@ -51,8 +51,7 @@ DEFAULTS = ExportOptions()
                    "images; winclip-serve BUNDLE --write-repo DIR sets its batching and target).")
 @click.option("--model-config", "model_configs", multiple=True, type=click.Path(path_type=Path),
               help="Extra open_clip model config JSON (custom architectures); repeatable.")
-def main(backbone, pretrained, seed, objects, out, opset, exporter, force, scales, stride, temperature, text_ensemble,
-         patch_layer, patch_ln_post, precisions, calibration, triton_repo, model_configs):
+def main(triton_repo, model_configs, **values):
     """Export WinCLIP's windowed CLIP visual encoder and text prototypes as an engine bundle.
 
     The bundle holds one ONNX graph (image, window and patch embeddings for a
@@ -66,32 +65,32 @@ def main(backbone, pretrained, seed, objects, out, opset, exporter, force, scale
     except ImportError as exc:
         raise click.ClickException(
             f"export dependencies missing ({exc.name}): {install_hint('export,cpu')}") from None
-    try:
-        scale_list = tuple(int(s) for s in scales.split(",") if s.strip())
-    except ValueError:
-        raise click.ClickException(f"--scales must be integers like 2,3, got {scales!r}") from None
-
+    options = export_options(values)
     setup_logging()
     try:
         register_model_configs(model_configs)
-        export_bundle(
-            ExportOptions(out=out, backbone=backbone, pretrained=pretrained, seed=seed, objects=list(objects),
-                          opset=opset, exporter=exporter, force=force, scales=scale_list, stride=stride,
-                          temperature=temperature,
-                          text_ensemble=text_ensemble, patch_layer=patch_layer, patch_ln_post=patch_ln_post,
-                          precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
-                          calibration=calibration),
-        )
+        export_bundle(options)
         if triton_repo is not None:
             from winclip.serve.repository import write_repository
 
-            write_repository(out, triton_repo)
+            write_repository(options.out, triton_repo)
     except WinclipError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # permissions, a full disk: one line, nothing left behind
         raise click.ClickException(f"export failed: {exc}") from None
-    click.echo(str(out))
+    click.echo(str(options.out))
 
+
+def export_options(values: dict) -> ExportOptions:
+    """The ExportOptions of the command's values (each option names its field); --scales and --precision are
+    comma-separated lists."""
+    scales = values["scales"]
+    try:
+        scale_list = tuple(int(s) for s in scales.split(",") if s.strip())
+    except ValueError:
+        raise click.ClickException(f"--scales must be integers like 2,3, got {scales!r}") from None
+    return ExportOptions(**{**values, "objects": list(values["objects"]), "scales": scale_list,
+                            "precisions": tuple(p.strip() for p in values["precisions"].split(",") if p.strip())})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -134,6 +134,12 @@ def engine_choice(provider: str = "auto", precision: str = "auto", threads: int 
                           inference_precision=inference_precision, **more)
 
 
+def engine_choice_of(values: dict, **more):
+    """engine_choice of a command that takes its options as one mapping (`**values`, by parameter name)."""
+    return engine_choice(values["provider"], values["precision"], values["threads"], values["remeasure"],
+                         values["inference_precision"], **more)
+
+
 def Whole(lo: int, hi: int) -> click.IntRange:  # noqa: N802  (reads as a type, like click.IntRange)
     """A whole-number option from lo to hi: an upper bound on every count keeps absurd values out."""
     return click.IntRange(lo, hi)

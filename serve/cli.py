@@ -19,11 +19,14 @@ import click
 from winclip.runtime.command import CONTEXT, backend_options, one_line_errors, setup_logging
 from winclip.runtime.defaults import PRECISIONS, PROVIDERS, SERVED_MODEL_NAME, TRITON_PORTS
 from winclip.serve import defaults
-from winclip.serve.repository import DEFAULT_TARGET, TARGETS
+from winclip.serve.repository import DEFAULT_TARGET, TARGETS, RepositoryOptions
 
 log = logging.getLogger("winclip.serve")  # not __name__: run as a script, that is "__main__"
 
 PORT = click.IntRange(1, 65535)
+# the options that are ServeOptions' (and, the first six, RepositoryOptions') fields of the same name
+BATCHING = ("precision", "model_name", "max_batch", "max_queue_delay_us", "dynamic_batching", "instances")
+SERVED = (*BATCHING, "provider", "backend", "remeasure", "threads", "host", "http_port", "grpc_port", "metrics_port")
 SERVER_ONLY = ("provider", "backend", "remeasure", "threads", "host", "http_port", "grpc_port", "metrics_port", "no_cache")
 
 
@@ -58,8 +61,7 @@ SERVER_ONLY = ("provider", "backend", "remeasure", "threads", "host", "http_port
               help="With --write-repo: where NVIDIA's server runs the engine (onnxruntime on GPU or CPU, or its "
                    "TensorRT or OpenVINO accelerator).")
 @click.pass_context
-def main(ctx, bundle, precision, provider, backend, remeasure, threads, model_name, max_batch, max_queue_delay_us, dynamic_batching,
-         instances, host, http_port, grpc_port, metrics_port, no_cache, write_repo, repo_target):
+def main(ctx, bundle, write_repo, **values):
     """Serve the chosen engine of BUNDLE through Triton Inference Server.
 
     \b
@@ -77,26 +79,22 @@ def main(ctx, bundle, precision, provider, backend, remeasure, threads, model_na
         if server_only:
             flag = "--" + server_only[0].replace("_", "-")
             raise click.UsageError(f"{flag} applies to a running server, not to --write-repo")
-        _write_repo(bundle, write_repo, precision, model_name, max_batch, max_queue_delay_us, dynamic_batching,
-                    instances, repo_target)
+        _write_repo(bundle, write_repo,
+                    RepositoryOptions(target=values["repo_target"], **{name: values[name] for name in BATCHING}))
         return
     if ctx.get_parameter_source("repo_target").name == "COMMANDLINE":
         raise click.UsageError("--repo-target needs --write-repo DIR")
-    if len({http_port, grpc_port, metrics_port}) < 3:
+    if len({values["http_port"], values["grpc_port"], values["metrics_port"]}) < 3:
         raise click.UsageError("--http-port, --grpc-port and --metrics-port must differ")
-    if backend == "triton":
+    if values["backend"] == "triton":
         raise click.UsageError("--backend triton would serve a served engine; choose a local backend")
     from winclip.runtime.backends import backend_class
 
     with one_line_errors():
-        backend_class(backend)  # the chosen backend's library, named with its extra when missing
+        backend_class(values["backend"])  # the chosen backend's library, named with its extra when missing
     from winclip.serve.server import EngineServer, ServeOptions
 
-    options = ServeOptions(precision=precision, provider=provider, backend=backend, remeasure=remeasure,
-                           threads=threads, cache=not no_cache,
-                           model_name=model_name, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-                           dynamic_batching=dynamic_batching, instances=instances, host=host, http_port=http_port,
-                           grpc_port=grpc_port, metrics_port=metrics_port)
+    options = ServeOptions(cache=not values["no_cache"], **{name: values[name] for name in SERVED})
     stop = threading.Event()
     received: list[str] = []
 
@@ -122,18 +120,16 @@ def main(ctx, bundle, precision, provider, backend, remeasure, threads, model_na
     log.info("stopped")
 
 
-def _write_repo(bundle, repo, precision, model_name, max_batch, max_queue_delay_us, dynamic_batching, instances,
-                target):
+def _write_repo(bundle, repo, options: RepositoryOptions):
+    """winclip-serve --write-repo: a Triton model repository of the bundle's engine, as the options say."""
     from winclip.runtime.backends import backend_class
 
     with one_line_errors():
         backend_class("onnxruntime")  # the graph's input and output types are read by onnxruntime
-    from winclip.serve.repository import RepositoryOptions, write_repository
+    from winclip.serve.repository import write_repository
 
     with one_line_errors():
-        folder = write_repository(bundle, repo, RepositoryOptions(
-            precision=precision, model_name=model_name, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-            dynamic_batching=dynamic_batching, instances=instances, target=target))
+        folder = write_repository(bundle, repo, options)
     click.echo(str(folder))
 
 

@@ -1,5 +1,5 @@
 """The house rules, checked so they cannot drift: which room imports which, a core that imports no app,
-one error family, and docs that stay inside the repository.
+one error family, no parameter list over twelve, and docs that stay inside the repository.
 
 Imports are read from the source (every `import` and `from` statement, including those inside
 functions), so a lazy import that crosses a boundary is caught as well as a top-level one.
@@ -117,6 +117,22 @@ def test_the_walk_sees_every_room():
     assert "winclip.runtime.line.sinks.base" in imports_of("winclip.runtime.line.sinks.mqtt",
                                                            modules()["winclip.runtime.line.sinks.mqtt"])
 
+
+MOST_PARAMETERS = 12
+
+
+def test_no_parameter_list_is_longer_than_twelve():
+    """A long list is an options object waiting to be named (a command takes **values and builds one). Counted:
+    positional and keyword-only parameters, not self/cls, *args or **kwargs."""
+    too_long = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+                count = len(names) - (names[:1] in (["self"], ["cls"]))
+                if count > MOST_PARAMETERS:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({count} parameters)")
+    assert not too_long, "\n".join(too_long)
 
 def test_every_folder_of_modules_is_a_listed_package():
     """A folder without __init__.py, or missing from pyproject's packages, would be left out of the wheel."""

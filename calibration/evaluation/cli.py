@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from winclip.calibration.evaluation.layouts import LAYOUTS
-from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole, engine_choice, engine_options
+from winclip.runtime.command import CONTEXT, SHOWN_SKIPPED, Group, Whole, engine_choice_of, engine_options
 from winclip.runtime.errors import first_line, install_hint
 
 EVALUATE = "run"
@@ -103,8 +103,7 @@ def main():
 @click.option("--strict", is_flag=True,
               help="Exit non-zero (3) when the run is INCOMPLETE: images, settings or categories were skipped.")
 @click.pass_context
-def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, profile, pixel_size, precision,
-        provider, backend, remeasure, threads, inference_precision, batch_size, out, save_scores, force, strict):
+def run(ctx, bundle, **values):
     """Evaluate BUNDLE on a labelled data set: per category, each shot count, and the mean.
 
     Prints a markdown table; with --out also writes CSV, JSON and an HTML report
@@ -114,67 +113,88 @@ def run(ctx, bundle, dataset, layout, categories, objects, shots, seeds, seed, p
     from winclip.runtime.backends import backend_class
     from winclip.runtime.command import progress_bar, setup_logging
 
-    backend_class(backend)  # the chosen backend's library, named with its extra when missing
+    backend_class(values["backend"])  # the chosen backend's library, named with its extra when missing
     require_sklearn()  # before minutes of scoring, not after
     setup_logging()
-    from winclip.calibration.evaluation.evaluate import EvalOptions, evaluate, planned_images, select_categories
+    from winclip.calibration.evaluation.evaluate import evaluate, planned_images, select_categories
     from winclip.calibration.evaluation.layouts import detect_layout
-    from winclip.calibration.evaluation.report import csv_text, html_report, json_text, markdown
+    from winclip.calibration.evaluation.report import markdown
     from winclip.runtime.atomic import staged_folder
     from winclip.runtime.errors import WinclipError
 
+    dataset, out, save_scores, strict = values["dataset"], values["out"], values["save_scores"], values["strict"]
     if save_scores and out is None:
         raise click.ClickException("--save-scores needs --out")
     explicit = [p for p in ("shots", "seeds", "seed")
                 if ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT]
-    if profile is not None and explicit:
+    if values["profile"] is not None and explicit:
         raise click.ClickException(f"--profile evaluates the profile's own memory; drop --{explicit[0]}")
     if out is not None:
         _require_matplotlib()
-    names = [n.strip() for value in categories for n in value.split(",") if n.strip()]
-    options = EvalOptions(shots=shots, seeds=seeds, seed=seed, pixel_size=pixel_size, objects=objects,
-                          engine=engine_choice(provider, precision, threads, remeasure, inference_precision),
-                          profile=profile, backend=backend,
-                          batch_size=batch_size)
+    names = [n.strip() for value in values["categories"] for n in value.split(",") if n.strip()]
+    options = _eval_options(values)
     try:
-        layout = detect_layout(dataset) if layout == "auto" else layout
-        selected = select_categories(dataset, layout, names, max(shots))
+        layout = detect_layout(dataset) if values["layout"] == "auto" else values["layout"]
+        selected = select_categories(dataset, layout, names, max(options.shots))
         with progress_bar(planned_images(selected, options), "scoring") as bar:
             if out is None:
                 with tempfile.TemporaryDirectory(prefix="winclip-eval-") as work:
                     result = evaluate(bundle, dataset, layout, selected, options, Path(work), progress=bar.update)
                 table = markdown(result)
             else:
-                with staged_folder(out, force, lambda p: (p / OUTPUT_MARKER).is_file()) as tmp:
+                with staged_folder(out, values["force"], lambda p: (p / OUTPUT_MARKER).is_file()) as tmp:
                     result = evaluate(bundle, dataset, layout, selected, options, tmp / ".work",
                                       tmp / "scores" if save_scores else None, progress=bar.update)
                     shutil.rmtree(tmp / ".work", ignore_errors=True)
-                    table = markdown(result)
                     bar.set_description("writing the report")
-                    (tmp / "results.md").write_text(table, encoding="utf-8")
-                    (tmp / "results.csv").write_text(csv_text(result), encoding="utf-8")
-                    (tmp / "report.html").write_text(html_report(result), encoding="utf-8")
-                    if save_scores:
-                        (tmp / "scores" / "README.txt").write_text(SCORES_README, encoding="utf-8")
-                    (tmp / OUTPUT_MARKER).write_text(json_text(result), encoding="utf-8")
+                    table = _write_report(tmp, result, save_scores)
     except (WinclipError, ValueError, ImportError, FileExistsError) as exc:
         raise click.ClickException(first_line(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {out}: {first_line(exc)}" if out else first_line(exc)) from None
     click.echo(table)
     if result.incomplete:
-        skipped = [f"{c.name}: {line}" for c in result.categories for line in c.skipped]
-        for line in skipped[:SHOWN_SKIPPED]:
-            log.warning("skipped %s", line)
-        if len(skipped) > SHOWN_SKIPPED:
-            log.warning("skipped %d more images (every one, with its reason, in results.md / results.json)",
-                        len(skipped) - SHOWN_SKIPPED)
-        log.warning("INCOMPLETE: not the whole data set (%d reasons in the report)%s", len(result.incomplete),
-                    "" if strict else "; --strict makes this a failure")
+        _warn_incomplete(result, strict)
     if out is not None:
         click.echo(f"results written to {out} (report: {out / 'report.html'})", err=True)
     if strict and result.incomplete:
         ctx.exit(INCOMPLETE_EXIT)
+
+
+def _eval_options(values: dict):
+    """What the evaluation runs (EvalOptions), from the command's values by parameter name."""
+    from winclip.calibration.evaluation.evaluate import EvalOptions
+
+    return EvalOptions(shots=values["shots"], seeds=values["seeds"], seed=values["seed"],
+                       pixel_size=values["pixel_size"], objects=values["objects"], engine=engine_choice_of(values),
+                       profile=values["profile"], backend=values["backend"], batch_size=values["batch_size"])
+
+
+def _write_report(folder: Path, result, save_scores: bool) -> str:
+    """results.md/.csv, report.html (and the scores' README) into the staged folder, results.json last (the
+    marker of a finished run); the markdown table."""
+    from winclip.calibration.evaluation.report import csv_text, html_report, json_text, markdown
+
+    table = markdown(result)
+    (folder / "results.md").write_text(table, encoding="utf-8")
+    (folder / "results.csv").write_text(csv_text(result), encoding="utf-8")
+    (folder / "report.html").write_text(html_report(result), encoding="utf-8")
+    if save_scores:
+        (folder / "scores" / "README.txt").write_text(SCORES_README, encoding="utf-8")
+    (folder / OUTPUT_MARKER).write_text(json_text(result), encoding="utf-8")
+    return table
+
+
+def _warn_incomplete(result, strict: bool) -> None:
+    """The first skipped images, a count of the rest, and the INCOMPLETE line."""
+    skipped = [f"{c.name}: {line}" for c in result.categories for line in c.skipped]
+    for line in skipped[:SHOWN_SKIPPED]:
+        log.warning("skipped %s", line)
+    if len(skipped) > SHOWN_SKIPPED:
+        log.warning("skipped %d more images (every one, with its reason, in results.md / results.json)",
+                    len(skipped) - SHOWN_SKIPPED)
+    log.warning("INCOMPLETE: not the whole data set (%d reasons in the report)%s", len(result.incomplete),
+                "" if strict else "; --strict makes this a failure")
 
 
 SCORES_README = """Every number of results.csv can be recomputed from these files.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
 
-from winclip.runtime.command import CONTEXT, Command, Finite, Whole, engine_choice, engine_options
+from winclip.runtime.command import CONTEXT, Command, Finite, Whole, engine_choice_of, engine_options
 from winclip.runtime.defaults import MEMORY_MAX_SHOTS
 from winclip.runtime.errors import first_line
 
@@ -35,8 +36,7 @@ from winclip.runtime.errors import first_line
 @engine_options("Engine the profile is made with (and bound to), on whichever backend runs it.")
 @click.option("--force", is_flag=True, help="Replace an existing profile at --out.")
 @click.pass_context
-def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, seed, false_alarm_rate, labelled_dir,
-         threshold_from, precision, provider, backend, remeasure, threads, inference_precision, force):
+def main(ctx, bundle, out, **values):
     """Make a line profile for BUNDLE from normal parts only (no defects needed), without re-export.
 
     The profile holds the WinCLIP+ memory of K normal images (chosen reproducibly)
@@ -48,22 +48,47 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
     good parts in DIR join its memory and its thresholds are re-derived
     (docs/line-profiles.md).
     """
-    from winclip.runtime.backends import backend_class
-    from winclip.runtime.command import one_line_errors, setup_logging
-
-    if add_dir is not None:
-        given = [name for name in ("normal_dir", "labelled_dir", "threshold_from", "shots", "seed", "false_alarm_rate",
-                                   "force", "object_name")
-                 if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+    if values["add_dir"] is not None:
+        given = [name for name in NEW_PROFILE_ONLY if ctx.get_parameter_source(name).name == "COMMANDLINE"]
         if given:
             raise click.UsageError(f"--{given[0].replace('_dir', '').replace('_name', '').replace('_', '-')} makes a "
                                    "new profile; --add-normal changes the one at --out")
-        return _add_normal(bundle, out, add_dir, who, why, backend,
-                           engine_choice(provider, precision, threads, remeasure, inference_precision))
-    if normal_dir is None:
+        return _add_normal(bundle, out, values["add_dir"], values["who"], values["why"], values["backend"],
+                           engine_choice_of(values))
+    if values["normal_dir"] is None:
         raise click.UsageError("--normal DIR is needed to make a profile (or --add-normal DIR to change one)")
-    if who is not None or why is not None:
+    if values["who"] is not None or values["why"] is not None:
         raise click.UsageError("--who and --why go with --add-normal")
+    _make_profile(bundle, out, values["backend"], engine_choice_of(values), new_profile(values))
+
+
+@dataclass(frozen=True)
+class NewProfile:
+    """How winclip-calibrate makes a new profile (not --add-normal): each field is the option of that name."""
+
+    normal_dir: Path  # good parts: K become the memory, the rest set the thresholds
+    object_name: str | None  # None: the bundle's only object
+    shots: int  # K, normal images in the WinCLIP+ memory
+    seed: int  # of the reproducible choice of the K memory images
+    false_alarm_rate: float  # target fraction of good parts flagged
+    labelled_dir: Path | None  # good/ and one folder per defect kind: AUROC and the F1-max threshold
+    threshold_from: str  # "false-alarm-rate" or "f1-max": which image threshold the profile uses
+    force: bool  # replace an existing profile at --out
+
+
+NEW_PROFILE_ONLY = ("normal_dir", "labelled_dir", "threshold_from", "shots", "seed", "false_alarm_rate", "force",
+                    "object_name")  # the order --add-normal names the first one given
+
+
+def new_profile(values: dict) -> NewProfile:
+    return NewProfile(**{field.name: values[field.name] for field in fields(NewProfile)})
+
+
+def _make_profile(bundle: Path, out: Path, backend: str, options, plan: NewProfile) -> None:
+    """winclip-calibrate without --add-normal: score the normal (and labelled) parts, write the profile and its
+    histogram, and say what the thresholds mean."""
+    from winclip.runtime.backends import backend_class
+    from winclip.runtime.command import one_line_errors, setup_logging
 
     backend_class(backend)  # the chosen backend's library, named with its extra when missing
     setup_logging()
@@ -74,26 +99,29 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
     from winclip.runtime.detector import Detector
     from winclip.runtime.images import png_bytes
 
-    if out.exists() and not force:
+    if out.exists() and not plan.force:
         raise click.ClickException(f"{out} exists; pass --force to replace it")
     with one_line_errors():
         try:
-            detector = Detector.from_bundle(bundle, object=object_name, backend=backend,
-                                            options=engine_choice(provider, precision, threads, remeasure,
-                                                                  inference_precision))
+            detector = Detector.from_bundle(bundle, object=plan.object_name, backend=backend, options=options)
             click.echo(f"{bundle}: {detector.describe()}", err=True)
-            with progress_bar(planned_images(normal_dir, labelled_dir), "scoring") as bar:
-                result = calibrate(detector, normal_dir, shots, false_alarm_rate, seed, labelled_dir, threshold_from,
-                                   progress=bar.update)
+            with progress_bar(planned_images(plan.normal_dir, plan.labelled_dir), "scoring") as bar:
+                result = calibrate(detector, plan.normal_dir, plan.shots, plan.false_alarm_rate, plan.seed,
+                                   plan.labelled_dir, plan.threshold_from, progress=bar.update)
             profile = detector.to_profile(result.record)
-            root = profile.save(out, force=force, extra=result.write_reference)
+            root = profile.save(out, force=plan.force, extra=result.write_reference)
             thresholds = {"image": detector.threshold, "pixel": detector.pixel_threshold}
             write_atomic(root / "histogram.png", png_bytes(histogram_picture(_panels(detector, result))))
         except (ValueError, ImportError) as exc:
             raise click.ClickException(first_line(exc)) from None
         except (OSError, FileExistsError) as exc:
             raise click.ClickException(f"cannot write the profile {out}: {first_line(exc)}") from None
-    rec = result.record
+    _say_profile(result.record, thresholds, plan.seed)
+    click.echo(f"profile written to {root} (histogram: {root / 'histogram.png'})")
+
+
+def _say_profile(rec: dict, thresholds: dict, seed: int) -> None:
+    """The memory, the normal scores, the thresholds with the false alarms they mean, and the labelled figures."""
     stats = rec["normal_scores"]["image"]
     click.echo(f"memory: {len(rec['normal_images']['memory'])} normal images (seed {seed}); "
                f"{stats['count']} held-out normals scored")
@@ -109,7 +137,6 @@ def main(ctx, bundle, normal_dir, out, add_dir, who, why, object_name, shots, se
         lab = rec["labelled"]
         click.echo(f"labelled: {lab['good']} good, {lab['defect']} defect; image AUROC {lab['image_auroc']:.4f}, "
                    f"F1-max {lab['f1_max']:.4f} at threshold {lab['f1_max_threshold']:.4f}")
-    click.echo(f"profile written to {root} (histogram: {root / 'histogram.png'})")
 
 
 def _panels(detector, result) -> list:
