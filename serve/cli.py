@@ -16,29 +16,25 @@ from pathlib import Path
 
 import click
 
-from winclip.runtime.command import CONTEXT, backend_options, one_line_errors, setup_logging
-from winclip.runtime.defaults import PRECISIONS, PROVIDERS, SERVED_MODEL_NAME, TRITON_PORTS
+from winclip.runtime.command import CONTEXT, engine_choice_of, engine_options, one_line_errors, setup_logging
+from winclip.runtime.defaults import SERVED_MODEL_NAME, TRITON_PORTS
 from winclip.serve import defaults
 from winclip.serve.repository import DEFAULT_TARGET, TARGETS, RepositoryOptions
 
 log = logging.getLogger("winclip.serve")  # not __name__: run as a script, that is "__main__"
 
 PORT = click.IntRange(1, 65535)
-# the options that are ServeOptions' (and, the first six, RepositoryOptions') fields of the same name
+# the options that are RepositoryOptions' fields of the same name, and ServeOptions' but for precision (the engine's)
 BATCHING = ("precision", "model_name", "max_batch", "max_queue_delay_us", "dynamic_batching", "instances")
-SERVED = (*BATCHING, "provider", "backend", "remeasure", "threads", "host", "http_port", "grpc_port", "metrics_port")
-SERVER_ONLY = ("provider", "backend", "remeasure", "threads", "host", "http_port", "grpc_port", "metrics_port", "no_cache")
+SERVED = (*BATCHING[1:], "backend", "host", "http_port", "grpc_port", "metrics_port")
+SERVER_ONLY = ("provider", "backend", "remeasure", "threads", "inference_precision", "host", "http_port", "grpc_port",
+               "metrics_port", "no_cache")
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto",
-              help="Engine to serve: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
-              help="ONNX Runtime provider of the engine.")
-@backend_options(help_more=" The engine runs here, so not triton.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="ONNX Runtime intra-op threads per engine call. [default: all cores]")
+@engine_options("Engine to serve: auto = fp16 on CUDA, a guarded int8 on CPU, else fp32.",
+                help_more=" The engine runs here, so not triton.")
 @click.option("--model-name", default=SERVED_MODEL_NAME,
               help="The model's name in Triton (the MODEL of --engine URLs).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=defaults.MAX_BATCH,
@@ -94,7 +90,8 @@ def main(ctx, bundle, write_repo, **values):
         backend_class(values["backend"])  # the chosen backend's library, named with its extra when missing
     from winclip.serve.server import EngineServer, ServeOptions
 
-    options = ServeOptions(cache=not values["no_cache"], **{name: values[name] for name in SERVED})
+    options = ServeOptions(engine=engine_choice_of(values, cache=not values["no_cache"]),
+                           **{name: values[name] for name in SERVED})
     stop = threading.Event()
     received: list[str] = []
 

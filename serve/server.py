@@ -45,12 +45,8 @@ class ServeError(WinclipError):
 class ServeOptions:
     """How to serve: which engine, how Triton batches it, where it listens."""
 
-    precision: str = "auto"
-    provider: str = "auto"
     backend: str = DEFAULT_BACKEND  # a local backend, or auto (winclip-serve: auto where two are installed)
-    remeasure: bool = False
-    threads: int | None = None
-    cache: bool = True
+    engine: BackendOptions = BackendOptions()  # how the engine opens: device, precision, threads, cache, ...
     model_name: str = SERVED_MODEL_NAME
     max_batch: int = defaults.MAX_BATCH
     max_queue_delay_us: int = defaults.MAX_QUEUE_DELAY_US
@@ -128,9 +124,7 @@ class EngineServer:
         check_model_name(options.model_name)
         self.options = options
         self.bundle = Bundle.load(bundle_path)
-        self.backend = open_backend(self.bundle, options.backend, BackendOptions(
-            device=options.provider, precision=options.precision, threads=options.threads, cache=options.cache,
-            remeasure=options.remeasure))
+        self.backend = open_backend(self.bundle, options.backend, options.engine)
         self.engine = self.backend.engine
         self.version = served_version(self.engine.sha256)
         self.triton = None
