@@ -362,9 +362,10 @@ def test_a_camera_that_dies_never_stalls_the_others(tiny_bundle, videos, tmp_pat
     assert not [e for e in after if e.get("source") == "live" and "frame" in e and "error" not in e]
 
 
-def test_one_engine_call_scores_every_part_as_its_own_detector_would(tiny_bundle, profiles):
-    """Frames of three parts in one batch: one engine call, and each frame's score and map equal to what its
-    part's detector alone gives (the text, memory and thresholds are the part's, the embedding is shared)."""
+def test_one_engine_scores_every_part_as_its_own_detector_would(tiny_bundle, profiles):
+    """Frames of three parts in one batch through one session (one call, or a frame a call as a live run on a
+    CPU does), each frame's score and map equal to what its part's detector alone gives (the text, memory and
+    thresholds are the part's, the embedding is shared)."""
     from types import SimpleNamespace
 
     from winclip.runtime import Detector
@@ -382,13 +383,16 @@ def test_one_engine_call_scores_every_part_as_its_own_detector_would(tiny_bundle
     calls = []
     run = engine.backend.run
     engine.backend.run = lambda batch: calls.append(len(batch)) or run(batch)
-    results = EngineScoring(engine, lambda frame: parts[frame.source])(frames)
-    assert calls == [6]
-    for frame, result in zip(frames, results):
-        own = alone[frame.source](frame.image)[0]
-        assert abs(result.image_score - own.image_score) < 1e-6
-        assert np.abs(result.anomaly_map - own.anomaly_map).max() < 1e-6
-        assert result.threshold == own.threshold and result.anomalous == own.anomalous
+    assert engine.backend.live_batch == 1  # on a CPU: a frame per call (a batch is no faster and holds more)
+    for max_batch, expected in [(None, [6]), (engine.backend.live_batch, [1] * 6), (4, [4, 2])]:
+        calls.clear()
+        results = EngineScoring(engine, lambda frame: parts[frame.source], max_batch=max_batch)(frames)
+        assert calls == expected
+        for frame, result in zip(frames, results):
+            own = alone[frame.source](frame.image)[0]
+            assert abs(result.image_score - own.image_score) < 1e-6
+            assert np.abs(result.anomaly_map - own.anomaly_map).max() < 1e-6
+            assert result.threshold == own.threshold and result.anomalous == own.anomalous
 
 
 def test_a_profile_of_another_engine_cannot_share_the_session(tiny_bundle, other_profile):

@@ -99,7 +99,8 @@ def part_detector(engine, part: PartPlan):
 
 
 class LiveApp:
-    """One live run of a plan: `open()`, `run()` (why it stopped), and `close()`; `reload(plan)` from any thread."""
+    """One live run of a plan: `open()`, then `run()` (why it stopped; everything is closed at its end);
+    `reload(plan)` from any thread while it runs."""
 
     def __init__(self, engine, plan: LivePlan):
         from winclip.runtime.line.loop import StatusLine
@@ -149,8 +150,8 @@ class LiveApp:
         except BaseException:
             close_all(self.opened, 0.0)
             raise
-        inspection = Inspection(EngineScoring(self.engine, self._detector_of), self.events, on_event=self._observe,
-                                before_batch=self._between_batches)
+        scoring = EngineScoring(self.engine, self._detector_of, max_batch=self.engine.backend.live_batch)
+        inspection = Inspection(scoring, self.events, on_event=self._observe, before_batch=self._between_batches)
         limits = self.plan.limits
         self.loop = LiveLoop(inspection, [camera.spec for camera in self.plan.cameras], self.status,
                              every=limits.every, max_frames=limits.max_frames, duration_s=limits.duration,
@@ -452,8 +453,19 @@ class LiveApp:
         snap = self.snapshot
         return {"event": "run_stopped", "time": round(time.time(), 3), "reason": reason,
                 **{k: snap[k] for k in ("scored", "errors", "anomalous", "dropped")},
-                "sinks": {sink.name: sink.stats() for sink in self.sinks},
+                "sinks": self._sink_stats(),
                 "events": dict(self.events.counts)}
+
+    def _sink_stats(self) -> dict:
+        """Each sink's counts by its name; a sink a reload reopened under the same name is counted apart ("#2")."""
+        stats: dict[str, dict] = {}
+        for sink in self.sinks:
+            name, n = sink.name, 1
+            while name in stats:
+                n += 1
+                name = f"{sink.name} #{n}"
+            stats[name] = sink.stats()
+        return stats
 
     def summary(self, reason: str) -> str:
         from winclip.runtime.line.sinks import sink_report

@@ -1,7 +1,7 @@
 """The inspection driver shared by every source: batches of frames in, events out.
 
-Per batch: one session call (a frame that breaks the batch is retried alone, so
-the others still get scored; frames of several cameras share the call and are
+Per batch: one engine (a frame that breaks the batch is retried alone, so the
+others still get scored; frames of several cameras share the engine and are
 then judged each by its own camera's detector), then for each frame an event (a
 decision or an error, never a NaN passed as a pass), its saved artefacts, and
 the run's event fan-out.
@@ -13,6 +13,8 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from winclip.runtime.detector import FrameError, FrameResult
 from winclip.runtime.line.fanout import EventFanout
@@ -50,20 +52,31 @@ def score_each(score, frames: list) -> list:
 
 
 class EngineScoring:
-    """One engine call per batch, each frame then judged by its own detector (its object, memory, thresholds).
+    """A batch through one engine session, each frame then judged by its own detector (object, memory, thresholds).
 
     `route(frame)` names the frame's detector; every detector shares `engine`'s
     session (Detector.sharing_engine), so frames of several cameras, each with
-    its own part and profile, are embedded together in one call.
+    its own part and profile, are embedded by one engine: in one call, or in
+    calls of `max_batch` frames back to back (a live run on a CPU: one frame a
+    call, Backend.live_batch says why).
     """
 
-    def __init__(self, engine: FrameScorer, route: ScorerOf | None = None):
+    def __init__(self, engine: FrameScorer, route: ScorerOf | None = None, max_batch: int | None = None):
         self.engine = engine
         self.route = route or (lambda frame: engine)
+        self.max_batch = max_batch  # frames per engine call (None: the whole batch); calls run back to back
+
+    def _embed(self, images: list) -> tuple[dict, dict]:
+        step = self.max_batch or len(images)
+        if step >= len(images):
+            return self.engine.embed(images)
+        parts = [self.engine.embed(images[i:i + step]) for i in range(0, len(images), step)]
+        outputs = {name: np.concatenate([p[0][name] for p in parts]) for name in parts[0][0]}
+        return outputs, {stage: sum(p[1][stage] for p in parts) for stage in parts[0][1]}
 
     def __call__(self, frames: list) -> list[FrameResult]:
         try:
-            outputs, times = self.engine.embed([f.image for f in frames])
+            outputs, times = self._embed([f.image for f in frames])
         except ValueError as exc:
             raise FrameError(str(exc)) from None
         groups: dict[int, list[int]] = {}
