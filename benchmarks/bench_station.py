@@ -51,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -323,7 +324,8 @@ def versions() -> dict:
 
 def markdown(result: dict) -> str:
     m, s = result["machine"], result["summary"]
-    lines = [f"machine: {m.get('cpu', '')} ({m['machine']}, {m['cores']} cores, {' '.join(m.get('cpu_features', []))}); "
+    features = " ".join(m.get("cpu_features", []))
+    lines = [f"machine: {m.get('cpu', '')} ({m['machine']}, {m['cores']} cores, {features}); "
              f"python {m['python']}, onnxruntime {m['onnxruntime']}"
              + (f", openvino {m['openvino']}" if m.get("openvino") else "")
              + f", opencv {result['versions']['opencv']}, numpy {result['versions']['numpy']}"
@@ -372,6 +374,25 @@ def _per_round(summary: dict, key: str) -> str:
 
 
 # --- the command
+@dataclass(frozen=True)
+class Settings:
+    """The command's options: the engine both arms run, the part, the cameras, the rounds and the outputs."""
+
+    precision: str
+    threads: int | None
+    backend: str
+    provider: str
+    object_name: str | None
+    profiles: tuple  # one line profile for every camera, or one per camera
+    frames: int  # per camera, in the made videos
+    cameras: int
+    videos: tuple  # your own recordings, one per camera, instead of made videos
+    rounds: int
+    json_out: Path | None
+    md_out: Path | None
+    note: str
+
+
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--precision", default="int8", type=click.Choice(("auto", "fp32", "fp16", "int8")),
@@ -398,9 +419,9 @@ def _per_round(summary: dict, key: str) -> str:
 @click.option("--md", "md_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the tables here.")
 @click.option("--note", default="", help="Recorded with the results (say 'under load' on a shared machine).")
-def main(bundle, precision, threads, backend, provider, object_name, profiles, frames, cameras, videos, rounds,
-         json_out, md_out, note):
+def main(bundle, **values):
     """One winclip-inspect --station process for N cameras against N single-camera processes on BUNDLE."""
+    s = Settings(**values)
     from winclip.benchmarks.bench_cli import machine
     from winclip.runtime.atomic import write_atomic
     from winclip.runtime.bundle import Bundle
@@ -408,41 +429,42 @@ def main(bundle, precision, threads, backend, provider, object_name, profiles, f
 
     try:
         b = Bundle.load(bundle)
-        engine = b.engine(precision).file if precision != "auto" else "auto"
+        engine = b.engine(s.precision).file if s.precision != "auto" else "auto"
     except WinclipError as exc:
         raise click.ClickException(str(exc)) from None
-    count = len(videos) or cameras
-    if profiles and len(profiles) not in (1, count):
-        raise click.BadParameter(f"give one profile, or one per camera ({count}), not {len(profiles)}",
+    count = len(s.videos) or s.cameras
+    if s.profiles and len(s.profiles) not in (1, count):
+        raise click.BadParameter(f"give one profile, or one per camera ({count}), not {len(s.profiles)}",
                                  param_hint="--profile")
-    if not profiles and object_name is None:
+    object_name = s.object_name
+    if not s.profiles and object_name is None:
         object_name = b.objects[0]
     work = Path(tempfile.mkdtemp(prefix="winclip-bench-station-"))
     try:
         try:
-            made = [Path(v).resolve() for v in videos] or default_videos(work / "videos", frames, cameras)
+            made = [Path(v).resolve() for v in s.videos] or default_videos(work / "videos", s.frames, s.cameras)
         except WinclipError as exc:
             raise click.ClickException(str(exc)) from None
         per_camera = [video_frames(v) for v in made]
-        cfg = {"bundle": str(bundle.resolve()), "precision": precision, "threads": threads, "backend": backend,
-               "provider": provider, "object": object_name,
-               "profiles": [str(Path(p).resolve()) for p in profiles] * (count if len(profiles) == 1 else 1),
+        cfg = {"bundle": str(bundle.resolve()), "precision": s.precision, "threads": s.threads, "backend": s.backend,
+               "provider": s.provider, "object": object_name,
+               "profiles": [str(Path(p).resolve()) for p in s.profiles] * (count if len(s.profiles) == 1 else 1),
                "videos": [str(v) for v in made], "frames": per_camera[0] if len(set(per_camera)) == 1 else None}
         env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
         result = {"machine": machine(), "versions": versions(), "platform": platform.platform(), "engine": engine,
-                  "backend": backend, "provider": provider, "precision": precision, "threads": threads,
-                  "part": ("profile " + ", ".join(Path(p).name for p in profiles)) if profiles
+                  "backend": s.backend, "provider": s.provider, "precision": s.precision, "threads": s.threads,
+                  "part": ("profile " + ", ".join(Path(p).name for p in s.profiles)) if s.profiles
                   else f"zero-shot {object_name!r}", "cameras": count, "frames_per_camera": per_camera,
-                  "load_average": os.getloadavg()[0], "note": note, "rounds": []}
+                  "load_average": os.getloadavg()[0], "note": s.note, "rounds": []}
         click.echo("warm-up (fills the optimised-graph cache; not counted)", err=True)
         warm = run_together([single_command(cfg, 0, work / "warm-up") + ["--max-frames", "2"]], env, work)
         if warm["processes"][0]["returncode"] != 0:
             p = warm["processes"][0]
             raise click.ClickException(f"winclip-inspect failed: {last_error(p['stderr'], p['returncode'])}")
-        for r in range(rounds):
+        for r in range(s.rounds):
             row = {}
             for arm in (("station", "singles") if r % 2 == 0 else ("singles", "station")):
-                click.echo(f"round {r + 1}/{rounds}: {arm}", err=True)
+                click.echo(f"round {r + 1}/{s.rounds}: {arm}", err=True)
                 row[arm] = run_arm(arm, cfg, env, work)
                 if "error" in row[arm]:
                     raise click.ClickException(f"round {r + 1}, {arm}: {row[arm]['error']}")
@@ -453,10 +475,10 @@ def main(bundle, precision, threads, backend, provider, object_name, profiles, f
         shutil.rmtree(work, ignore_errors=True)
     table = markdown(result)
     click.echo(table)
-    if json_out is not None:
-        write_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode())
-    if md_out is not None:
-        write_atomic(md_out, (table + "\n").encode())
+    if s.json_out is not None:
+        write_atomic(s.json_out, (json.dumps(result, indent=2) + "\n").encode())
+    if s.md_out is not None:
+        write_atomic(s.md_out, (table + "\n").encode())
 
 
 if __name__ == "__main__":

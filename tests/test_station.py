@@ -199,9 +199,10 @@ def test_the_example_station_runs_end_to_end(tiny_bundle, profiles, videos, tmp_
         assert re.search(rf'winclip_frames_scored_total{{source="{name}"}} [1-9]', metrics), metrics[:2000]
 
 
-def write_station(tmp_path: Path, bundle: Path, cameras: str, extra: str = "") -> Path:
+def write_station(tmp_path: Path, bundle: Path, cameras: str, extra: str = "",
+                  engine: str = 'backend = "onnxruntime"') -> Path:
     path = tmp_path / "station.toml"
-    path.write_text(f'bundle = {json.dumps(str(bundle))}\n[engine]\nbackend = "onnxruntime"\n'
+    path.write_text(f'bundle = {json.dumps(str(bundle))}\n[engine]\n{engine}\n'
                     f'[outputs]\nout = {json.dumps(str(tmp_path / "out"))}\n{extra}\n{cameras}')
     return path
 
@@ -237,6 +238,8 @@ def other_profile(tmp_path_factory, profiles) -> Path:
     ("unknown_object", r"camera 'a': object 'pretzel' is not in the bundle"),
     ("topic_without_broker", r"camera 'a': mqtt_topic needs a broker"),
     ("bad_webhook", r"camera 'a': webhook: "),
+    ("source_list", r"camera 'a': source: expected one camera index, .* got list"),
+    ("served_with_local_options", r"\[engine\] threads applies to an engine run here, not to \[engine\] server"),
 ])
 def test_each_problem_of_a_station_file_is_one_line_and_nothing_starts(tiny_bundle, profiles, other_profile, videos,
                                                                        tmp_path, case, expected):
@@ -252,9 +255,14 @@ def test_each_problem_of_a_station_file_is_one_line_and_nothing_starts(tiny_bund
         "unknown_object": camera("a", video, object="pretzel"),
         "topic_without_broker": camera("a", video, object="bottle", mqtt_topic="t"),
         "bad_webhook": camera("a", video, object="bottle", webhook="ftp://example.com/x"),
+        "source_list": camera("a", video, object="bottle").replace(f"source = {json.dumps(str(video))}",
+                                                                   f"source = [{json.dumps(str(video))}, \"0\"]"),
+        "served_with_local_options": camera("a", video, object="bottle"),
     }[case]
     extra = "[output]\nout = 'x'\n" if case == "unknown_table" else ""
-    path = write_station(tmp_path, tiny_bundle, cameras, extra=extra)
+    served = "server = 'triton://127.0.0.1:8001/winclip'\nthreads = 2"
+    path = write_station(tmp_path, tiny_bundle, cameras, extra=extra,
+                         **({"engine": served} if case == "served_with_local_options" else {}))
     for args in (("--check",), ()):
         proc = run_cli("winclip-inspect", "--station", str(path), *args)
         errors = error_lines(proc.stderr)
@@ -270,6 +278,27 @@ def test_several_problems_are_each_their_own_line(tiny_bundle, videos, tmp_path)
     errors = error_lines(proc.stderr)
     assert proc.returncode == 1 and len(errors) == 4, proc.stderr
     assert all(line.startswith(f"Error: {tmp_path / 'station.toml'}: camera ") for line in errors)
+
+
+def test_a_file_that_is_not_text_is_one_line(tmp_path):
+    path = tmp_path / "station.toml"
+    path.write_bytes(b"bundle = \"\xff\xfe\"\n")
+    proc = run_cli("winclip-inspect", "--station", str(path), "--check")
+    assert proc.returncode == 1 and error_lines(proc.stderr) == [f"Error: {path}: not valid TOML: not UTF-8 text"]
+
+
+def test_an_roi_that_misses_one_camera_is_its_error_events_and_a_source_file_is_found_beside_the_station(
+        tiny_bundle, videos, tmp_path):
+    shutil.copy(videos["short"], tmp_path / "label.avi")
+    cameras = (camera("cropped", videos["short"], object="bottle", threshold=0.5, roi=[0, 0, 9999, 9999]) +
+               camera("whole", "label.avi", object="bottle", threshold=0.5))  # relative: beside the station file
+    proc = run_cli("winclip-inspect", "--station", str(write_station(tmp_path, tiny_bundle, cameras)))
+    assert proc.returncode == 0, proc.stderr
+    events = strict_lines((tmp_path / "out" / "events.jsonl").read_text())
+    cropped = [e for e in events if e.get("source") == "cropped" and "frame" in e]
+    whole = [e for e in events if e.get("source") == "whole" and "frame" in e]
+    assert len(cropped) == 24 and all("does not fit" in e["error"] for e in cropped)
+    assert len(whole) == 24 and all("error" not in e for e in whole)
 
 
 def test_a_station_takes_nothing_else_from_the_command_line(tiny_bundle, videos, tmp_path):
@@ -298,7 +327,7 @@ def test_a_reload_changes_cameras_and_thresholds_between_two_frames_and_refuses_
         url = page_url(run)
         eventually(lambda: len([e for e in events() if e.get("source") == "weld"]) >= 3, timeout=60)
         path.write_text(path.read_text().replace("threshold = 0.99", "threshold = 0.01")
-                        .replace('name = "weld"', 'name = "cap"'))
+                        .replace('name = "weld"', 'name = "cap"') + 'webhook = "http://127.0.0.1:9/hook"\n')
         run.proc.send_signal(signal.SIGHUP)
         eventually(lambda: any(e.get("event") == "reloaded" for e in events()), timeout=30)
         eventually(lambda: len([e for e in events() if e.get("source") == "cap" and "frame" in e]) >= 3, timeout=60)
@@ -323,6 +352,8 @@ def test_a_reload_changes_cameras_and_thresholds_between_two_frames_and_refuses_
     reloads = [e for e in seen if e.get("event") in ("reloaded", "reload_refused")]
     assert [e["event"] for e in reloads] == ["reloaded", "reload_refused", "reloaded"]
     assert reloads[0]["added"] == ["cap"] and reloads[0]["removed"] == ["weld"] and reloads[0]["changed"] == ["label"]
+    # cap's own webhook opened; the station's events file stayed open (it only stopped taking nothing new)
+    assert reloads[0]["sinks_opened"] == ["webhook http://127.0.0.1:9/hook (cap)"] and "sinks_closed" not in reloads[0]
     assert "name: expected a name" in reloads[1]["reason"]
     assert reloads[2]["changed"] == ["cap"] and not reloads[2]["added"] and not reloads[2]["removed"]
     at = seen.index(reloads[0])

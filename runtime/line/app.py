@@ -123,7 +123,10 @@ class LiveApp:
         self._pending: LivePlan | None = None  # a reload waiting for the loop thread
         self._pending_lock = threading.Lock()
         self.reloads = 0
+        self.reload_seq = 0  # reloads applied or refused: the page waits for it to pass the one it asked for
         self.last_reload: dict | None = None  # the newest reloaded / reload_refused event, for the page
+        self.closing_down = False  # the loop has stopped: no reload applies or is announced any more
+        self._closing: list[threading.Thread] = []  # closing what reloads retired
 
     # --- opening
     def open(self) -> None:
@@ -135,7 +138,8 @@ class LiveApp:
         setup_logging(before_emit=self.status_line.clear)
         out = self.plan.outputs
         try:
-            self._route(self._open_sinks(self._wanted_sinks(self.plan)))
+            wanted = self._wanted_sinks(self.plan)
+            self._route(self._open_sinks(wanted), wanted)
             self._open_server()
             if any(self.plan.overlay_mode(camera) != "none" for camera in self.plan.cameras):
                 try:
@@ -145,6 +149,7 @@ class LiveApp:
                     raise RunError(f"cannot write overlays to {out.out / 'overlays'}: {first_line(exc)}") from None
             self.outputs = LiveOutputs(self.status, self.overlays, out.overlays, preview=out.serve is not None)
             self._use_cameras(self.plan)
+            self.engine.set_memory(None)  # the parts judge with their own memory: the engine's would be a copy
             if self.plan.station is not None:
                 self.status.attach("station", self._station_status)
         except BaseException:
@@ -160,9 +165,10 @@ class LiveApp:
         self.loop.between_rounds = self._apply_reload
 
     def _wanted_sinks(self, plan: LivePlan) -> dict[tuple, tuple]:
-        """Every sink `plan` asks for, keyed by what it is: (sink name, its plan, only, besides). The run's
-        sinks take every camera but those with their own setting of that sink; each camera setting is its own
-        sink, for the cameras with that setting only."""
+        """Every sink `plan` asks for, keyed by what it is (sink name, its plan, only) -> (name, plan, besides).
+        The run's sinks take every camera but those with their own setting of that sink (`besides`: a reload
+        that changes only which cameras those are keeps the sink open); each camera setting is its own sink,
+        for the cameras with that setting only."""
         from winclip.runtime.line.sinks import SINKS
 
         out = plan.outputs
@@ -173,10 +179,10 @@ class LiveApp:
         wanted = {}
         for name, sink_plan in out.sinks.items():
             besides = frozenset(c for (n, _, _), cameras in own.items() if n == name for c in cameras)
-            wanted[(name, repr(sink_plan), None, besides)] = (name, sink_plan)
+            wanted[(name, repr(sink_plan), None)] = (name, sink_plan, besides)
         for (name, key, value), cameras in own.items():
             sink_plan = SINKS[name].plan({**out.sink_values, key: value}, out.out)
-            wanted[(name, repr(sink_plan), frozenset(cameras), frozenset())] = (name, sink_plan)
+            wanted[(name, repr(sink_plan), frozenset(cameras))] = (name, sink_plan, frozenset())
         return wanted
 
     def _open_sinks(self, wanted: dict[tuple, tuple]) -> dict[tuple, object]:
@@ -186,7 +192,7 @@ class LiveApp:
 
         opened: dict[tuple, list] = {}
         try:
-            for key, (name, sink_plan) in wanted.items():
+            for key, (name, sink_plan, _) in wanted.items():
                 only = key[2]
                 try:
                     made = SINKS[name].open(sink_plan, self.status)
@@ -200,10 +206,10 @@ class LiveApp:
             raise
         return opened
 
-    def _route(self, opened: dict[tuple, list]) -> None:
-        for (_, _, only, besides), sinks in opened.items():
+    def _route(self, opened: dict[tuple, list], wanted: dict[tuple, tuple]) -> None:
+        for key, sinks in opened.items():
             for sink in sinks:
-                self.events.add(sink, only=only, besides=besides)
+                self.events.add(sink, only=key[2], besides=wanted[key][2])
                 self.sinks.append(sink)
                 self.opened.append(sink)
         self.routes.update(opened)
@@ -252,28 +258,52 @@ class LiveApp:
         return Part(part, detector, desk, desk.observe(self.outputs))
 
     def _use_cameras(self, plan: LivePlan) -> None:
-        """Open the parts `plan` names that are not open yet; close those no camera uses any more."""
+        """Open the parts `plan` names that are not open yet, then use them all at once; retire those no camera
+        uses any more (closed off the loop thread). A part that fails to open leaves everything as it was."""
         parts = plan.parts
         # the operator's page (history, teaching, review) serves one part: a station of several parts shows
         # every camera's card, status and metrics, and is taught with winclip-calibrate (docs/inspect.md)
         operator_page = self.server is not None and len(parts) == 1
-        opened = {part: self._open_part(part, operator_page) for part in parts if part not in self.parts}
-        for part in [p for p in self.parts if p not in parts]:
-            gone = self.parts.pop(part)
-            gone.desk.close(0.0)
-            self.opened.remove(gone.desk)
-        self.parts.update(opened)
+        page_desk = self.server.desk if self.server is not None else None
+        opened: dict[PartPlan, Part] = {}
+        try:
+            for part in parts:
+                kept = self.parts.get(part)
+                # a part that becomes the page's (a reload down to one part) needs a desk with history
+                if kept is None or (operator_page and kept.desk is not page_desk):
+                    opened[part] = self._open_part(part, operator_page)
+        except BaseException:
+            self._close_later([p.desk for p in opened.values()], 0.0)
+            for p in opened.values():
+                self.opened.remove(p.desk)
+            self._attach_operator()  # a desk attaches its section when it opens: the one in use again
+            raise
+        retired = [p.desk for key, p in self.parts.items() if key not in parts or key in opened]
+        # parts and cameras change together: the page's threads read both
+        self.parts, self.cameras = ({part: opened.get(part) or self.parts[part] for part in parts},
+                                    {camera.name: camera for camera in plan.cameras})
         if self.server is not None:
             self.server.desk = self.parts[parts[0]].desk if operator_page else None
-        self.cameras = {camera.name: camera for camera in plan.cameras}
+        for desk in retired:
+            self.opened.remove(desk)
+        if retired:
+            self._close_later(retired, 0.0)
         self.outputs.overlay_modes = {camera.name: plan.overlay_mode(camera) for camera in plan.cameras}
         for camera in plan.cameras:  # each card says how its camera is judged
             self.status.describe(camera.name, self._judged_by(camera))
-        if not operator_page:
-            self.status.attach("operator", self._station_section)
+        self._attach_operator()
+
+    def _attach_operator(self) -> None:
+        """The status' operator section: the page's desk, the one part's desk, or the station's summary."""
+        desk = self.server.desk if self.server is not None else None
+        if desk is None and len(self.parts) == 1:
+            desk = next(iter(self.parts.values())).desk
+        self.status.attach("operator", desk.snapshot if desk is not None else self._station_section)
 
     def _judged_by(self, camera: CameraPlan) -> str:
-        part = self.parts[camera.part]
+        part = self.parts.get(camera.part)
+        if part is None:  # a reload is changing it right now
+            return ""
         words = [part.detector.object_name]
         if camera.part.profile is not None:
             words.append(f"profile {camera.part.profile.name} v{part.desk.version}")
@@ -347,17 +377,21 @@ class LiveApp:
 
     def refuse_reload(self, reason: str, station=None) -> None:
         """A reload that cannot be applied: one event, one warning; the run keeps its configuration."""
+        if self.closing_down:
+            return
         log.warning("reload refused: %s; the station keeps its configuration", reason)
         self._note_reload({"event": "reload_refused", "time": round(time.time(), 3), "reason": reason,
                            **({"station": str(station)} if station else {})})
 
     def _note_reload(self, event: dict) -> None:
+        self.reload_seq += 1
         self.last_reload = event
         self.events.write(event)
 
     def _station_status(self) -> dict:
         """The page's station line: its file, reloads so far and the last one's outcome."""
-        return {"file": str(self.plan.station), "reloads": self.reloads, "last": self.last_reload}
+        return {"file": str(self.plan.station), "reloads": self.reloads, "seq": self.reload_seq,
+                "last": self.last_reload}
 
     def _swap(self, old: LivePlan, new: LivePlan) -> dict:
         """Apply `new` over `old`: sinks, parts, then cameras; what changed, by camera."""
@@ -374,13 +408,17 @@ class LiveApp:
             self.plan = previous_plan
             close_all([sink for sinks in opened.values() for sink in sinks], 0.0)
             raise
+        for key, sinks in self.routes.items():  # kept sinks: the cameras with their own setting may have changed
+            if key in wanted:
+                for sink in sinks:
+                    self.events.retarget(sink, besides=wanted[key][2])
         closing = [sink for key in list(self.routes) if key not in wanted for sink in self.routes.pop(key)]
         for sink in closing:
             self.events.remove(sink)
             self.opened.remove(sink)
-        self._route(opened)
-        if closing:  # the old sinks deliver what they hold off the loop thread
-            threading.Thread(target=close_all, args=(closing, new.limits.flush_timeout), daemon=True).start()
+        self._route(opened, wanted)
+        if closing:  # the old sinks deliver what they hold off the loop thread (the run's end waits for them)
+            self._close_later(closing, new.limits.flush_timeout)
         removed = [name for name in before if name not in after]
         added = [name for name in after if name not in before]
         changed = [name for name in after if name in before and after[name] != before[name]]
@@ -417,10 +455,22 @@ class LiveApp:
                 failure = str(exc)
             finally:
                 self.loop.close()
+            self.closing_down = True  # a reload still on its way is dropped from here on
+            self._finish_closing(self.plan.limits.flush_timeout)
             self.snapshot = self.status.snapshot()
             self.events.write(self._stopped(failure or reason))
             close_all(self.opened, self.plan.limits.flush_timeout)
         return reason, failure
+
+    def _close_later(self, things: list, timeout: float) -> None:
+        """Close sinks or desks a reload retired, off the loop thread; the run's end waits for them."""
+        closer = threading.Thread(target=close_all, args=(things, timeout), name="closing retired", daemon=True)
+        closer.start()
+        self._closing.append(closer)
+
+    def _finish_closing(self, timeout: float) -> None:
+        for closer in self._closing:
+            closer.join(timeout + 10.0)  # a desk's worker may take a moment past the sinks' flush
 
     def stop(self, name: str) -> None:
         """Ask the loop to finish the batch in flight and stop (a signal handler calls this)."""

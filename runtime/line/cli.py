@@ -19,8 +19,8 @@ from winclip.runtime.defaults import check_threshold
 from winclip.runtime.errors import first_line
 from winclip.runtime.line import defaults
 from winclip.runtime.line.options import LOCK_NAME  # noqa: F401  (tests and scripts import it from here)
-from winclip.runtime.line.options import (engine_plan, flag, given, load_engine, output_lock, output_plan, part_plan,
-                                          run_limits, sink_options, sink_values_of)
+from winclip.runtime.line.options import (check_engine_options, engine_plan, flag, given, load_engine, output_lock,
+                                          output_plan, part_plan, run_limits, sink_options, sink_values_of)
 from winclip.runtime.line.plan import CameraPlan, LivePlan
 
 log = logging.getLogger("winclip.inspect")  # not __name__: run as a script, that is "__main__"
@@ -171,7 +171,7 @@ def main(ctx, bundle, **values):
         what = ("a folder of images (live runs write overlays with --overlays and batch one frame per source)"
                 if live else "live sources (cameras, videos, streams); a folder is scored once, in full")
         raise click.UsageError(f"{flag(misplaced[0])} applies to {what}")
-    _check_engine_options(ctx, values)
+    check_engine_options(ctx, values)
     part = part_plan(values)
     if live:
         plan = LivePlan(tuple(CameraPlan(spec, part) for spec in specs), run_limits(values),
@@ -192,14 +192,6 @@ def main(ctx, bundle, **values):
             run_live(engine, plan)
         else:
             _run_folder(engine, frames, values)
-
-
-def _check_engine_options(ctx, values: dict) -> None:
-    if values["engine_address"] is not None:
-        local = [n for n in ("backend", "provider", "threads", "inference_precision", "no_cache") if given(ctx, n)]
-        if local:
-            raise click.UsageError(f"{flag(local[0])} applies to an engine run here, not to --engine "
-                                   f"{values['engine_address']}")
 
 
 # --- folder mode

@@ -50,6 +50,11 @@ class EventFanout:
         with self._lock:
             self._routes.append(Route(sink, None if only is None else frozenset(only), frozenset(besides)))
 
+    def retarget(self, sink: EventWriter, besides=()) -> None:
+        """The sources `sink` no longer takes (a camera that now has its own setting of it), in place."""
+        with self._lock:
+            self._routes = [Route(r.sink, r.only, frozenset(besides)) if r.sink is sink else r for r in self._routes]
+
     def remove(self, sink: EventWriter) -> None:
         with self._lock:
             self._routes = [route for route in self._routes if route.sink is not sink]

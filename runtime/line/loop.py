@@ -116,7 +116,8 @@ class LiveLoop:
     reader_options: passed to every LiveReader (backoff_s, stall_s, open_attempts...).
     """
 
-    def __init__(self, inspection: Inspection, specs: list[SourceSpec], status: LiveStatus, *, every: int = 1, max_frames: int | None = None,
+    def __init__(self, inspection: Inspection, specs: list[SourceSpec], status: LiveStatus, *, every: int = 1,
+                 max_frames: int | None = None,
                  duration_s: float | None = None, wait_for_source: bool = False, stop: threading.Event | None = None,
                  reader_options: dict | None = None, status_line: StatusLine | None = None,
                  gather_s: float = defaults.GATHER_S):
@@ -156,8 +157,8 @@ class LiveLoop:
         """Stop reading a source (a camera taken out of the station); the others never wait for it."""
         for reader in [r for r in self.readers if r.name == name]:
             self.readers.remove(reader)
-            reader.request_stop()
-            reader.close(timeout=2.0)
+            reader.request_stop()  # its thread ends on its own; joining it here would stall the other sources
+            threading.Thread(target=reader.close, kwargs={"timeout": 2.0}, daemon=True).start()
 
     def retune_source(self, spec) -> None:
         """A source's ROI and frame rate, changed in place: the next frame it reads uses them."""

@@ -123,10 +123,21 @@ def load_engine(bundle, part: PartPlan, engine: tuple, temperature: float | None
     return detector
 
 
-def output_plan(ctx, values: dict, sink_values: dict) -> OutputPlan:
-    """Check the live output options against each other before anything slow starts; where results go."""
+def check_engine_options(ctx, values: dict) -> None:
+    """A served engine (--engine) refuses the options of an engine run here."""
+    if values["engine_address"] is not None:
+        local = [n for n in ("backend", "provider", "threads", "inference_precision", "no_cache") if given(ctx, n)]
+        if local:
+            raise click.UsageError(f"{flag(local[0])} applies to an engine run here, not to --engine "
+                                   f"{values['engine_address']}")
+
+
+def output_plan(ctx, values: dict, sink_values: dict, elsewhere: bool = False) -> OutputPlan:
+    """Check the live output options against each other before anything slow starts; where results go.
+    `elsewhere`: every camera sends its events to sinks of its own (a station), so the run needs none."""
     out, overlays, serve = values["out"], values["overlays"], values["serve"]
-    if out is None and serve is None and not any(sink_values.get(kind.primary) for kind in SINKS.values()):
+    somewhere = any(sink_values.get(kind.primary) for kind in SINKS.values())
+    if out is None and serve is None and not elsewhere and not somewhere:
         flags = ", ".join(flag(kind.primary) for kind in SINKS.values())
         raise click.UsageError(f"a live run needs somewhere to put its results: --out, {flags} or --serve")
     if overlays not in (None, "none") and out is None:

@@ -198,16 +198,17 @@ document.getElementById("reload").addEventListener("click", async () => {
   if (!yes) { show(out, "not reloaded (cancelled)"); return; }
   const r = await post("api/station/reload", {});
   if (!r.ok) { show(out, r.error, "err"); return; }
-  show(out, r.data.reload, "ok"); state.reloadsAsked = st.reloads;
+  show(out, r.data.reload, "ok"); reloadAsked = st.seq;
 });
+let reloadAsked = null;  // the station's reload count when this page asked for one
 function reloadOutcome(st) {  // the result of a reload asked for here, once the run has done it
   const out = document.getElementById("reloadresult");
-  if (state.reloadsAsked === undefined || !st.last || st.last.time * 1000 < Date.now() - 60000) return;
+  if (reloadAsked === null || !st.last || st.seq <= reloadAsked) return;
   if (st.last.event === "reloaded") {
     const what = ["added", "removed", "changed"].filter(k => (st.last[k] || []).length).map(k => `${k} ${st.last[k].join(", ")}`);
     show(out, "reloaded: " + (what.join("; ") || "nothing changed"), "ok");
   } else show(out, "refused: " + st.last.reason, "err");
-  state.reloadsAsked = undefined;
+  reloadAsked = null;
 }
 function watchJob(id, tell) {
   const check = () => {

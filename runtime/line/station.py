@@ -8,7 +8,7 @@ option names (`--pixel-threshold` is `pixel_threshold`), checked by the very
 same option types, ranges and defaults (the command's click parameters are the
 one source of truth), in tables: `[engine]`, `[outputs]`, `[page]`, `[run]` and
 one `[[camera]]` per camera. docs/inspect.md ("A station") lists every key and
-examples/station.toml is a complete example.
+docs/station.toml is a complete example.
 
 Every problem is found before anything starts and reported one line each
 (unknown keys with the nearest valid one, wrong types, duplicate cameras, a
@@ -24,6 +24,7 @@ import difflib
 import logging
 import signal
 import threading
+import time
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -135,6 +136,8 @@ def read_station(path: Path, command: click.Command) -> Station:
         raise StationError(f"{path}: no such station file") from None
     except tomllib.TOMLDecodeError as exc:
         raise StationError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise StationError(f"{path}: not valid TOML: not UTF-8 text") from None
     except OSError as exc:
         raise StationError(f"{path}: {exc.strerror or first_line(exc)}") from None
     params = {param.name: param for param in command.params}
@@ -190,13 +193,29 @@ def _cameras(raw, params, ctx, base: Path, problems: list) -> list[dict]:
         for key, value in table.items():
             if key not in CAMERA_KEYS or key == "name":
                 continue
-            if key == "source" and isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)  # a camera index
+            if key == "source":
+                value = _source(where, value, base, problems)
+                if value is None:
+                    continue
             if key == "roi" and isinstance(value, list):
                 value = ",".join(str(v) for v in value)
             camera[CAMERA_KEYS[key]] = _convert(where, key, value, params[CAMERA_KEYS[key]], ctx, base, problems)
         cameras.append(camera)
     return cameras
+
+
+def _source(where: str, value, base: Path, problems: list) -> str | None:
+    """One camera's source as winclip-inspect --source takes it: a camera index, or a text; a file named
+    relative to the station file's folder is found there."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a camera index
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}source: expected one camera index, device, video file, stream URL or pipeline, "
+                        f"got {type(value).__name__} {value!r}")
+        return None
+    if "://" not in value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+        return str(base / value)
+    return value
 
 
 # --- the plan
@@ -218,7 +237,7 @@ def station_plan(station: Station, problems: list) -> LivePlan | None:
                 raise SourceError(f"{spec.text}: a folder of images is scored with winclip-inspect BUNDLE --source "
                                   "FOLDER, not in a station")
             roi = camera.get("rois") or ()
-            spec = replace(spec, name=camera["name"], every=camera.get("every"),
+            spec = replace(spec, name=camera["name"], every=camera.get("every"), roi_miss_stops=False,
                            roi=None if not roi or roi[0].strip().lower() in ("full", "-") else Roi.parse(roi[0]))
         except SourceError as exc:
             problems.append(where + first_line(exc))
@@ -241,11 +260,19 @@ def station_plan(station: Station, problems: list) -> LivePlan | None:
                 except click.ClickException as exc:
                     problems.append(f"{where}{key}: {_station_words(exc.format_message())}")
         cameras.append(CameraPlan(spec, part, camera.get("overlays"), sinks))
+    local = [k for k, n in TABLES["engine"].items() if n in ("backend", "provider", "threads", "inference_precision",
+                                                            "no_cache") and n in station.given]
+    if values["engine_address"] is not None and local:
+        problems.append(f"[engine] {local[0]} applies to an engine run here, not to [engine] server")
+    overlaid = [c.name for c in cameras if c.overlays not in (None, "none")]
+    if overlaid and values["out"] is None:
+        problems.append(f"camera {overlaid[0]!r}: overlays saves into OUT/overlays: give [outputs] out")
+    # the run's checks see the overlays some camera saves, even where the station's own default is none
+    checked = {**values, "overlays": None} if overlaid and values["overlays"] == "none" else values
     try:
-        outputs = output_plan(_Given(station.given), values, sink_values)
-        overlaid = [c.name for c in cameras if c.overlays not in (None, "none")]
-        if overlaid and values["out"] is None:
-            problems.append(f"camera {overlaid[0]!r}: overlays saves into OUT/overlays: give [outputs] out")
+        outputs = output_plan(_Given(station.given), checked, sink_values,
+                              elsewhere=bool(cameras) and all("webhook" in c.sinks for c in cameras))
+        outputs = replace(outputs, overlays=values["overlays"] or outputs.overlays)
     except (click.UsageError, click.BadParameter, WinclipError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else first_line(exc)
         problems.append(_station_words(message))
@@ -415,6 +442,7 @@ class Reloader:
     def __exit__(self, *exc) -> None:
         self.done.set()
         self.wanted.set()
+        self._thread.join(timeout=5.0)
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
 
@@ -431,11 +459,16 @@ class Reloader:
     def _watch(self) -> None:
         while True:
             self.wanted.wait()
-            self.wanted.clear()
             if self.done.is_set():
                 return
-            if self.app is not None:
+            if self.app is None:  # a SIGHUP before the run is open: it is done once the run is
+                time.sleep(0.1)
+                continue
+            self.wanted.clear()
+            try:
                 self.reload()
+            except Exception as exc:  # anything unforeseen: refused in one line, the thread lives on
+                self.app.refuse_reload(f"{type(exc).__name__}: {first_line(exc)}", self.station.path)
 
     def reload(self) -> None:
         try:

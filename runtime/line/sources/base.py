@@ -71,6 +71,9 @@ class SourceSpec:
     roi: Roi | None = None
     live: bool = False  # read as fast as it delivers, newest frame only (cameras, streams, pipelines)
     every: int | None = None  # score every Nth frame (a station camera's own rate); None: the run's --every
+    # an ROI that misses the first frame: the run's setup error (True), or only that frame's error event (a
+    # station, whose other cameras go on)
+    roi_miss_stops: bool = True
 
 
 class SourceKind:

@@ -228,7 +228,7 @@ class LiveReader(SourceReader):
             if not keep:
                 continue
             frame = self._make_frame(index, image)
-            if frame.error is not None and not self._ever_delivered:  # a --roi that misses the frame: a setup error
+            if frame.error is not None and not self._ever_delivered and self.spec.roi_miss_stops:  # a setup error
                 self._give_up(f"{self.name}: {frame.error}")
                 return None, delivered
             self._ever_delivered = True

@@ -81,7 +81,7 @@ class VideoFileReader(SourceReader):
                 continue
             frame = self._make_frame(index, image)
             frame.position_s = round(index / fps, 3) if fps > 0 else None
-            if frame.error is not None and not self.started.is_set():  # a --roi that misses the frame
+            if frame.error is not None and not self.started.is_set() and self.spec.roi_miss_stops:  # a --roi miss
                 self._give_up(f"{self.name}: {frame.error}")
                 return
             self.started.set()
