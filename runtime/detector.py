@@ -107,12 +107,8 @@ class Detector:
         """Another detector on this one's engine (one session in memory): its own object, line profile and
         thresholds. A profile made with another engine is refused (ProfileError), as from_bundle refuses it."""
         twin = copy.copy(self)
-        name = profile if isinstance(profile, (str, Path)) else "the line profile"
-        if profile is not None and not isinstance(profile, LineProfile):
-            profile = LineProfile.load(profile)
         if profile is not None:
-            if object is not None and normalize_object_name(object) != profile.object_name:
-                raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
+            profile, name = _loaded_profile(profile, object)
             object = profile.object_name
             if profile.memory.key.graph_sha256 != self.engine.sha256:
                 engine = _profile_engine(self.bundle, profile, name)
@@ -130,10 +126,7 @@ class Detector:
         twin.pixel_threshold = check_threshold(pixel_threshold, "pixel threshold")
         twin.memory = None
         if profile is not None:
-            try:
-                twin.set_memory(profile.memory)
-            except BundleError as exc:
-                raise ProfileError(str(exc).replace("few-shot memory", f"line profile {name}")) from None
+            _use_profile_memory(twin, profile, name)
         return twin
 
     @classmethod
@@ -154,11 +147,7 @@ class Detector:
         loaded = lambda: path if isinstance(path, Bundle) else Bundle.load(path)  # noqa: E731
         if profile is None:
             return cls(loaded(), object_name=object, options=options, **own)
-        name = profile if isinstance(profile, (str, Path)) else "the line profile"
-        if not isinstance(profile, LineProfile):
-            profile = LineProfile.load(profile)
-        if object is not None and normalize_object_name(object) != profile.object_name:
-            raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
+        profile, name = _loaded_profile(profile, object)
         bundle = loaded()  # after the profile's own checks: their one-line reasons come first
         engine = _profile_engine(bundle, profile, name)
         if options.precision not in ("auto", engine.precision):
@@ -171,10 +160,7 @@ class Detector:
         if own.get("pixel_threshold") is None:
             own["pixel_threshold"] = profile.pixel_threshold
         detector = cls(bundle, object_name=profile.object_name, options=options, **own)
-        try:
-            detector.set_memory(profile.memory)
-        except BundleError as exc:
-            raise ProfileError(str(exc).replace("few-shot memory", f"line profile {name}")) from None
+        _use_profile_memory(detector, profile, name)
         return detector
 
     @property
@@ -306,6 +292,24 @@ class Detector:
             results.append(FrameResult(score, amap, decision, dict(share), regions, self.threshold, self.pixel_threshold,
                                        kept))
         return results
+
+
+def _loaded_profile(profile: str | Path | LineProfile, object: str | None) -> tuple[LineProfile, str]:
+    """The profile (loaded from its directory when given one) and its name for messages; ProfileError when it
+    is for another object than `object` asks."""
+    name = str(profile) if isinstance(profile, (str, Path)) else "the line profile"
+    if not isinstance(profile, LineProfile):
+        profile = LineProfile.load(profile)
+    if object is not None and normalize_object_name(object) != profile.object_name:
+        raise ProfileError(f"the line profile {name} is for object {profile.object_name!r}, not {object!r}")
+    return profile, name
+
+
+def _use_profile_memory(detector: "Detector", profile: LineProfile, name: str) -> None:
+    try:
+        detector.set_memory(profile.memory)
+    except BundleError as exc:
+        raise ProfileError(str(exc).replace("few-shot memory", f"line profile {name}")) from None
 
 
 def _profile_engine(bundle: Bundle, profile: LineProfile, name) -> Engine:

@@ -66,21 +66,23 @@ def test_install_hints_name_the_source_checkout():
     assert not offenders
 
 
+def good_textiles(folder: Path, count: int) -> Path:
+    """A folder of `count` real good textiles, as PNG files 0.png, 1.png, ..."""
+    folder.mkdir()
+    for i, path in enumerate(textile_images("nominal", count)):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.imread(str(path)))
+    return folder
+
+
 def test_inspect_says_how_many_images_it_scores_and_shows_progress_in_a_pipe(tiny_bundle, tmp_path):
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i, path in enumerate(textile_images("nominal", 3)):
-        cv2.imwrite(str(frames / f"{i}.png"), cv2.imread(str(path)))
+    frames = good_textiles(tmp_path / "frames", 3)
     proc = run_cli("winclip-inspect", str(tiny_bundle), "--object", "bottle", "--source", str(frames),
                    "--out", str(tmp_path / "run"), check=True)  # stderr is a pipe here, as through tee
     assert "scoring 3 images" in proc.stderr and "3/3 [" in proc.stderr, proc.stderr
 
 
 def test_calibrate_says_how_many_images_it_scores(tiny_bundle, tmp_path):
-    normals = tmp_path / "normals"
-    normals.mkdir()
-    for i, path in enumerate(textile_images("nominal", 8)):
-        cv2.imwrite(str(normals / f"{i}.png"), cv2.imread(str(path)))
+    normals = good_textiles(tmp_path / "normals", 8)
     proc = run_cli("winclip-calibrate", str(tiny_bundle), "--object", "bottle", "--normal", str(normals),
                    "--shots", "2", "--out", str(tmp_path / "p"), check=True)
     assert "scoring 8 images" in proc.stderr and "8/8 [" in proc.stderr, proc.stderr

@@ -94,8 +94,7 @@ class Backend(ABC):
     @property
     def live_batch(self) -> int | None:
         """The most frames of a live round one call should take (None: all of them). On a CPU, one: there a
-        batch buys no speed and costs memory (ViT-B-16+ int8 on a 2-core EPYC, ONNX Runtime: three frames in one
-        call took 3.77 s and peaked at 635 MiB, three calls of one frame 3.23 s and 361 MiB)."""
+        batch buys no speed and costs memory (docs/speed.md, "A station against one process per camera")."""
         return 1 if self.device.upper() == "CPU" else None
 
     def version(self) -> str:

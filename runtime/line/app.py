@@ -338,10 +338,10 @@ class LiveApp:
         return self._part_of(frame.source).detector
 
     def _observe(self, frame, outcome, event: dict) -> None:
-        camera = self.cameras.get(frame.source)
-        if camera is not None and len(self.parts) > 1 and "error" not in event:
-            event["object"] = self.parts[camera.part].detector.object_name
-        self._part_of(frame.source).observe(frame, outcome, event)
+        part = self._part_of(frame.source)
+        if len(self.parts) > 1 and "error" not in event:
+            event["object"] = part.detector.object_name
+        part.observe(frame, outcome, event)
 
     def _between_batches(self) -> None:
         changes = sum(part.desk.changes for part in self.parts.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import fields
 
 import click
 
@@ -57,11 +58,11 @@ def sink_values_of(values: dict) -> dict:
 
 
 def part_plan(values: dict) -> PartPlan:
-    """How the command line's frames are judged (every --source alike)."""
-    if values["profile"] is not None and values["normal_dir"] is not None:
+    """How frames are judged: the command line's (every --source alike), or one station camera's (a key it
+    leaves out is None). PartPlan's fields are the parameters of the same names."""
+    if values.get("profile") is not None and values.get("normal_dir") is not None:
         raise click.UsageError("--profile brings its own few-shot memory; leave out --normal")
-    return PartPlan(values["object_name"], values["profile"], values["threshold"], values["pixel_threshold"],
-                    values["normal_dir"], values["shots"])
+    return PartPlan(**{f.name: values.get(f.name) for f in fields(PartPlan)})
 
 
 def run_limits(values: dict) -> RunLimits:

@@ -54,7 +54,8 @@ TABLES: dict[str, dict[str, str]] = {
 CAMERA_KEYS: dict[str, str] = {
     "name": "", "source": "sources", "roi": "rois", "every": "every", "object": "object_name",
     "profile": "profile", "normal": "normal_dir", "shots": "shots", "threshold": "threshold",
-    "pixel_threshold": "pixel_threshold", "overlays": "overlays", "mqtt_topic": "mqtt_topic", "webhook": "webhook",
+    "pixel_threshold": "pixel_threshold", "overlays": "overlays",
+    **{key: key for key in CAMERA_SINK_KEYS},  # a camera's own setting of a sink, as the sink's option names it
 }
 PATH_PARAMS = {"bundle", "out", "profile", "normal_dir", "operator_token_file"}  # relative to the file's folder
 RESTART_ONLY = ("bundle", "engine", "page", "run")  # what a reload cannot change: the station restarts for it
@@ -242,11 +243,8 @@ def station_plan(station: Station, problems: list) -> LivePlan | None:
         except SourceError as exc:
             problems.append(where + first_line(exc))
             continue
-        own = {k: camera[k] for k in ("object_name", "profile", "threshold", "pixel_threshold", "normal_dir",
-                                      "shots") if camera.get(k) is not None}
         try:
-            part = part_plan({**{k: None for k in ("object_name", "profile", "threshold", "pixel_threshold",
-                                                   "normal_dir", "shots")}, **own})
+            part = part_plan(camera)
         except click.UsageError as exc:
             problems.append(where + exc.format_message())
             continue
