@@ -9,6 +9,7 @@ on the CPU. Where this host has an int8 dot product, an engine made and guarded 
 is handed to the emulated run, which proves what happens to it on a CPU without one.
 """
 
+import json
 import os
 import platform
 import re
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EMULATED_CPU_VARIABLE, TINY_BUNDLE_VARIABLE, emulator, line_frames, needs
+from conftest import EMULATED_CPU_VARIABLE, TINY_BUNDLE_VARIABLE, emulator, line_frames, needs, needs_openvino
 from test_backend_auto import VNNI_BUNDLE_VARIABLE
+from winclip.benchmarks.guard_emulated import HASWELL
 from winclip.calibration.engines.build import add_engine
+from winclip.calibration.engines.openvino_int8 import NncfSettings
 from winclip.runtime import cpu
 
-# QEMU's Haswell less the features its TCG cannot emulate (each would print a warning on every start)
-EMULATED_X86 = "Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm"
 CHECKS = "tests/test_backend_auto.py"
 # options and injected timings do not depend on the CPU, and their commands are slow to start emulated
 SKIP = "not test_inspect_takes_the_backend and not by_default and not fastest_remembers"
@@ -46,7 +47,7 @@ def qemu() -> str:
 
 
 def test_the_int8_and_auto_tests_pass_on_an_avx2_only_cpu(qemu, tiny_bundle, tmp_path):
-    env = {**os.environ, EMULATED_CPU_VARIABLE: EMULATED_X86, TINY_BUNDLE_VARIABLE: str(tiny_bundle)}
+    env = {**os.environ, EMULATED_CPU_VARIABLE: HASWELL, TINY_BUNDLE_VARIABLE: str(tiny_bundle)}
     made_with_vnni = cpu.current().int8_dot is not None
     if made_with_vnni:
         root = shutil.copytree(tiny_bundle, tmp_path / "vnni")
@@ -54,7 +55,7 @@ def test_the_int8_and_auto_tests_pass_on_an_avx2_only_cpu(qemu, tiny_bundle, tmp
         frames.mkdir()
         add_engine(root, "int8", line_frames(frames, 5))  # full-range weights, guarded on this CPU
         env[VNNI_BUNDLE_VARIABLE] = str(root)
-    proc = subprocess.run([qemu, "-cpu", EMULATED_X86, sys.executable, "-m", "pytest", "-q", "-rA", "-k", SKIP,
+    proc = subprocess.run([qemu, "-cpu", HASWELL, sys.executable, "-m", "pytest", "-q", "-rA", "-k", SKIP,
                            "-p", "no:cacheprovider", "--durations=4", CHECKS],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=LIMIT_S)
     report = proc.stdout + proc.stderr
@@ -65,3 +66,53 @@ def test_the_int8_and_auto_tests_pass_on_an_avx2_only_cpu(qemu, tiny_bundle, tmp
             "test_auto_says_why_it_passed_each_engine_over"} <= passed, report[-3000:]
     if made_with_vnni:  # the VNNI engine ran on real AVX2 kernels: passed over by auto, still close when asked
         assert "test_a_vnni_engine_on_a_cpu_without_vnni_is_warned_about_and_still_correct" in passed, report[-3000:]
+
+
+
+def _guarded_on_haswell(tiny_bundle, frames: Path, folder: Path, overflow_fix: str) -> tuple[dict, str]:
+    """An OpenVINO int8 IR of the tiny bundle made here with `overflow_fix`, guarded again on an emulated Haswell
+    (benchmarks/guard_emulated.py): its JSON result and printed table."""
+    root = shutil.copytree(tiny_bundle, folder / "bundle")
+    add_engine(root, "int8", frames, backend="openvino", settings=NncfSettings(overflow_fix=overflow_fix),
+               accept_degraded=True)  # the tiny model's rank guard is noise on any CPU; its maps are the point
+    proc = subprocess.run([sys.executable, "-m", "winclip.benchmarks.guard_emulated", str(root), "--images",
+                           str(frames), "--out", str(folder / "emulated")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=LIMIT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((folder / "emulated.json").read_text())
+    assert result["settings"]["overflow_fix"] == overflow_fix
+    assert result["emulated"]["record"]["int8_dot"] is None and result["emulated"]["compute"] == "f32"
+    assert result["guard_emulated"]["frames"] == 6 and result["guard_emulated"]["memory_frames"] == 1
+    return result, proc.stdout
+
+
+def test_the_openvino_int8_recipe_for_avx2_holds_its_maps_on_an_avx2_only_cpu_where_nncfs_default_does_not(
+        qemu, tiny_bundle, tmp_path):
+    """Where a CPU has no VNNI, winclip-quantize turns NNCF's overflow fix on for every layer (7-bit weights, whose
+    u8 x s8 pairs cannot overflow a 16-bit sum). Made here and run on an emulated Haswell's int8 kernels, that IR
+    keeps the guard's maps and embeddings as it does here; the same model with NNCF's default (the fix on the
+    first layer only) saturates there: the reason for the recipe."""
+    needs_openvino()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    line_frames(frames, 8)  # 6 held out, 1 for the memory, 8 to calibrate NNCF on, 1 spare
+    results = {}
+    for fix in ("enable", "first_layer_only"):
+        (tmp_path / fix).mkdir()
+        results[fix], printed = _guarded_on_haswell(tiny_bundle, frames, tmp_path / fix, fix)
+        assert "| emulated Haswell |" in printed and "(recorded when made)" in printed
+    limits = results["enable"]["limits"]
+
+    def worst(result: dict) -> tuple[float, float]:
+        guarded = result["guard_emulated"]
+        return (min(guarded["embedding_cosine_min"].values()),
+                min(mode["map_pearson_min"] for mode in guarded["modes"].values()))
+
+    cosine, pearson = worst(results["enable"])
+    assert cosine >= limits["embedding_cosine_min"] and pearson >= limits["map_pearson_min"], results["enable"]
+    assert results["enable"]["guard_emulated"]["modes"]["zero-shot"]["map_pearson_median"] >= 0.99
+    cosine, _ = worst(results["first_layer_only"])
+    assert cosine < limits["embedding_cosine_min"], results["first_layer_only"]  # saturated: the guard refuses it
+    # the same IR answers on the two CPUs alike with the fix, and far apart without it
+    apart = {fix: max(d["relative"] for d in r["emulated_vs_here"].values()) for fix, r in results.items()}
+    assert apart["enable"] < 0.05 < apart["first_layer_only"], apart
