@@ -54,8 +54,14 @@ class Target:
 
 
 def _engine(bundle: Bundle, target: Target):
-    builder = BUILDERS[target.backend, target.precision]
-    return builder, bundle.manifest.engine(target.precision, builder.format)
+    builder = BUILDERS.get((target.backend, target.precision))
+    if builder is None:
+        raise click.ClickException(f"no {target.precision} engine is made for {target.backend}")
+    try:
+        return builder, bundle.manifest.engine(target.precision, builder.format)
+    except KeyError:
+        raise click.ClickException(f"{target.bundle} has no {target.precision} engine for {target.backend}; "
+                                   f"make it with winclip-quantize first") from None
 
 
 def run_candidate(target: Target, frames_npz: Path, out_npz: Path) -> None:
@@ -133,7 +139,8 @@ def guard_emulated(target: Target, model: str, qemu: str) -> dict:
     here = guard_backend(data, engine, bundle, builder.guard_device, target.backend, bundle.read_weights(engine),
                          emulated["compute"])
     same_engine_here = {k: here.run(b) for k, b in batches.items()}
-    return {"bundle": str(target.bundle), "backbone": m.backbone.get("name"), "engine": engine.label, "file": engine.file, "settings": engine.made_by.get("settings"),
+    return {"bundle": str(target.bundle), "backbone": m.backbone.get("name"), "engine": engine.label,
+            "file": engine.file, "settings": engine.made_by.get("settings"),
             "made_on": engine.made_by.get("cpu"), "recorded_guard": engine.guard,
             "host": {"record": cpu.current().record(), "describe": cpu.current().describe(),
                      "machine": platform.machine()},
@@ -167,13 +174,14 @@ def _row(name: str, report: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    em = result["emulated"]
+    em, made = result["emulated"], result["made_on"] or {}
     return "\n".join([
         f"# {result['engine']} engine guarded again on an emulated {em['model'].split(',')[0]}",
         "",
         f"- bundle: `{result['bundle']}` ({result['backbone']}), engine `{result['file']}`",
         f"- recipe: `{json.dumps(result['settings'], sort_keys=True)}`",
-        f"- made and first guarded on: {result['host']['describe']}",
+        f"- made and first guarded on: {made.get('model') or 'an unrecorded CPU'} ({' '.join(made.get('flags', []))}); "
+        f"this run's host: {result['host']['describe']}",
         f"- emulated: {em['qemu']}, `-cpu {em['model']}`; the engine saw: {em['describe']}; "
         f"compute {em['compute']}",
         f"- emulated run: {em['wall_s']} s for {len(em['seconds'])} frames (emulation: not a speed)",
