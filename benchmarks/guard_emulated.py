@@ -139,7 +139,7 @@ def guard_emulated(target: Target, model: str, qemu: str) -> dict:
     here = guard_backend(data, engine, bundle, builder.guard_device, target.backend, bundle.read_weights(engine),
                          emulated["compute"])
     same_engine_here = {k: here.run(b) for k, b in batches.items()}
-    return {"bundle": str(target.bundle), "backbone": m.backbone.get("name"), "engine": engine.label,
+    return {"bundle": target.bundle.resolve().name, "backbone": m.backbone.get("name"), "engine": engine.label,
             "file": engine.file, "settings": engine.made_by.get("settings"),
             "made_on": engine.made_by.get("cpu"), "recorded_guard": engine.guard,
             "host": {"record": cpu.current().record(), "describe": cpu.current().describe(),
@@ -183,7 +183,7 @@ def markdown(result: dict) -> str:
         f"- made and first guarded on: {made.get('model') or 'an unrecorded CPU'} ({' '.join(made.get('flags', []))}); "
         f"this run's host: {result['host']['describe']}",
         f"- emulated: {em['qemu']}, `-cpu {em['model']}`; the engine saw: {em['describe']}; "
-        f"compute {em['compute']}",
+        f"compute {em['compute'] or 'as the backend chooses'}",
         f"- emulated run: {em['wall_s']} s for {len(em['seconds'])} frames (emulation: not a speed)",
         "",
         "| guard run on | map Pearson median / min / score Spearman, zero-shot | the same, few-shot | "
@@ -194,7 +194,8 @@ def markdown(result: dict) -> str:
         "",
         "Failures, emulated: " + ("; ".join(result["guard_emulated"]["failures"]) or "none"),
         "",
-        f"The same engine here at {em['compute']} compute against its emulated run, largest difference "
+        f"The same engine here{' at ' + em['compute'] + ' compute' if em['compute'] else ''} against its emulated run, "
+        "largest difference "
         "(absolute; share of the output's largest magnitude): "
         + ", ".join(f"{name} {d['max_abs']:.2e} ({d['relative']:.1e})"
                     for name, d in result["emulated_vs_here"].items()),
