@@ -57,6 +57,17 @@ def guard_backend(graph: bytes, engine: Engine, bundle: Bundle, device: str, bac
                                              **extra)
 
 
+def guard_scoring(bundle: Bundle, precision: str, object_name: str) -> tuple[WinClipScorer, MemoryKey]:
+    """How the guard scores frames of `object_name` for an engine of `precision`: the bundle's scorer for that
+    object (an object the bundle lacks is refused here, before any engine is made), and the key its few-shot
+    memories are built under."""
+    m = bundle.manifest
+    scorer = WinClipScorer(m.grid, m.scales, m.stride, bundle.text_prototypes(object_name), m.temperature)
+    key = MemoryKey(bundle.engine("fp32").sha256, precision, object_name, tuple(m.scales), m.stride, m.patch_layer,
+                    m.patch_ln_post)
+    return scorer, key
+
+
 def add_engine(bundle_root: str | Path, precision: str, images: Path, *, backend: str = DEFAULT_BACKEND,
                object_name: str | None = None, settings=None, holdout: int = 6, seed: int = 0,
                limits: GuardLimits = GuardLimits(), accept_degraded: bool = False, force: bool = False) -> Engine:
@@ -103,7 +114,7 @@ def _add_engine(root: Path, builder: Builder, images: Path, object_name, setting
         raise QuantizeError("the guard needs at least 2 held-out frames")
     fp32 = bundle.engine("fp32")
     object_name = object_name or bundle.objects[0]
-    scorer = WinClipScorer(m.grid, m.scales, m.stride, bundle.text_prototypes(object_name), m.temperature)
+    scorer, key = guard_scoring(bundle, precision, object_name)
     sets = load_frame_sets(images, Preprocessor(m.preprocess), holdout, builder.calibration_frames(settings), seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="winclip-quantize-") as tmp:
@@ -124,7 +135,6 @@ def _add_engine(root: Path, builder: Builder, images: Path, object_name, setting
         engine_bytes = candidate.read_bytes()
         weights = _side_file(builder, candidate)
     log.info("guarding it against fp32 on %d held-out frames (zero-shot and few-shot) on %s", holdout, backend)
-    key = MemoryKey(fp32.sha256, precision, object_name, tuple(m.scales), m.stride, m.patch_layer, m.patch_ln_post)
     provisional = Engine(file=f"new {precision} engine", precision=precision, sha256="0" * 64, made_by={},
                          format=builder.format, weights=FileRef("new weights", "0" * 64) if weights else None)
     # an engine whose backend chooses its compute precision is guarded at the one it will run at (and says which)
