@@ -24,6 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from winclip.benchmarks.results import write_results
 from winclip.runtime.command import CONTEXT, Command, Whole, backend_options
 from winclip.benchmarks.measure import frame_times
 from winclip.runtime.defaults import OPSET
@@ -345,8 +346,7 @@ def main(bundle, **values):
     if out is not None:
         try:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "bench.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-            (out / "bench.md").write_text(table + "\n")
+            write_results(result, table, out / "bench.json", out / "bench.md", default=float)
         except OSError as exc:
             raise click.ClickException(f"cannot write to {out}: {exc.strerror or exc}") from None
     if all("error" in r for r in rows):

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import click
 
+from winclip.benchmarks.results import write_results
 from winclip.benchmarks.rss import reset_peak, status as proc_status
 from winclip.runtime.command import CONTEXT
 
@@ -537,10 +538,7 @@ def main(bundle, **values):
         shutil.rmtree(work, ignore_errors=True)
     table = markdown(result)
     click.echo(table)
-    if plan.json_out is not None:
-        plan.json_out.write_text(json.dumps(result, indent=2) + "\n")
-    if plan.md_out is not None:
-        plan.md_out.write_text(table + "\n")
+    write_results(result, table, plan.json_out, plan.md_out)
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ scoring (timings are only indicative on a shared machine; run on a quiet one).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import click
 import numpy as np
+from winclip.benchmarks.results import write_results
 from winclip.runtime.command import CONTEXT
 
 
@@ -100,8 +100,7 @@ def main(bundle, object_name, cap, taught, evaluate, threads, json_out):
                f"selection {result['largest_selection_s']:.2f} s")
     click.echo(f"verdicts changed at the all-rows threshold for 5 % false alarms ({result['threshold_5pct']:.4f}): "
                f"{result['verdicts_changed']} of {2 * evaluate}")
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(result, None, json_out)
 
 
 if __name__ == "__main__":

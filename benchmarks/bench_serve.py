@@ -18,7 +18,6 @@ stdout and OUT/bench_serve.json / .md, with the CPU model, its ISA flags and the
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -29,6 +28,7 @@ import click
 
 from winclip.benchmarks.bench_cli import machine, portable_path
 from winclip.benchmarks.measure import _percentile as percentile
+from winclip.benchmarks.results import write_results
 from winclip.calibration.evaluation.datasets import elpv_images
 from winclip.runtime.command import CONTEXT
 from winclip.runtime.images import read_image
@@ -164,8 +164,7 @@ def main(bundle, clients, object_name, frames, warmup, max_batch, max_queue_dela
     click.echo(table)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_serve.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "bench_serve.md").write_text(table + "\n")
+        write_results(result, table, out / "bench_serve.json", out / "bench_serve.md")
 
 
 if __name__ == "__main__":

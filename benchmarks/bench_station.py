@@ -56,6 +56,7 @@ from pathlib import Path
 
 import click
 
+from winclip.benchmarks.results import write_results
 from winclip.runtime.command import CONTEXT, Command
 
 MIB = 1 << 20
@@ -423,7 +424,6 @@ def main(bundle, **values):
     """One winclip-inspect --station process for N cameras against N single-camera processes on BUNDLE."""
     s = Settings(**values)
     from winclip.benchmarks.bench_cli import machine
-    from winclip.runtime.atomic import write_atomic
     from winclip.runtime.bundle import Bundle
     from winclip.runtime.errors import WinclipError
 
@@ -475,10 +475,7 @@ def main(bundle, **values):
         shutil.rmtree(work, ignore_errors=True)
     table = markdown(result)
     click.echo(table)
-    if s.json_out is not None:
-        write_atomic(s.json_out, (json.dumps(result, indent=2) + "\n").encode())
-    if s.md_out is not None:
-        write_atomic(s.md_out, (table + "\n").encode())
+    write_results(result, table, s.json_out, s.md_out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ after-warm-up, last and highest values are printed, and the process's peak
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
@@ -26,6 +25,7 @@ import click
 import cv2
 import numpy as np
 
+from winclip.benchmarks.results import write_results
 from winclip.benchmarks.rss import rss_mib, status as proc_status
 from winclip.runtime.command import CONTEXT, Command, Finite, Whole
 
@@ -180,8 +180,7 @@ def main(bundle, frames, fps, threads, object_name, shots, json_out):
                f"{result['dropped']} dropped, "
                f"{result['errors']} errors, {result['overlays']} overlays, {result['log_rotations']} log rotations; "
                f"p50/p95 {result['latency_ms']['p50']}/{result['latency_ms']['p95']} ms")
-    if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(result, None, json_out)
 
 
 if __name__ == "__main__":
